@@ -1,0 +1,1 @@
+"""Measured benchmarks; each prints (and optionally writes) JSON. Never timed unit tests."""

@@ -1,0 +1,3 @@
+from cipherfed.cli import main
+
+raise SystemExit(main())

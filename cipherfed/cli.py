@@ -1,0 +1,44 @@
+"""Entry point of ``cipherfed``: one subcommand group per role; each group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cipherfed import __version__, cmd_ca
+from crypto.errors import CryptoError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """An error the person at the terminal can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cipherfed",
+        description="Homomorphic-encryption cross-silo federated learning: the aggregator sums ciphertexts "
+        "it cannot decrypt.",
+    )
+    parser.add_argument("--version", action="version", version=f"cipherfed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cmd_ca.register(sub)
+    from cipherfed import cmd_demo
+
+    cmd_demo.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (UserError, CryptoError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"cipherfed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,54 @@
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from crypto import pki
+
+CLI = [sys.executable, "-m", "cipherfed"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_help_lists_the_role_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("ca", "demo"):
+        assert cmd in out.stdout
+
+
+def test_ca_commands_end_to_end(tmp_path):
+    ca = tmp_path / "ca"
+    assert run("ca", "init", str(ca), "--consortium", "Acme Health").returncode == 0
+    assert stat.S_IMODE(os.stat(ca / "ca.key").st_mode) == 0o600
+    key, csr = pki.make_csr("hospital-a", tmp_path)
+    out = run("ca", "sign", str(ca), str(csr), "--role", "silo")
+    assert out.returncode == 0, out.stderr
+    cert = pki.load_certificate(out.stdout.splitlines()[0])
+    assert pki.certificate_role(cert) == "silo"
+    out = run("ca", "revoke", str(ca), f"{cert.serial_number:x}")
+    assert out.returncode == 0
+    crl = pki.RevocationList(ca / "crl.pem", pki.load_certificate(ca / "ca.crt"))
+    assert crl.is_revoked(cert.serial_number)
+    bad = run("ca", "revoke", str(ca), "not-hex")
+    assert bad.returncode == 1 and "not a hexadecimal number" in bad.stderr
+
+
+def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
+    out_path = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.crypto_throughput", "--params", "20000", "--silos", "2", "--json", str(out_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out_path.read_text())
+    for key in ("upload_bytes_per_param", "aggregate_bytes_per_param", "encrypt_params_per_s",
+                "aggregate_params_per_s", "decrypt_params_per_s", "max_abs_error"):
+        assert result[key] > 0
+        assert result["baseline"][key] > 0
+    assert result["max_abs_error"] < 1e-6
+    # the measured engine is smaller on the wire than the baseline: that is the point of it
+    assert result["upload_bytes_per_param"] < result["baseline"]["upload_bytes_per_param"] / 4
