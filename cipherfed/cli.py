@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from cipherfed import __version__, cmd_ca
+from cipherfed import __version__, cmd_ca, cmd_job, cmd_roles
 from crypto.errors import CryptoError
+from protocol.tomlconfig import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cipherfed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cmd_ca.register(sub)
+    cmd_roles.register(sub)
+    cmd_job.register(sub)
     from cipherfed import cmd_demo
 
     cmd_demo.register(sub)
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (UserError, CryptoError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except (UserError, ConfigError, CryptoError, FileNotFoundError, PermissionError, ValueError) as exc:
         print(f"cipherfed: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run a whole encrypted consortium on this machine")
+    demo.add_argument("--silos", type=int, default=3)
+    demo.add_argument("--rounds", type=int, default=None, help="training rounds (default: per dataset)")
+    demo.add_argument("--dataset", choices=["breast_cancer", "digits"], default="breast_cancer")
+    demo.add_argument("--workdir", type=Path, default=None,
+                      help="kept afterwards: certificates, configs, logs, SQLite, models (default: a new temp dir)")
+    demo.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     demo.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("cipherfed demo is not built yet", file=sys.stderr)
-    return 2
+    from cipherfed.demo import run_demo
+
+    if args.silos < 2:
+        raise ValueError("--silos must be at least 2 (no aggregate is released with one contributor)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-demo-"))
+    run_demo(workdir, args.silos, args.rounds, args.dataset, args.json)
+    return 0

@@ -1,0 +1,99 @@
+"""Running the aggregator: mTLS gRPC server, health service, deadline ticker, clean shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from aggregator.auth import AuthInterceptor, Authenticator
+from aggregator.config import AggregatorConfig, load_aggregator_config
+from aggregator.keyring import PublicKeyring
+from aggregator.rounds import JobEngine
+from aggregator.service import ConsortiumService
+from aggregator.store import StateStore
+from audit.events import EventSink, LogSink
+from cipherfed import __version__
+from crypto.pki import certificate_fingerprint, load_certificate
+from protocol import cipherfed_pb2_grpc as pbg
+
+
+class AggregatorServer:
+    def __init__(self, config: AggregatorConfig, events: EventSink | None = None) -> None:
+        self.config = config
+        self.events: EventSink = events or LogSink("cipherfed.aggregator")
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(config.state_dir / "aggregator.sqlite")
+        self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
+        self.engine = JobEngine(self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate)
+        self.auth = Authenticator(config.tls.ca, config.tls.crl)
+        interceptor = AuthInterceptor(self.auth, self._on_refusal)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+                                  interceptors=[interceptor],
+                                  options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1),
+                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
+        pbg.add_ConsortiumServicer_to_server(ConsortiumService(self.engine, self.auth, self.events, config.consortium),
+                                             self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls.key.read_bytes(), config.tls.cert.read_bytes())],
+            root_certificates=config.tls.ca.read_bytes(), require_client_auth=True)
+        self.port = self.server.add_secure_port(config.listen, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="deadline-ticker", daemon=True)
+
+    def _on_refusal(self, caller: str, method: str, reason: str) -> None:
+        self.events.record("rpc_refused", caller or "unknown", method=method, reason=reason)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick_s):
+            try:
+                self.engine.tick()
+            except Exception as exc:  # a bug in one tick must not stop deadlines for good
+                self.events.record("tick_failed", "aggregator", error=repr(exc))
+
+    def start(self) -> int:
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("cipherfed.v1.Consortium", health_pb2.HealthCheckResponse.SERVING)
+        self._ticker.start()
+        if self.config.port_file:
+            tmp = Path(str(self.config.port_file) + ".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(self.config.port_file)
+        own_cert = load_certificate(self.config.tls.cert)
+        self.events.record("aggregator_started", "aggregator", port=self.port, version=__version__,
+                           consortium=self.config.consortium, cert_fingerprint=certificate_fingerprint(own_cert))
+        return self.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.events.record("aggregator_stopped", "aggregator")
+        self.store.close()
+
+
+def run(config_path: Path) -> int:
+    """``cipherfed aggregator start``: serve until SIGTERM or SIGINT."""
+    server = AggregatorServer(load_aggregator_config(config_path))
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    port = server.start()
+    print(f"aggregator listening on port {port} (mTLS); Ctrl-C to stop", flush=True)
+    done.wait()
+    server.stop()
+    return 0

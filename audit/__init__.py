@@ -1,0 +1,1 @@
+"""Append-only, hash-chained, signed audit log; verification and compliance review."""

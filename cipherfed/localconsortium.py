@@ -1,0 +1,264 @@
+"""A whole consortium on this machine: CA, certificates, HE keys, configs and real processes.
+
+Used by ``cipherfed demo`` and by the integration tests, so both exercise exactly what an
+operator would: separate OS processes talking mTLS gRPC over 127.0.0.1. The provisioning steps are
+the same library calls the ``ca``, ``node`` and ``keys`` commands make.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from crypto import pki
+from crypto.custody import create_and_wrap
+from protocol.channel import TlsFiles, consortium_stub, secure_channel
+
+CONSORTIUM = "Demo Health Consortium"
+
+
+@dataclass
+class NodeFiles:
+    name: str
+    dir: Path
+    cert: Path
+    key: Path
+    config: Path
+    data: Path
+
+
+@dataclass
+class LocalConsortium:
+    workdir: Path
+    silos: list[str]
+    consortium: str = CONSORTIUM
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    port: int = 0
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.ca_dir = self.workdir / "ca"
+        self.agg_dir = self.workdir / "aggregator"
+        self.admin_dir = self.workdir / "coordinator"
+        self.logs = self.workdir / "logs"
+        self.nodes: dict[str, NodeFiles] = {}
+
+    # ------------------------------------------------------------------ provisioning
+    def provision(self, he_keys: bool = True) -> None:
+        for d in (self.agg_dir, self.admin_dir, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        pki.init_ca(self.ca_dir, self.consortium)
+        pki.issue(self.ca_dir, "aggregator", "aggregator", self.agg_dir, dns=["localhost"], ips=["127.0.0.1"])
+        pki.issue(self.ca_dir, "coordinator", "admin", self.admin_dir)
+        pki.issue(self.ca_dir, "auditor", "auditor", self.admin_dir)
+        for name in self.silos:
+            node_dir = self.workdir / name
+            node_dir.mkdir(parents=True, exist_ok=True)
+            key, csr = pki.make_csr(name, node_dir)  # the node's key is born in the node's directory
+            cert = pki.sign_csr(self.ca_dir, csr, "silo")
+            self.nodes[name] = NodeFiles(name, node_dir, cert, key, node_dir / "node.toml", node_dir / "data.csv")
+        if he_keys:
+            self.distribute_he_keys()
+
+    def distribute_he_keys(self) -> None:
+        """Key custody at the first silo: secret stays there, blobs wrapped to the others, public to the aggregator."""
+        custodian, *members = self.silos
+        bundle = create_and_wrap([pki.load_certificate(self.nodes[m].cert) for m in members],
+                                 consortium=self.consortium)
+        write_secret(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
+        for member, blob in bundle.wrapped.items():
+            (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
+        keys_dir = self.agg_dir / "keys"
+        keys_dir.mkdir(exist_ok=True)
+        (keys_dir / f"{bundle.fingerprint}.ctx").write_bytes(bundle.public_export)
+        self.fingerprint = bundle.fingerprint
+
+    def write_data(self, name: str, features: np.ndarray, labels: np.ndarray, columns: list[str],
+                   label: str = "label") -> Path:
+        path = self.nodes[name].data
+        with open(path, "w") as f:
+            f.write(",".join([*columns, label]) + "\n")
+            for row, y in zip(features, labels, strict=True):
+                f.write(",".join(repr(float(v)) for v in row) + f",{int(y)}\n")
+        return path
+
+    def write_aggregator_config(self, port: int = 0, extra: str = "") -> Path:
+        path = self.agg_dir / "aggregator.toml"
+        path.write_text(f"""# cipherfed aggregator (written by the local consortium builder)
+consortium = "{self.consortium}"
+listen = "127.0.0.1:{port}"
+state_dir = "state"
+port_file = "port"
+keys_dir = "keys"
+tick_s = 0.2
+{extra}
+[tls]
+cert = "aggregator.crt"
+key = "aggregator.key"
+ca = "{self.ca_dir / 'ca.crt'}"
+crl = "{self.ca_dir / 'crl.pem'}"
+""")
+        return path
+
+    def write_node_config(self, name: str, extra: str = "", keys: str | None = None) -> Path:
+        node = self.nodes[name]
+        if keys is None:
+            keys = ('secret_key = "he_secret.key"' if (node.dir / "he_secret.key").exists()
+                    else 'wrapped_key = "he_key.wrapped"')
+        node.config.write_text(f"""# cipherfed silo node {name}
+name = "{name}"
+consortium = "{self.consortium}"
+aggregator = "127.0.0.1:{self.port}"
+server_name = "localhost"
+state_dir = "state"
+poll_wait_s = 2.0
+{extra}
+[tls]
+ca = "{self.ca_dir / 'ca.crt'}"
+cert = "{node.cert.name}"
+key = "{node.key.name}"
+
+[data]
+path = "data.csv"
+validation_fraction = 0.2
+
+[keys]
+{keys}
+""")
+        return node.config
+
+    def write_admin_config(self, who: str = "coordinator") -> Path:
+        path = self.admin_dir / f"{who}.toml"
+        path.write_text(f"""aggregator = "127.0.0.1:{self.port}"
+server_name = "localhost"
+
+[tls]
+ca = "{self.ca_dir / 'ca.crt'}"
+cert = "{who}.crt"
+key = "{who}.key"
+""")
+        return path
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, label: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{label}.log", "ab")  # noqa: SIM115 - owned by the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "cipherfed", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=self.workdir)
+        self.processes[label] = proc
+        return proc
+
+    def start_aggregator(self, timeout: float = 60.0) -> int:
+        port_file = self.agg_dir / "port"
+        port_file.unlink(missing_ok=True)
+        config = self.agg_dir / "aggregator.toml"
+        if not config.exists():
+            self.write_aggregator_config(self.port)
+        proc = self._spawn("aggregator", ["aggregator", "start", "--config", str(config)])
+        deadline = time.time() + timeout
+        while not port_file.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"aggregator exited with {proc.returncode}; see {self.logs / 'aggregator.log'}")
+            if time.time() > deadline:
+                raise TimeoutError("aggregator did not start")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        self.wait_healthy(deadline - time.time())
+        return self.port
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        channel = self.channel("coordinator")
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.time() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def start_node(self, name: str) -> subprocess.Popen[bytes]:
+        if not self.nodes[name].config.exists():
+            self.write_node_config(name)
+        return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)])
+
+    def kill(self, label: str, sig: int = 9) -> None:
+        proc = self.processes.pop(label, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for label in list(self.processes):
+            proc = self.processes[label]
+            if proc.poll() is None:
+                proc.terminate()
+        for label in list(self.processes):
+            try:
+                self.processes[label].wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.processes[label].kill()
+            self.processes.pop(label)
+
+    # ------------------------------------------------------------------ clients
+    def tls(self, who: str) -> TlsFiles:
+        if who in self.nodes:
+            return TlsFiles(self.ca_dir / "ca.crt", self.nodes[who].cert, self.nodes[who].key)
+        return TlsFiles(self.ca_dir / "ca.crt", self.admin_dir / f"{who}.crt", self.admin_dir / f"{who}.key")
+
+    def channel(self, who: str) -> grpc.Channel:
+        return secure_channel(f"127.0.0.1:{self.port}", self.tls(who), "localhost")
+
+    def stub(self, who: str) -> Any:
+        return consortium_stub(self.channel(who))
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Secret key material: created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def job_toml(name: str, participants: list[str], fingerprint: str, features: list[str], *, rounds: int = 5,
+             he_profile: str = "sum", min_silos: int = 2, model: str = 'type = "logreg"', local_epochs: int = 1,
+             batch_size: int = 16, lr: float = 0.1, round_timeout_s: float = 60.0, max_round_retries: int = 2,
+             extra: str = "") -> str:
+    quoted = ", ".join(f'"{p}"' for p in participants)
+    cols = ", ".join(f'"{c}"' for c in features)
+    fp = f'key_fingerprint = "{fingerprint}"\n' if he_profile == "sum" else ""
+    return f"""name = "{name}"
+partition = "horizontal"
+rounds = {rounds}
+local_epochs = {local_epochs}
+batch_size = {batch_size}
+lr = {lr}
+min_silos = {min_silos}
+round_timeout_s = {round_timeout_s}
+max_round_retries = {max_round_retries}
+he_profile = "{he_profile}"
+{fp}participants = [{quoted}]
+seed = 7
+{extra}
+[model]
+{model}
+
+[dataset]
+features = [{cols}]
+label = "label"
+"""

@@ -1,0 +1,145 @@
+"""The silo node process: poll the aggregator, do each job's next step, never stop on one job's error."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import grpc
+
+from audit.events import EventSink, LogSink
+from cipherfed import __version__
+from crypto import pki
+from crypto.errors import CryptoError
+from crypto.signing import sign_digest
+from protocol import cipherfed_pb2 as pb
+from protocol.jobspec import JobSpec, job_spec_from_json
+from silo_node.client import AggregatorClient, Backoff
+from silo_node.config import NodeConfig, load_node_config
+from silo_node.data import DataError, load_columns
+from silo_node.horizontal import HorizontalJob
+from silo_node.keys import NodeKeys
+
+
+class JobRefused(Exception):
+    """This node will not (or cannot) take part in a job; the reasons go to the aggregator."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+class SiloNode:
+    def __init__(self, config: NodeConfig, events: EventSink | None = None) -> None:
+        self.config = config
+        self.events: EventSink = events or LogSink(f"cipherfed.node.{config.name}")
+        self.private_key = pki.load_private_key(config.tls.key)
+        self.certificate = pki.load_certificate(config.tls.cert)
+        cert_name = pki.common_name(self.certificate)
+        if cert_name != config.name:
+            raise ValueError(f"node.toml name {config.name!r} differs from the certificate's common name {cert_name!r}")
+        self.client = AggregatorClient(config.aggregator, config.tls.files(), config.server_name)
+        self.keys = NodeKeys(config.keys, config.name, config.consortium, self.private_key, self.certificate)
+        self.jobs: dict[str, HorizontalJob] = {}
+        self.ignored: set[str] = set()
+        self.stop_event = threading.Event()
+        self.version = 0
+
+    def audit_head(self) -> str:
+        return ""
+
+    def sign(self, digest: bytes) -> bytes:
+        return sign_digest(self.private_key, digest)
+
+    # ------------------------------------------------------------------ jobs
+    def _job(self, task: pb.Task) -> HorizontalJob:
+        job = self.jobs.get(task.job_id)
+        if job is not None:
+            return job
+        spec = job_spec_from_json(task.spec_json)
+        self.events.record("job_offered", self.config.name, job=task.job_id, name=spec.name,
+                           he_profile=spec.he_profile, rounds=spec.total_rounds)
+        job = self._accept(task.job_id, spec)
+        self.jobs[task.job_id] = job
+        return job
+
+    def _accept(self, job_id: str, spec: JobSpec) -> HorizontalJob:
+        if spec.partition != "horizontal":
+            raise JobRefused([f"partition {spec.partition!r} is not supported by this node"])
+        try:
+            data = load_columns(self.config.data.path, spec.dataset.features, spec.dataset.label,
+                                None, self.config.data.format)
+        except DataError as exc:
+            raise JobRefused([str(exc)]) from None
+        try:
+            encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
+        except CryptoError as exc:
+            raise JobRefused([f"HE key: {exc}"]) from None
+        self.events.record("job_accepted", self.config.name, job=job_id, dataset=data.source_fingerprint,
+                           rows=data.rows, columns=data.feature_names + [spec.dataset.label])
+        return HorizontalJob(job_id, spec, self.config.state_dir / "jobs" / job_id, data, self.config.name,
+                             self.client, encryptor, self.sign, self.events, self.audit_head,
+                             self.config.data.validation_fraction)
+
+    def handle(self, task: pb.Task) -> None:
+        if task.job_id in self.ignored or task.declined:
+            return
+        try:
+            job = self._job(task)
+        except JobRefused as exc:
+            self.ignored.add(task.job_id)
+            self.events.record("job_declined", self.config.name, job=task.job_id, reasons=exc.reasons)
+            if task.job_status == "running":
+                self.client.decline(task.job_id, -1, exc.reasons)
+            return
+        try:
+            job.step(task)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            # a refusal for this job (round closed meanwhile, ...): log it, poll again
+            self.events.record("step_refused", self.config.name, job=task.job_id, code=exc.code().name,
+                               reason=exc.details())
+        except (CryptoError, DataError, ValueError) as exc:
+            self.events.record("step_failed", self.config.name, job=task.job_id, error=str(exc))
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        own = pki.certificate_fingerprint(self.certificate)
+        self.events.record("node_started", self.config.name, version=__version__, cert_fingerprint=own,
+                           aggregator=self.config.aggregator)
+        backoff = Backoff()
+        wait_ms = int(self.config.poll_wait_s * 1000)
+        while not self.stop_event.is_set():
+            try:
+                reply = self.client.poll(wait_ms, self.version)
+                self.version = reply.version
+                backoff.reset()
+                for task in reply.tasks:
+                    if self.stop_event.is_set():
+                        break
+                    self.handle(task)
+            except grpc.RpcError as exc:
+                delay = backoff.next_delay()
+                self.events.record("aggregator_unreachable", self.config.name, code=exc.code().name,
+                                   detail=(exc.details() or "")[:200], retry_in_s=round(delay, 2))
+                self.stop_event.wait(delay)
+        self.events.record("node_stopped", self.config.name)
+        self.client.close()
+
+
+def run(config_path: Path) -> int:
+    """``cipherfed node start``: run until SIGTERM or SIGINT."""
+    node = SiloNode(load_node_config(config_path))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        node.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"node {node.config.name} dialing {node.config.aggregator} (no listening socket); Ctrl-C to stop",
+          flush=True)
+    node.run()
+    return 0

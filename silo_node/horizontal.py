@@ -1,0 +1,207 @@
+"""One horizontal job at one silo: catch up on aggregates, train, encrypt, upload, evaluate.
+
+The global model never exists at the aggregator. Every silo starts from the same seeded initial
+model and applies the same decrypted mean updates, so all silos hold the same global model. Round 0
+is an encrypted statistics round when the job standardizes features: each silo contributes its
+feature means and second moments weighted by its row count, and learns only the pooled ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.events import EventSink
+from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.signing import sign_digest, update_digest
+from protocol import cipherfed_pb2 as pb
+from protocol.jobspec import JobSpec
+from protocol.messages import check_digests, manifest_to_proto
+from silo_node.client import AggregatorClient
+from silo_node.data import LocalData, split
+from silo_node.models import evaluate, make_adapter
+
+STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
+
+
+@dataclass
+class JobState:
+    applied: int = 0  # aggregates applied: rounds 0 .. applied-1
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class HorizontalJob:
+    def __init__(self, job_id: str, spec: JobSpec, directory: Path, data: LocalData, name: str,
+                 client: AggregatorClient, encryptor: SumEncryptor, sign: Callable[[bytes], bytes],
+                 events: EventSink, audit_head: Callable[[], str], validation_fraction: float = 0.2) -> None:
+        self.job_id, self.spec, self.dir, self.data, self.name = job_id, spec, directory, data, name
+        self.client, self.encryptor, self._sign, self.events, self._audit_head = client, encryptor, sign, events, audit_head
+        self.dir.mkdir(parents=True, exist_ok=True)
+        seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{name}".encode()).digest()[:4], "big")
+        self.train_rows, self.val_rows = split(data, validation_fraction, seed)
+        self.state = self._load_state()
+        self.model = make_adapter(spec, data.features.shape[1])
+        weights_path = self.dir / "global.npz"
+        if weights_path.exists():
+            with np.load(weights_path) as stored:
+                self.model.set_weights(OrderedDict((k, stored[k]) for k in stored.files))
+        self.global_weights = self.model.get_weights()
+
+    # ------------------------------------------------------------------ persistence
+    def _load_state(self) -> JobState:
+        path = self.dir / "state.json"
+        return JobState(**json.loads(path.read_text())) if path.exists() else JobState()
+
+    def _save(self) -> None:
+        tmp = self.dir / "global.npz.tmp.npz"
+        np.savez(tmp, **self.global_weights)
+        tmp.replace(self.dir / "global.npz")
+        state_tmp = self.dir / "state.json.tmp"
+        state_tmp.write_text(json.dumps(self.state.__dict__))
+        state_tmp.replace(self.dir / "state.json")
+
+    # ------------------------------------------------------------------ helpers
+    def _round_kind(self, round_index: int) -> str:
+        return "stats" if self.spec.stats_round and round_index == 0 else "train"
+
+    def _x(self, rows: np.ndarray) -> np.ndarray:
+        x = self.data.features[rows]
+        if self.state.mean is not None and self.state.std is not None:
+            x = (x - np.asarray(self.state.mean)) / np.asarray(self.state.std)
+        return x
+
+    def _y(self, rows: np.ndarray) -> np.ndarray:
+        assert self.data.labels is not None
+        return self.data.labels[rows]
+
+    # ------------------------------------------------------------------ one step of work
+    def step(self, task: pb.Task) -> None:
+        while self.state.applied < task.completed_rounds:
+            self._apply_aggregate(self.state.applied)
+        if (task.job_status == "running" and task.round_status == "open" and not task.uploaded
+                and task.round == self.state.applied):
+            self._upload(int(task.round))
+        if task.job_status == "completed" and self.state.applied >= self.spec.total_rounds and not self.state.finished:
+            self._finish()
+        if task.job_status in ("failed", "aborted") and not self.state.finished:
+            self.state.finished = True
+            self._save()
+            self.events.record("job_ended", self.name, job=self.job_id, status=task.job_status, reason=task.reason)
+
+    def _upload(self, round_index: int) -> None:
+        cache = self.dir / f"upload-{round_index:05d}.bin"
+        if cache.exists():  # same bytes as before: the aggregator treats a re-send as idempotent
+            header, chunks = _read_upload(cache)
+        else:
+            header, chunks = self._prepare_upload(round_index)
+            _write_upload(cache, header, chunks)
+        receipt = self.client.upload(header, chunks)
+        self.events.record("update_sent", self.name, job=self.job_id, round=round_index, bytes=receipt.bytes,
+                           chunks=receipt.chunks, digest=receipt.digest, profile=self.spec.he_profile,
+                           encrypted=self.spec.he_profile != "none", idempotent_retry=receipt.already_received)
+
+    def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
+        weight = float(len(self.train_rows))
+        if self._round_kind(round_index) == "stats":
+            x = self.data.features[self.train_rows]
+            batch = encrypt_weighted_update(self.encryptor, OrderedDict([("mean", x.mean(axis=0)),
+                                                                         ("sqmean", (x**2).mean(axis=0))]),
+                                            weight, scale_bits=STATS_SCALE_BITS if self.spec.he_profile != "none" else None)
+        else:
+            self.model.set_weights(self.global_weights)
+            seed = int.from_bytes(hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big")
+            self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
+            new = self.model.get_weights()
+            delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
+            if self.spec.update_clip_norm:
+                norm = float(np.sqrt(sum(float((v**2).sum()) for v in delta.values())))
+                if norm > self.spec.update_clip_norm:
+                    delta = OrderedDict((k, v * (self.spec.update_clip_norm / norm)) for k, v in delta.items())
+            batch = encrypt_weighted_update(self.encryptor, delta, weight)
+        head = self._audit_head()
+        digest = update_digest(self.job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), head)
+        header = pb.UploadHeader(job_id=self.job_id, round=round_index, manifest=manifest_to_proto(batch.manifest),
+                                 audit_head=head, signature=self._sign(digest))
+        return header, batch.chunks
+
+    def _apply_aggregate(self, round_index: int) -> None:
+        agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
+        check_digests(manifest, chunks)
+        mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
+        self.events.record("aggregate_decrypted", self.name, job=self.job_id, round=round_index,
+                           contributors=agg_header.contributors, bytes=sum(len(c) for c in chunks))
+        if self._round_kind(round_index) == "stats":
+            mu = np.asarray(mean.tensors["mean"], dtype=np.float64)
+            var = np.asarray(mean.tensors["sqmean"], dtype=np.float64) - mu**2
+            std = np.sqrt(np.clip(var, 0.0, None))
+            std[std < 1e-8] = 1.0
+            self.state.mean, self.state.std = mu.tolist(), std.tolist()
+        else:
+            self.global_weights = OrderedDict(
+                (k, self.global_weights[k] + np.asarray(mean.tensors[k], dtype=np.float64)) for k in self.global_weights)
+            self.model.set_weights(self.global_weights)
+        self.state.applied = round_index + 1
+        self._save()
+        if self._round_kind(round_index) == "train":
+            metrics = evaluate(self.model, self._x(self.val_rows), self._y(self.val_rows), self.spec.model.num_classes)
+            self.state.history.append({"round": round_index, **metrics})
+            self._save()
+            self.client.report_metrics(self.job_id, round_index, metrics)
+
+    def _finish(self) -> None:
+        export = self.dir / "final_model.npz"
+        extras = {"__mean__": np.asarray(self.state.mean or []), "__std__": np.asarray(self.state.std or [])}
+        np.savez(export, **self.global_weights, **extras)
+        (self.dir / "job_spec.json").write_text(self.spec.model_dump_json(indent=2))
+        self.state.finished = True
+        self._save()
+        self.events.record("model_exported", self.name, job=self.job_id, path=str(export),
+                           sha256=hashlib.sha256(export.read_bytes()).hexdigest())
+
+
+def _write_upload(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        raw = header.SerializeToString()
+        f.write(struct.pack(">I", len(raw)) + raw)
+        for chunk in chunks:
+            f.write(struct.pack(">I", len(chunk)) + chunk)
+    tmp.replace(path)
+
+
+def _read_upload(path: Path) -> tuple[pb.UploadHeader, list[bytes]]:
+    data = path.read_bytes()
+    (n,) = struct.unpack(">I", data[:4])
+    header = pb.UploadHeader()
+    header.ParseFromString(data[4 : 4 + n])
+    chunks, offset = [], 4 + n
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        chunks.append(data[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return header, chunks
+
+
+def load_exported_model(path: Path) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """A silo's exported final model: (adapter, mean, std) ready for ``predict_proba``."""
+    spec = JobSpec.model_validate_json((path.parent / "job_spec.json").read_text())
+    with np.load(path) as stored:
+        weights = OrderedDict((k, stored[k]) for k in stored.files if not k.startswith("__"))
+        mean = stored["__mean__"] if stored["__mean__"].size else None
+        std = stored["__std__"] if stored["__std__"].size else None
+    first = next(iter(weights.values()))
+    n_features = first.shape[-1] if spec.model.type != "sklearn_sgd" else weights["coef"].shape[1]
+    adapter = make_adapter(spec, n_features)
+    adapter.set_weights(weights)
+    return adapter, mean, std
