@@ -25,8 +25,20 @@ READERS = frozenset({"admin", "auditor"})
 ANYONE = frozenset(pki.ROLES)
 
 RPC_ROLES: dict[str, frozenset[str]] = {
-    **{SERVICE + m: SILO for m in ("Poll", "Upload", "DownloadAggregate", "ReportMetrics", "Decline",
-                                   "PutKeyMaterial", "GetKeyMaterial", "Send", "Receive")},
+    **{
+        SERVICE + m: SILO
+        for m in (
+            "Poll",
+            "Upload",
+            "DownloadAggregate",
+            "ReportMetrics",
+            "Decline",
+            "PutKeyMaterial",
+            "GetKeyMaterial",
+            "Send",
+            "Receive",
+        )
+    },
     SERVICE + "SubmitJob": ADMIN,
     SERVICE + "AbortJob": ADMIN,
     SERVICE + "GetJobStatus": READERS,
@@ -94,8 +106,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         return _wrap(handler, check)
 
-    def _refuse(self, context: grpc.ServicerContext, caller: str, method: str, code: grpc.StatusCode,
-                reason: str) -> None:
+    def _refuse(
+        self, context: grpc.ServicerContext, caller: str, method: str, code: grpc.StatusCode, reason: str
+    ) -> None:
         if self._on_refusal is not None:
             self._on_refusal(caller, method, reason)
         context.abort(code, reason)
@@ -109,8 +122,9 @@ def _wrap(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
             check(context)
             return inner_uu(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                   handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -118,8 +132,9 @@ def _wrap(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
             check(context)
             yield from inner_us(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
-                                                    handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
@@ -127,13 +142,15 @@ def _wrap(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
             check(context)
             return inner_su(requests, context)
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
-                                                    handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
     inner_ss = handler.stream_stream
 
     def stream_stream(requests: Any, context: grpc.ServicerContext) -> Any:
         check(context)
         yield from inner_ss(requests, context)
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                 handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

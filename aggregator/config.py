@@ -42,9 +42,11 @@ def load_aggregator_config(path: Path | str) -> AggregatorConfig:
         return None if p is None else (p if p.is_absolute() else base / p)
 
     config.state_dir = rel(config.state_dir) or config.state_dir
-    config.tls.cert, config.tls.key, config.tls.ca = (rel(config.tls.cert) or config.tls.cert,
-                                                      rel(config.tls.key) or config.tls.key,
-                                                      rel(config.tls.ca) or config.tls.ca)
+    config.tls.cert, config.tls.key, config.tls.ca = (
+        rel(config.tls.cert) or config.tls.cert,
+        rel(config.tls.key) or config.tls.key,
+        rel(config.tls.ca) or config.tls.ca,
+    )
     config.tls.crl = rel(config.tls.crl)
     config.port_file = rel(config.port_file)
     config.keys_dir = rel(config.keys_dir)

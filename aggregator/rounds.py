@@ -69,8 +69,9 @@ class UploadSession:
         self.manifest = manifest
         self.audit_head = audit_head
         self.digest = manifest.digest().hex()
-        self._verifier = ChunkVerifier(round_.public, manifest,
-                                       round_.public.fingerprint if round_.public else PLAIN_FINGERPRINT)
+        self._verifier = ChunkVerifier(
+            round_.public, manifest, round_.public.fingerprint if round_.public else PLAIN_FINGERPRINT
+        )
         self._spool: IO[bytes] = tempfile.TemporaryFile(dir=engine.spool_dir)  # noqa: SIM115 - closed in _end
         self.added = 0
         self.nbytes = 0
@@ -81,8 +82,10 @@ class UploadSession:
         if len(data) > MAX_CHUNK_BYTES:
             raise Refusal(Code.INVALID_ARGUMENT, f"chunk of {len(data)} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit")
         if self.added >= self.manifest.chunk_count:
-            raise Refusal(Code.INVALID_ARGUMENT,
-                          f"upload is larger than its manifest: more than {self.manifest.chunk_count} chunks")
+            raise Refusal(
+                Code.INVALID_ARGUMENT,
+                f"upload is larger than its manifest: more than {self.manifest.chunk_count} chunks",
+            )
         try:
             loaded = self._verifier.load(self.added, data)
         except CryptoError as exc:
@@ -110,8 +113,11 @@ class UploadSession:
                 return
             if self.added and self.round.accumulator is not None:
                 self._spool.seek(0)
-                undo = ChunkVerifier(self.round.public, self.manifest,
-                                     self.round.public.fingerprint if self.round.public else PLAIN_FINGERPRINT)
+                undo = ChunkVerifier(
+                    self.round.public,
+                    self.manifest,
+                    self.round.public.fingerprint if self.round.public else PLAIN_FINGERPRINT,
+                )
                 for index in range(self.added):
                     (length,) = struct.unpack(">I", self._spool.read(4))
                     self.round.accumulator.subtract(index, undo.load(index, self._spool.read(length)))
@@ -124,8 +130,9 @@ class UploadSession:
 
 
 class JobEngine:
-    def __init__(self, store: StateStore, keyring: PublicKeyring, state_dir: Path, events: EventSink,
-                 min_per_aggregate: int = 2) -> None:
+    def __init__(
+        self, store: StateStore, keyring: PublicKeyring, state_dir: Path, events: EventSink, min_per_aggregate: int = 2
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.events = events
@@ -150,8 +157,13 @@ class JobEngine:
             row = self.store.round(job.job_id, job.current_round)
             attempt = row.attempt if row else 1
             self._open_round(job.job_id, spec, job.current_round, attempt, now)
-            self.events.record("round_reopened", "aggregator", job=job.job_id, round=job.current_round,
-                               reason="aggregator restarted; contributors must re-upload")
+            self.events.record(
+                "round_reopened",
+                "aggregator",
+                job=job.job_id,
+                round=job.current_round,
+                reason="aggregator restarted; contributors must re-upload",
+            )
 
     def spec(self, job_id: str) -> JobSpec:
         spec = self._specs.get(job_id)
@@ -182,23 +194,37 @@ class JobEngine:
         if spec.partition != "horizontal":
             raise Refusal(Code.UNIMPLEMENTED, "vertical jobs are not available on this aggregator yet")
         if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
-            raise Refusal(Code.FAILED_PRECONDITION,
-                          f"no public context with fingerprint {spec.key_fingerprint} is registered here; the key "
-                          f"custodian must run `cipherfed keys create` (known: {', '.join(self.keyring.fingerprints()) or 'none'})")
+            known = ", ".join(self.keyring.fingerprints()) or "none"
+            raise Refusal(
+                Code.FAILED_PRECONDITION,
+                f"no public context with fingerprint {spec.key_fingerprint} is registered here; the key "
+                f"custodian must run `cipherfed keys create` (known: {known})",
+            )
         if max(spec.min_silos, self.min_per_aggregate) > len(spec.participants):
-            raise Refusal(Code.FAILED_PRECONDITION,
-                          f"the consortium releases no aggregate with fewer than {self.min_per_aggregate} contributors, "
-                          f"but the job lists {len(spec.participants)} participants")
+            raise Refusal(
+                Code.FAILED_PRECONDITION,
+                f"the consortium releases no aggregate with fewer than {self.min_per_aggregate} contributors, "
+                f"but the job lists {len(spec.participants)} participants",
+            )
         job_id = f"{spec.name}-{secrets.token_hex(3)}"
         now = time.time()
         with self.lock:
-            self.store.insert_job(JobRow(job_id, spec.name, spec.model_dump_json(), RUNNING, "", 0, spec.total_rounds,
-                                         submitter, now))
+            self.store.insert_job(
+                JobRow(job_id, spec.name, spec.model_dump_json(), RUNNING, "", 0, spec.total_rounds, submitter, now)
+            )
             self._specs[job_id] = spec
             self._open_round(job_id, spec, 0, 1, now)
             self._bump()
-        self.events.record("job_submitted", submitter, job=job_id, name=spec.name, participants=spec.participants,
-                           he_profile=spec.he_profile, rounds=spec.total_rounds, min_silos=spec.min_silos)
+        self.events.record(
+            "job_submitted",
+            submitter,
+            job=job_id,
+            name=spec.name,
+            participants=spec.participants,
+            he_profile=spec.he_profile,
+            rounds=spec.total_rounds,
+            min_silos=spec.min_silos,
+        )
         return job_id
 
     def abort(self, job_id: str, reason: str, by: str) -> None:
@@ -227,14 +253,22 @@ class JobEngine:
         self._open[job_id] = OpenRound(job_id, round_index, attempt, now, deadline, spec, public)
         self.store.upsert_round(job_id, round_index, OPEN, attempt, now, deadline)
         self.store.update_job(job_id, current_round=round_index)
-        self.events.record("round_opened", "aggregator", job=job_id, round=round_index, attempt=attempt,
-                           deadline_s=spec.round_timeout_s)
+        self.events.record(
+            "round_opened",
+            "aggregator",
+            job=job_id,
+            round=round_index,
+            attempt=attempt,
+            deadline_s=spec.round_timeout_s,
+        )
 
     def expected_contributors(self, job_id: str, spec: JobSpec) -> set[str]:
         return set(spec.participants) - set(self.store.declines(job_id))
 
     # ------------------------------------------------------------------ uploads
-    def begin_upload(self, silo: Identity, cert: x509.Certificate, header: pb.UploadHeader) -> UploadSession | pb.UploadReceipt:
+    def begin_upload(
+        self, silo: Identity, cert: x509.Certificate, header: pb.UploadHeader
+    ) -> UploadSession | pb.UploadReceipt:
         job_id, round_index = header.job_id, int(header.round)
         with self.lock:
             row = self.store.job(job_id)
@@ -249,11 +283,15 @@ class JobEngine:
             if open_round is None:
                 raise Refusal(Code.FAILED_PRECONDITION, f"job {job_id} has no open round")
             if round_index < open_round.round:
-                raise Refusal(Code.FAILED_PRECONDITION,
-                              f"round {round_index} of job {job_id} is closed (replay?); the open round is {open_round.round}")
+                raise Refusal(
+                    Code.FAILED_PRECONDITION,
+                    f"round {round_index} of job {job_id} is closed (replay?); the open round is {open_round.round}",
+                )
             if round_index > open_round.round:
-                raise Refusal(Code.FAILED_PRECONDITION,
-                              f"round {round_index} of job {job_id} is not open; the open round is {open_round.round}")
+                raise Refusal(
+                    Code.FAILED_PRECONDITION,
+                    f"round {round_index} of job {job_id} is not open; the open round is {open_round.round}",
+                )
         try:
             manifest = manifest_from_proto(header.manifest)
         except CryptoError as exc:
@@ -265,9 +303,11 @@ class JobEngine:
             raise Refusal(Code.PERMISSION_DENIED, f"upload signature rejected: {exc}") from None
         expected_fp = spec.key_fingerprint if spec.he_profile == "sum" else PLAIN_FINGERPRINT
         if manifest.fingerprint != expected_fp or manifest.profile != spec.he_profile:
-            raise Refusal(Code.FAILED_PRECONDITION,
-                          f"upload is under key {manifest.fingerprint} ({manifest.profile}); job {job_id} uses "
-                          f"{expected_fp} ({spec.he_profile})")
+            raise Refusal(
+                Code.FAILED_PRECONDITION,
+                f"upload is under key {manifest.fingerprint} ({manifest.profile}); job {job_id} uses "
+                f"{expected_fp} ({spec.he_profile})",
+            )
         with self.lock:
             open_round = self._open.get(job_id)
             if open_round is None or open_round.round != round_index:
@@ -275,18 +315,28 @@ class JobEngine:
             previous = open_round.contributors.get(silo.name)
             if previous is not None:
                 if previous[0] == manifest.digest().hex():
-                    return pb.UploadReceipt(job_id=job_id, round=round_index, chunks=manifest.chunk_count,
-                                            bytes=previous[1], already_received=True, digest=previous[0])
-                raise Refusal(Code.ALREADY_EXISTS,
-                              f"duplicate upload: {silo.name} already contributed to round {round_index} of {job_id}")
+                    return pb.UploadReceipt(
+                        job_id=job_id,
+                        round=round_index,
+                        chunks=manifest.chunk_count,
+                        bytes=previous[1],
+                        already_received=True,
+                        digest=previous[0],
+                    )
+                raise Refusal(
+                    Code.ALREADY_EXISTS,
+                    f"duplicate upload: {silo.name} already contributed to round {round_index} of {job_id}",
+                )
             if any(s.silo == silo.name for s in open_round.sessions):
                 raise Refusal(Code.ALREADY_EXISTS, f"{silo.name} already has an upload in progress for this round")
             if open_round.manifest is None:
                 open_round.manifest = manifest
                 open_round.accumulator = Accumulator(open_round.public, manifest.chunk_count)
             elif open_round.manifest.layout_key() != manifest.layout_key():
-                raise Refusal(Code.INVALID_ARGUMENT,
-                              "upload layout (tensors, sizes, scale) differs from the other contributions to this round")
+                raise Refusal(
+                    Code.INVALID_ARGUMENT,
+                    "upload layout (tensors, sizes, scale) differs from the other contributions to this round",
+                )
             session = UploadSession(self, open_round, silo.name, manifest, header.audit_head)
             open_round.sessions.add(session)
             return session
@@ -296,16 +346,30 @@ class JobEngine:
             if session.cancelled:
                 raise Refusal(Code.ABORTED, session.cancelled)
             open_round = session.round
-            self.store.add_contribution(open_round.job_id, open_round.round, session.silo, session.digest,
-                                        session.nbytes, session.audit_head)
+            self.store.add_contribution(
+                open_round.job_id, open_round.round, session.silo, session.digest, session.nbytes, session.audit_head
+            )
             open_round.contributors[session.silo] = (session.digest, session.nbytes, session.audit_head)
             open_round.bytes_in += session.nbytes
             session._end()
-            self.events.record("upload_accepted", session.silo, job=open_round.job_id, round=open_round.round,
-                               bytes=session.nbytes, chunks=session.added, digest=session.digest,
-                               profile=session.manifest.profile, audit_head=session.audit_head)
-            receipt = pb.UploadReceipt(job_id=open_round.job_id, round=open_round.round, chunks=session.added,
-                                       bytes=session.nbytes, digest=session.digest)
+            self.events.record(
+                "upload_accepted",
+                session.silo,
+                job=open_round.job_id,
+                round=open_round.round,
+                bytes=session.nbytes,
+                chunks=session.added,
+                digest=session.digest,
+                profile=session.manifest.profile,
+                audit_head=session.audit_head,
+            )
+            receipt = pb.UploadReceipt(
+                job_id=open_round.job_id,
+                round=open_round.round,
+                chunks=session.added,
+                bytes=session.nbytes,
+                digest=session.digest,
+            )
             expected = self.expected_contributors(open_round.job_id, open_round.spec)
             if expected <= set(open_round.contributors):
                 self._close(open_round, "all participants reported")
@@ -334,15 +398,38 @@ class JobEngine:
         if len(contributors) >= required and open_round.accumulator is not None and open_round.manifest is not None:
             chunks = open_round.accumulator.serialize()
             m = open_round.manifest
-            manifest = Manifest(m.profile, m.fingerprint, m.layout, m.value_count, m.values_per_chunk, m.scale_bits,
-                                tuple(chunk_digest(c) for c in chunks))
+            manifest = Manifest(
+                m.profile,
+                m.fingerprint,
+                m.layout,
+                m.value_count,
+                m.values_per_chunk,
+                m.scale_bits,
+                tuple(chunk_digest(c) for c in chunks),
+            )
             path = self.aggregates_dir / job_id / f"round-{round_index:05d}.agg"
             out_bytes = write_aggregate(path, manifest, chunks)
-            self.store.update_round(job_id, round_index, status=CLOSED, closed_at=now, bytes_in=open_round.bytes_in,
-                                    contributors=len(contributors), aggregate_path=str(path), reason=why)
-            self.events.record("aggregate_released", "aggregator", job=job_id, round=round_index,
-                               contributors=contributors, bytes_in=open_round.bytes_in, bytes_out=out_bytes,
-                               wall_s=round(now - open_round.opened_at, 3), why=why)
+            self.store.update_round(
+                job_id,
+                round_index,
+                status=CLOSED,
+                closed_at=now,
+                bytes_in=open_round.bytes_in,
+                contributors=len(contributors),
+                aggregate_path=str(path),
+                reason=why,
+            )
+            self.events.record(
+                "aggregate_released",
+                "aggregator",
+                job=job_id,
+                round=round_index,
+                contributors=contributors,
+                bytes_in=open_round.bytes_in,
+                bytes_out=out_bytes,
+                wall_s=round(now - open_round.opened_at, 3),
+                why=why,
+            )
             del self._open[job_id]
             if round_index + 1 < spec.total_rounds:
                 self._open_round(job_id, spec, round_index + 1, 1, now)
@@ -350,11 +437,20 @@ class JobEngine:
                 self.store.update_job(job_id, status=COMPLETED, reason=f"{spec.total_rounds} rounds completed")
                 self.events.record("job_completed", "aggregator", job=job_id, rounds=spec.total_rounds)
         else:
-            reason = (f"round {round_index}: {len(contributors)} of the required {required} silos contributed "
-                      f"({why}); no aggregate released")
+            reason = (
+                f"round {round_index}: {len(contributors)} of the required {required} silos contributed "
+                f"({why}); no aggregate released"
+            )
             self.store.clear_contributions(job_id, round_index)
-            self.events.record("round_failed", "aggregator", job=job_id, round=round_index, attempt=open_round.attempt,
-                               contributors=contributors, reason=reason)
+            self.events.record(
+                "round_failed",
+                "aggregator",
+                job=job_id,
+                round=round_index,
+                attempt=open_round.attempt,
+                contributors=contributors,
+                reason=reason,
+            )
             if open_round.attempt <= spec.max_round_retries:
                 self._open_round(job_id, spec, round_index, open_round.attempt + 1, now)
             else:
@@ -372,12 +468,20 @@ class JobEngine:
                     continue
                 open_round = self._open.get(row.job_id)
                 completed = sum(1 for r in self.store.rounds(row.job_id) if r.status == CLOSED)
-                tasks.append(pb.Task(
-                    job_id=row.job_id, spec_json=row.spec_json, job_status=row.status, round=row.current_round,
-                    round_status=OPEN if open_round else CLOSED, completed_rounds=completed,
-                    uploaded=bool(open_round and silo in open_round.contributors),
-                    deadline_unix_ms=int(open_round.deadline * 1000) if open_round else 0, reason=row.reason,
-                    declined=silo in self.store.declines(row.job_id)))
+                tasks.append(
+                    pb.Task(
+                        job_id=row.job_id,
+                        spec_json=row.spec_json,
+                        job_status=row.status,
+                        round=row.current_round,
+                        round_status=OPEN if open_round else CLOSED,
+                        completed_rounds=completed,
+                        uploaded=bool(open_round and silo in open_round.contributors),
+                        deadline_unix_ms=int(open_round.deadline * 1000) if open_round else 0,
+                        reason=row.reason,
+                        declined=silo in self.store.declines(row.job_id),
+                    )
+                )
         return tasks
 
     def aggregate_path(self, job_id: str, round_index: int, silo: str) -> tuple[Path, int]:
@@ -409,8 +513,9 @@ class JobEngine:
             if open_round is not None:
                 expected = self.expected_contributors(job_id, spec)
                 if len(expected) < self._required(spec):
-                    self._end_job(job_id, FAILED, f"too few participants left after {silo} declined: "
-                                  f"{'; '.join(reasons)}")
+                    self._end_job(
+                        job_id, FAILED, f"too few participants left after {silo} declined: {'; '.join(reasons)}"
+                    )
                 elif open_round.contributors and expected <= set(open_round.contributors):
                     self._close(open_round, "all remaining participants reported")
             self._bump()
@@ -429,16 +534,41 @@ class JobEngine:
                 names = sorted(live.contributors) if live else sorted(self.store.contributions(job_id, r.round))
                 bytes_in = live.bytes_in if live else r.bytes_in
             end = r.closed_at or time.time()
-            rounds.append(pb.RoundStatus(
-                round=r.round, status=r.status, attempt=r.attempt, contributors=names, bytes_in=bytes_in,
-                wall_s=end - r.opened_at, reason=r.reason,
-                metrics=[pb.SiloMetrics(silo=s, metrics=m) for s, m in sorted(metrics.get(r.round, {}).items())]))
-        return pb.JobStatus(job_id=job_id, name=row.name, status=row.status, reason=row.reason,
-                            rounds_total=row.rounds_total, current_round=row.current_round, rounds=rounds,
-                            spec_json=row.spec_json, participants=spec.participants, submitted_by=row.submitted_by,
-                            declined=sorted(self.store.declines(job_id)))
+            rounds.append(
+                pb.RoundStatus(
+                    round=r.round,
+                    status=r.status,
+                    attempt=r.attempt,
+                    contributors=names,
+                    bytes_in=bytes_in,
+                    wall_s=end - r.opened_at,
+                    reason=r.reason,
+                    metrics=[pb.SiloMetrics(silo=s, metrics=m) for s, m in sorted(metrics.get(r.round, {}).items())],
+                )
+            )
+        return pb.JobStatus(
+            job_id=job_id,
+            name=row.name,
+            status=row.status,
+            reason=row.reason,
+            rounds_total=row.rounds_total,
+            current_round=row.current_round,
+            rounds=rounds,
+            spec_json=row.spec_json,
+            participants=spec.participants,
+            submitted_by=row.submitted_by,
+            declined=sorted(self.store.declines(job_id)),
+        )
 
     def list_jobs(self) -> list[Any]:
-        return [pb.JobSummary(job_id=r.job_id, name=r.name, status=r.status, current_round=r.current_round,
-                              rounds_total=r.rounds_total, created=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created)))
-                for r in self.store.jobs()]
+        return [
+            pb.JobSummary(
+                job_id=r.job_id,
+                name=r.name,
+                status=r.status,
+                current_round=r.current_round,
+                rounds_total=r.rounds_total,
+                created=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created)),
+            )
+            for r in self.store.jobs()
+        ]

@@ -11,7 +11,7 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from aggregator.auth import AuthInterceptor, Authenticator
+from aggregator.auth import Authenticator, AuthInterceptor
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.keyring import PublicKeyring
 from aggregator.rounds import JobEngine
@@ -33,17 +33,25 @@ class AggregatorServer:
         self.engine = JobEngine(self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate)
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                                  interceptors=[interceptor],
-                                  options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1),
-                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
-        pbg.add_ConsortiumServicer_to_server(ConsortiumService(self.engine, self.auth, self.events, config.consortium),
-                                             self.server)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers),
+            interceptors=[interceptor],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        pbg.add_ConsortiumServicer_to_server(
+            ConsortiumService(self.engine, self.auth, self.events, config.consortium), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         credentials = grpc.ssl_server_credentials(
             [(config.tls.key.read_bytes(), config.tls.cert.read_bytes())],
-            root_certificates=config.tls.ca.read_bytes(), require_client_auth=True)
+            root_certificates=config.tls.ca.read_bytes(),
+            require_client_auth=True,
+        )
         self.port = self.server.add_secure_port(config.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
@@ -70,8 +78,14 @@ class AggregatorServer:
             tmp.write_text(str(self.port))
             tmp.replace(self.config.port_file)
         own_cert = load_certificate(self.config.tls.cert)
-        self.events.record("aggregator_started", "aggregator", port=self.port, version=__version__,
-                           consortium=self.config.consortium, cert_fingerprint=certificate_fingerprint(own_cert))
+        self.events.record(
+            "aggregator_started",
+            "aggregator",
+            port=self.port,
+            version=__version__,
+            consortium=self.config.consortium,
+            cert_fingerprint=certificate_fingerprint(own_cert),
+        )
         return self.port
 
     def stop(self, grace: float = 2.0) -> None:

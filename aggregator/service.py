@@ -57,8 +57,9 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
         wait_s = min(max(request.wait_ms, 0) / 1000.0, MAX_POLL_WAIT_S)
         version = self.engine.wait_for_change(request.known_version, wait_s) if wait_s else self.engine.version
-        return pb.PollReply(tasks=self.engine.tasks_for(ident.name), server_time_unix_ms=int(time.time() * 1000),
-                            version=version)
+        return pb.PollReply(
+            tasks=self.engine.tasks_for(ident.name), server_time_unix_ms=int(time.time() * 1000), version=version
+        )
 
     def Upload(self, request_iterator: Iterator[pb.UploadMessage], context: grpc.ServicerContext) -> pb.UploadReceipt:
         ident = self.auth.identity(context)
@@ -87,17 +88,32 @@ class ConsortiumService(pbg.ConsortiumServicer):
         finally:
             if session is not None and not session.done:
                 session.rollback()
-                self.events.record("upload_rolled_back", ident.name, job=session.round.job_id,
-                                   round=session.round.round, chunks_added=session.added)
+                self.events.record(
+                    "upload_rolled_back",
+                    ident.name,
+                    job=session.round.job_id,
+                    round=session.round.round,
+                    chunks_added=session.added,
+                )
 
-    def DownloadAggregate(self, request: pb.AggregateRequest, context: grpc.ServicerContext) -> Iterator[pb.AggregateMessage]:
+    def DownloadAggregate(
+        self, request: pb.AggregateRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AggregateMessage]:
         ident = self.auth.identity(context)
         path, contributors = self._guard(
-            context, "DownloadAggregate", lambda: self.engine.aggregate_path(request.job_id, int(request.round), ident.name))
+            context,
+            "DownloadAggregate",
+            lambda: self.engine.aggregate_path(request.job_id, int(request.round), ident.name),
+        )
         manifest, chunks = read_aggregate(path)
-        yield pb.AggregateMessage(header=pb.AggregateHeader(job_id=request.job_id, round=request.round,
-                                                            manifest=manifest_to_proto(manifest),
-                                                            contributors=contributors))
+        yield pb.AggregateMessage(
+            header=pb.AggregateHeader(
+                job_id=request.job_id,
+                round=request.round,
+                manifest=manifest_to_proto(manifest),
+                contributors=contributors,
+            )
+        )
         for chunk in chunks:
             assert len(chunk) <= MAX_CHUNK_BYTES
             yield pb.AggregateMessage(chunk=chunk)
@@ -106,14 +122,20 @@ class ConsortiumService(pbg.ConsortiumServicer):
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
         ident = self.auth.identity(context)
         metrics = {k: float(v) for k, v in request.metrics.items()}
-        self._guard(context, "ReportMetrics",
-                    lambda: self.engine.report_metrics(request.job_id, int(request.round), ident.name, metrics))
+        self._guard(
+            context,
+            "ReportMetrics",
+            lambda: self.engine.report_metrics(request.job_id, int(request.round), ident.name, metrics),
+        )
         return pb.Ack(message="recorded")
 
     def Decline(self, request: pb.DeclineRequest, context: grpc.ServicerContext) -> pb.Ack:
         ident = self.auth.identity(context)
-        self._guard(context, "Decline", lambda: self.engine.decline(request.job_id, int(request.round), ident.name,
-                                                                   list(request.reasons)))
+        self._guard(
+            context,
+            "Decline",
+            lambda: self.engine.decline(request.job_id, int(request.round), ident.name, list(request.reasons)),
+        )
         return pb.Ack(message="declined")
 
     def PutKeyMaterial(self, request: pb.KeyMaterial, context: grpc.ServicerContext) -> pb.Ack:
@@ -122,16 +144,23 @@ class ConsortiumService(pbg.ConsortiumServicer):
         def run() -> pb.Ack:
             existing = self.engine.store.key_material(request.scope)
             if existing is not None and existing[2] != ident.name:
-                raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                              f"key scope {request.scope!r} belongs to custodian {existing[2]}")
+                raise Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED, f"key scope {request.scope!r} belongs to custodian {existing[2]}"
+                )
             public = self.engine.keyring.add(bytes(request.public_context))  # refuses a secret export
             if public.fingerprint != request.fingerprint:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "fingerprint does not match the public context")
             wrapped = {k: bytes(v) for k, v in request.wrapped.items()}
-            self.engine.store.put_key_material(request.scope, public.fingerprint, bytes(request.public_context),
-                                               ident.name, wrapped)
-            self.events.record("key_material_stored", ident.name, scope=request.scope, fingerprint=public.fingerprint,
-                               members=sorted(wrapped))
+            self.engine.store.put_key_material(
+                request.scope, public.fingerprint, bytes(request.public_context), ident.name, wrapped
+            )
+            self.events.record(
+                "key_material_stored",
+                ident.name,
+                scope=request.scope,
+                fingerprint=public.fingerprint,
+                members=sorted(wrapped),
+            )
             return pb.Ack(message=f"stored public context {public.fingerprint} and {len(wrapped)} wrapped keys")
 
         return self._guard(context, "PutKeyMaterial", run)
@@ -148,8 +177,13 @@ class ConsortiumService(pbg.ConsortiumServicer):
             if not blob and custodian != ident.name:
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"no wrapped key for {ident.name} in scope {request.scope!r}")
             self.events.record("key_material_fetched", ident.name, scope=request.scope, fingerprint=fingerprint)
-            return pb.KeyMaterialReply(scope=request.scope, fingerprint=fingerprint, public_context=public_context,
-                                       wrapped_for_me=blob, custodian=custodian)
+            return pb.KeyMaterialReply(
+                scope=request.scope,
+                fingerprint=fingerprint,
+                public_context=public_context,
+                wrapped_for_me=blob,
+                custodian=custodian,
+            )
 
         return self._guard(context, "GetKeyMaterial", run)
 
@@ -162,8 +196,9 @@ class ConsortiumService(pbg.ConsortiumServicer):
                 spec = self.engine.spec(message.job_id)
                 if ident.name not in spec.participants or message.to not in spec.participants:
                     raise Refusal(grpc.StatusCode.PERMISSION_DENIED, "relay only between participants of the job")
-                self.engine.store.relay_put(message.job_id, ident.name, message.to, message.kind, message.seq,
-                                            bytes(message.payload))
+                self.engine.store.relay_put(
+                    message.job_id, ident.name, message.to, message.kind, message.seq, bytes(message.payload)
+                )
                 count += 1
             with self.engine.lock:
                 self.engine._bump()
@@ -175,13 +210,22 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
         deadline = time.time() + min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
         while True:
-            payloads = self.engine.store.relay_get(request.job_id, ident.name, request.kind, request.seq, request.sender)
+            payloads = self.engine.store.relay_get(
+                request.job_id, ident.name, request.kind, request.seq, request.sender
+            )
             if payloads or time.time() >= deadline:
                 break
             self.engine.wait_for_change(self.engine.version, max(0.0, deadline - time.time()))
         for i, payload in enumerate(payloads):
-            yield pb.RelayMessage(job_id=request.job_id, to=ident.name, sender=request.sender, kind=request.kind,
-                                  seq=request.seq, payload=payload, last=i == len(payloads) - 1)
+            yield pb.RelayMessage(
+                job_id=request.job_id,
+                to=ident.name,
+                sender=request.sender,
+                kind=request.kind,
+                seq=request.seq,
+                payload=payload,
+                last=i == len(payloads) - 1,
+            )
 
     # ------------------------------------------------------------------ admins and auditors
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.JobRef:
@@ -202,8 +246,11 @@ class ConsortiumService(pbg.ConsortiumServicer):
 
     def ServerInfo(self, request: pb.ServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfoReply:
         ident = self.auth.identity(context)
-        return pb.ServerInfoReply(server_time_unix_ms=int(time.time() * 1000), consortium=self.consortium,
-                                  version=__version__, caller=ident.name, caller_role=ident.role,
-                                  key_fingerprints=self.engine.keyring.fingerprints())
-
-
+        return pb.ServerInfoReply(
+            server_time_unix_ms=int(time.time() * 1000),
+            consortium=self.consortium,
+            version=__version__,
+            caller=ident.name,
+            caller_role=ident.role,
+            key_fingerprints=self.engine.keyring.fingerprints(),
+        )

@@ -99,62 +99,96 @@ class StateStore:
 
     # --- jobs ---
     def insert_job(self, row: JobRow) -> None:
-        self._exec("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                   (row.job_id, row.name, row.spec_json, row.status, row.reason, row.current_round,
-                    row.rounds_total, row.submitted_by, row.created, time.time()))
+        self._exec(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                row.job_id,
+                row.name,
+                row.spec_json,
+                row.status,
+                row.reason,
+                row.current_round,
+                row.rounds_total,
+                row.submitted_by,
+                row.created,
+                time.time(),
+            ),
+        )
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._exec(f"UPDATE jobs SET {sets}, updated = ? WHERE job_id = ?",  # noqa: S608 - keys are ours
-                   (*fields.values(), time.time(), job_id))
+        self._exec(
+            f"UPDATE jobs SET {sets}, updated = ? WHERE job_id = ?",  # noqa: S608 - keys are ours
+            (*fields.values(), time.time(), job_id),
+        )
 
     def job(self, job_id: str) -> JobRow | None:
-        row = self._exec("SELECT job_id, name, spec_json, status, reason, current_round, rounds_total, "
-                         "submitted_by, created FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = self._exec(
+            "SELECT job_id, name, spec_json, status, reason, current_round, rounds_total, "
+            "submitted_by, created FROM jobs WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
         return JobRow(*row) if row else None
 
     def jobs(self, status: str | None = None) -> list[JobRow]:
-        sql = ("SELECT job_id, name, spec_json, status, reason, current_round, rounds_total, submitted_by, created "
-               "FROM jobs")
-        rows = self._exec(sql + (" WHERE status = ?" if status else "") + " ORDER BY created",
-                          (status,) if status else ()).fetchall()
+        sql = (
+            "SELECT job_id, name, spec_json, status, reason, current_round, rounds_total, submitted_by, created "
+            "FROM jobs"
+        )
+        rows = self._exec(
+            sql + (" WHERE status = ?" if status else "") + " ORDER BY created", (status,) if status else ()
+        ).fetchall()
         return [JobRow(*r) for r in rows]
 
     # --- rounds ---
-    def upsert_round(self, job_id: str, round_index: int, status: str, attempt: int, opened_at: float,
-                     deadline: float) -> None:
-        self._exec("INSERT INTO rounds (job_id, round, status, attempt, opened_at, deadline) VALUES (?,?,?,?,?,?) "
-                   "ON CONFLICT(job_id, round) DO UPDATE SET status=excluded.status, attempt=excluded.attempt, "
-                   "opened_at=excluded.opened_at, deadline=excluded.deadline, closed_at=NULL, bytes_in=0, "
-                   "contributors=0, reason=''",
-                   (job_id, round_index, status, attempt, opened_at, deadline))
+    def upsert_round(
+        self, job_id: str, round_index: int, status: str, attempt: int, opened_at: float, deadline: float
+    ) -> None:
+        self._exec(
+            "INSERT INTO rounds (job_id, round, status, attempt, opened_at, deadline) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(job_id, round) DO UPDATE SET status=excluded.status, attempt=excluded.attempt, "
+            "opened_at=excluded.opened_at, deadline=excluded.deadline, closed_at=NULL, bytes_in=0, "
+            "contributors=0, reason=''",
+            (job_id, round_index, status, attempt, opened_at, deadline),
+        )
 
     def update_round(self, job_id: str, round_index: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._exec(f"UPDATE rounds SET {sets} WHERE job_id = ? AND round = ?",  # noqa: S608 - keys are ours
-                   (*fields.values(), job_id, round_index))
+        self._exec(
+            f"UPDATE rounds SET {sets} WHERE job_id = ? AND round = ?",  # noqa: S608 - keys are ours
+            (*fields.values(), job_id, round_index),
+        )
 
     def round(self, job_id: str, round_index: int) -> RoundRow | None:
-        row = self._exec("SELECT job_id, round, status, attempt, opened_at, deadline, closed_at, bytes_in, "
-                         "contributors, aggregate_path, reason FROM rounds WHERE job_id = ? AND round = ?",
-                         (job_id, round_index)).fetchone()
+        row = self._exec(
+            "SELECT job_id, round, status, attempt, opened_at, deadline, closed_at, bytes_in, "
+            "contributors, aggregate_path, reason FROM rounds WHERE job_id = ? AND round = ?",
+            (job_id, round_index),
+        ).fetchone()
         return RoundRow(*row) if row else None
 
     def rounds(self, job_id: str) -> list[RoundRow]:
-        rows = self._exec("SELECT job_id, round, status, attempt, opened_at, deadline, closed_at, bytes_in, "
-                          "contributors, aggregate_path, reason FROM rounds WHERE job_id = ? ORDER BY round",
-                          (job_id,)).fetchall()
+        rows = self._exec(
+            "SELECT job_id, round, status, attempt, opened_at, deadline, closed_at, bytes_in, "
+            "contributors, aggregate_path, reason FROM rounds WHERE job_id = ? ORDER BY round",
+            (job_id,),
+        ).fetchall()
         return [RoundRow(*r) for r in rows]
 
     # --- contributions ---
-    def add_contribution(self, job_id: str, round_index: int, silo: str, digest: str, nbytes: int,
-                         audit_head: str) -> None:
-        self._exec("INSERT INTO contributions VALUES (?,?,?,?,?,?,?)",
-                   (job_id, round_index, silo, digest, nbytes, audit_head, time.time()))
+    def add_contribution(
+        self, job_id: str, round_index: int, silo: str, digest: str, nbytes: int, audit_head: str
+    ) -> None:
+        self._exec(
+            "INSERT INTO contributions VALUES (?,?,?,?,?,?,?)",
+            (job_id, round_index, silo, digest, nbytes, audit_head, time.time()),
+        )
 
     def contributions(self, job_id: str, round_index: int) -> dict[str, tuple[str, int, str]]:
-        rows = self._exec("SELECT silo, digest, bytes, audit_head FROM contributions WHERE job_id = ? AND round = ?",
-                          (job_id, round_index)).fetchall()
+        rows = self._exec(
+            "SELECT silo, digest, bytes, audit_head FROM contributions WHERE job_id = ? AND round = ?",
+            (job_id, round_index),
+        ).fetchall()
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def clear_contributions(self, job_id: str, round_index: int) -> None:
@@ -164,36 +198,45 @@ class StateStore:
     def put_metrics(self, job_id: str, round_index: int, silo: str, metrics: dict[str, float]) -> None:
         with self.transaction():
             for name, value in metrics.items():
-                self._exec("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", (job_id, round_index, silo, name, value))
+                self._exec(
+                    "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", (job_id, round_index, silo, name, value)
+                )
 
     def metrics(self, job_id: str) -> dict[int, dict[str, dict[str, float]]]:
         out: dict[int, dict[str, dict[str, float]]] = {}
         for r, silo, name, value in self._exec(
-                "SELECT round, silo, name, value FROM metrics WHERE job_id = ? ORDER BY round, silo, name", (job_id,)):
+            "SELECT round, silo, name, value FROM metrics WHERE job_id = ? ORDER BY round, silo, name", (job_id,)
+        ):
             out.setdefault(r, {}).setdefault(silo, {})[name] = value
         return out
 
     def add_decline(self, job_id: str, silo: str, round_index: int, reasons: list[str]) -> None:
-        self._exec("INSERT OR REPLACE INTO declines VALUES (?,?,?,?,?)",
-                   (job_id, silo, round_index, json.dumps(reasons), time.time()))
+        self._exec(
+            "INSERT OR REPLACE INTO declines VALUES (?,?,?,?,?)",
+            (job_id, silo, round_index, json.dumps(reasons), time.time()),
+        )
 
     def declines(self, job_id: str) -> dict[str, list[str]]:
         rows = self._exec("SELECT silo, reasons_json FROM declines WHERE job_id = ? AND round = -1", (job_id,))
         return {silo: json.loads(reasons) for silo, reasons in rows}
 
     # --- key material (opaque) ---
-    def put_key_material(self, scope: str, fingerprint: str, public_context: bytes, custodian: str,
-                         wrapped: dict[str, bytes]) -> None:
+    def put_key_material(
+        self, scope: str, fingerprint: str, public_context: bytes, custodian: str, wrapped: dict[str, bytes]
+    ) -> None:
         with self.transaction():
-            self._exec("INSERT OR REPLACE INTO key_material VALUES (?,?,?,?,?)",
-                       (scope, fingerprint, public_context, custodian, time.time()))
+            self._exec(
+                "INSERT OR REPLACE INTO key_material VALUES (?,?,?,?,?)",
+                (scope, fingerprint, public_context, custodian, time.time()),
+            )
             self._exec("DELETE FROM wrapped_keys WHERE scope = ?", (scope,))
             for member, blob in wrapped.items():
                 self._exec("INSERT INTO wrapped_keys VALUES (?,?,?)", (scope, member, blob))
 
     def key_material(self, scope: str) -> tuple[str, bytes, str] | None:
-        row = self._exec("SELECT fingerprint, public_context, custodian FROM key_material WHERE scope = ?",
-                         (scope,)).fetchone()
+        row = self._exec(
+            "SELECT fingerprint, public_context, custodian FROM key_material WHERE scope = ?", (scope,)
+        ).fetchone()
         return (row[0], bytes(row[1]), row[2]) if row else None
 
     def all_public_contexts(self) -> list[bytes]:
@@ -205,12 +248,17 @@ class StateStore:
 
     # --- relay mailbox ---
     def relay_put(self, job_id: str, sender: str, recipient: str, kind: str, seq: int, payload: bytes) -> None:
-        self._exec("INSERT INTO relay (job_id, sender, recipient, kind, seq, payload, created) VALUES (?,?,?,?,?,?,?)",
-                   (job_id, sender, recipient, kind, seq, payload, time.time()))
+        self._exec(
+            "INSERT INTO relay (job_id, sender, recipient, kind, seq, payload, created) VALUES (?,?,?,?,?,?,?)",
+            (job_id, sender, recipient, kind, seq, payload, time.time()),
+        )
 
     def relay_get(self, job_id: str, recipient: str, kind: str, seq: int, sender: str) -> list[bytes]:
-        rows = self._exec("SELECT payload FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND seq = ? "
-                          "AND sender = ? ORDER BY id", (job_id, recipient, kind, seq, sender)).fetchall()
+        rows = self._exec(
+            "SELECT payload FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND seq = ? "
+            "AND sender = ? ORDER BY id",
+            (job_id, recipient, kind, seq, sender),
+        ).fetchall()
         return [bytes(r[0]) for r in rows]
 
 

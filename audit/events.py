@@ -10,8 +10,9 @@ from audit.structlog import get_logger, log_event
 
 
 class EventSink(Protocol):
-    def record(self, event: str, actor: str, *, job: str | None = None, round: int | None = None,
-               **details: Any) -> None: ...
+    def record(
+        self, event: str, actor: str, *, job: str | None = None, round: int | None = None, **details: Any
+    ) -> None: ...
 
 
 class LogSink:
@@ -20,7 +21,8 @@ class LogSink:
     def __init__(self, name: str) -> None:
         self._logger = get_logger(name)
 
-    def record(self, event: str, actor: str, *, job: str | None = None, round: int | None = None,
-               **details: Any) -> None:
+    def record(
+        self, event: str, actor: str, *, job: str | None = None, round: int | None = None, **details: Any
+    ) -> None:
         level = logging.WARNING if event.endswith(("refused", "failed", "rejected")) else logging.INFO
         log_event(self._logger, event, level, actor=actor, job=job, round=round, **details)

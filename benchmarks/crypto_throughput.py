@@ -81,8 +81,9 @@ def bench_baseline(updates: list[np.ndarray], weights: list[float], mean: np.nda
     uploads: list[list[bytes]] = []
     for u, w in zip(updates, weights, strict=True):
         vec = np.append(u * w, w)
-        uploads.append([ts.ckks_vector(context, vec[i : i + slots].tolist()).serialize()
-                        for i in range(0, vec.shape[0], slots)])
+        uploads.append(
+            [ts.ckks_vector(context, vec[i : i + slots].tolist()).serialize() for i in range(0, vec.shape[0], slots)]
+        )
     encrypt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     sums: list[Any] = [ts.ckks_vector_from(public, c) for c in uploads[0]]
@@ -92,7 +93,8 @@ def bench_baseline(updates: list[np.ndarray], weights: list[float], mean: np.nda
     aggregate_s = time.perf_counter() - t0
     aggregate = [s.serialize() for s in sums]
     decrypt_s, decrypted = _median_seconds(
-        lambda: np.concatenate([np.asarray(ts.ckks_vector_from(context, c).decrypt()) for c in aggregate]))
+        lambda: np.concatenate([np.asarray(ts.ckks_vector_from(context, c).decrypt()) for c in aggregate])
+    )
     total = decrypted[params]
     silos = len(updates)
     return {

@@ -13,8 +13,12 @@ def register(sub: Any) -> None:
     demo.add_argument("--silos", type=int, default=3)
     demo.add_argument("--rounds", type=int, default=None, help="training rounds (default: per dataset)")
     demo.add_argument("--dataset", choices=["breast_cancer", "digits"], default="breast_cancer")
-    demo.add_argument("--workdir", type=Path, default=None,
-                      help="kept afterwards: certificates, configs, logs, SQLite, models (default: a new temp dir)")
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="kept afterwards: certificates, configs, logs, SQLite, models (default: a new temp dir)",
+    )
     demo.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     demo.set_defaults(handler=_run)
 

@@ -74,9 +74,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     text = args.spec.read_text()
     parse_job_spec(text, str(args.spec))  # field-level errors before anything is sent
-    channel, stub = connect(args.config)
+    stub = connect(args.config)
     try:
-        ref = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=text), timeout=30)  # type: ignore[attr-defined]
+        ref = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=text), timeout=30)
     except grpc.RpcError as exc:
         return _rpc_error(exc)
     print(ref.job_id)
@@ -98,9 +98,9 @@ def watch_job(stub: Any, job_id: str, poll_s: float = 0.5, console: Console | No
 
 
 def _status(args: argparse.Namespace) -> int:
-    channel, stub = connect(args.config)
+    stub = connect(args.config)
     try:
-        status = stub.GetJobStatus(pb.JobRef(job_id=args.job_id), timeout=30)  # type: ignore[attr-defined]
+        status = stub.GetJobStatus(pb.JobRef(job_id=args.job_id), timeout=30)
     except grpc.RpcError as exc:
         return _rpc_error(exc)
     if args.json:
@@ -111,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    channel, stub = connect(args.config)
+    stub = connect(args.config)
     try:
         return watch_job(stub, args.job_id)
     except grpc.RpcError as exc:
@@ -119,9 +119,9 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    channel, stub = connect(args.config)
+    stub = connect(args.config)
     try:
-        jobs = stub.ListJobs(pb.ListJobsRequest(), timeout=30)  # type: ignore[attr-defined]
+        jobs = stub.ListJobs(pb.ListJobsRequest(), timeout=30)
     except grpc.RpcError as exc:
         return _rpc_error(exc)
     table = Table(title="jobs", title_justify="left")
@@ -134,9 +134,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _abort(args: argparse.Namespace) -> int:
-    channel, stub = connect(args.config)
+    stub = connect(args.config)
     try:
-        ack = stub.AbortJob(pb.AbortJobRequest(job_id=args.job_id, reason=args.reason), timeout=30)  # type: ignore[attr-defined]
+        ack = stub.AbortJob(pb.AbortJobRequest(job_id=args.job_id, reason=args.reason), timeout=30)
     except grpc.RpcError as exc:
         return _rpc_error(exc)
     print(ack.message)

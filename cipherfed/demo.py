@@ -54,10 +54,13 @@ def load_dataset(name: str, rounds: int | None) -> DemoData:
     else:
         raise ValueError(f"unknown demo dataset {name!r}: use breast_cancer or digits")
     x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
-    columns = [f"f{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in str(n)) for i, n in enumerate(bunch.feature_names)]
+    columns = [
+        f"f{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in str(n)) for i, n in enumerate(bunch.feature_names)
+    ]
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    return DemoData(name, columns, x_train, y_train, x_test, y_test, int(y.max()) + 1, model,
-                    rounds or default_rounds, epochs, lr)
+    return DemoData(
+        name, columns, x_train, y_train, x_test, y_test, int(y.max()) + 1, model, rounds or default_rounds, epochs, lr
+    )
 
 
 def non_iid_split(y: np.ndarray, silos: int, seed: int = 0, alpha: float = 1.5) -> list[np.ndarray]:
@@ -110,9 +113,15 @@ def wait_for_exports(consortium: LocalConsortium, job_id: str, timeout_s: float 
     return paths
 
 
-def run_demo(workdir: Path, silos: int = 3, rounds: int | None = None, dataset: str = "breast_cancer",
-             json_path: Path | None = None, console: Console | None = None,
-             after_provision: Callable[[LocalConsortium], None] | None = None) -> dict[str, Any]:
+def run_demo(
+    workdir: Path,
+    silos: int = 3,
+    rounds: int | None = None,
+    dataset: str = "breast_cancer",
+    json_path: Path | None = None,
+    console: Console | None = None,
+    after_provision: Callable[[LocalConsortium], None] | None = None,
+) -> dict[str, Any]:
     console = console or Console()
     started = time.time()
     data = load_dataset(dataset, rounds)
@@ -121,8 +130,10 @@ def run_demo(workdir: Path, silos: int = 3, rounds: int | None = None, dataset: 
     console.rule("[bold]cipherfed demo")
     console.print(f"workdir: {consortium.workdir}")
     consortium.provision()
-    console.print(f"CA, certificates (node keys born in each node's directory) and HE key {consortium.fingerprint} "
-                  f"(generated at {names[0]}, wrapped to {', '.join(names[1:])}; the aggregator holds only parameters)")
+    console.print(
+        f"CA, certificates (node keys born in each node's directory) and HE key {consortium.fingerprint} "
+        f"(generated at {names[0]}, wrapped to {', '.join(names[1:])}; the aggregator holds only parameters)"
+    )
     parts = non_iid_split(data.y_train, silos)
     for name, rows in zip(names, parts, strict=True):
         consortium.write_data(name, data.x_train[rows], data.y_train[rows], data.columns)
@@ -138,11 +149,18 @@ def run_demo(workdir: Path, silos: int = 3, rounds: int | None = None, dataset: 
             consortium.start_node(name)
         consortium.write_admin_config()
         stub = consortium.stub("coordinator")
-        common = dict(rounds=data.rounds, model=data.model, local_epochs=data.local_epochs, lr=data.lr,
-                      min_silos=silos, batch_size=16)
-        he_spec = job_toml(f"{dataset}-he", names, consortium.fingerprint, data.columns, **common)  # type: ignore[arg-type]
-        plain_spec = job_toml(f"{dataset}-plain", names, consortium.fingerprint, data.columns,
-                              he_profile="none", **common)  # type: ignore[arg-type]
+        common: dict[str, Any] = dict(
+            rounds=data.rounds,
+            model=data.model,
+            local_epochs=data.local_epochs,
+            lr=data.lr,
+            min_silos=silos,
+            batch_size=16,
+        )
+        he_spec = job_toml(f"{dataset}-he", names, consortium.fingerprint, data.columns, **common)
+        plain_spec = job_toml(
+            f"{dataset}-plain", names, consortium.fingerprint, data.columns, he_profile="none", **common
+        )
         console.rule("federated training under HE (profile sum)")
         he_job = run_job(consortium, stub, he_spec, console)
         he_status = stub.GetJobStatus(pb.JobRef(job_id=he_job), timeout=30)
@@ -155,29 +173,42 @@ def run_demo(workdir: Path, silos: int = 3, rounds: int | None = None, dataset: 
     final = score_exported(he_paths[0], data)
     plain = score_exported(plain_paths[0], data)
     central = centralized(data, he_spec)
-    identical = all(np.array_equal(np.load(he_paths[0])[k], np.load(p)[k]) for p in he_paths[1:]
-                    for k in np.load(he_paths[0]).files)
+    identical = all(
+        np.array_equal(np.load(he_paths[0])[k], np.load(p)[k]) for p in he_paths[1:] for k in np.load(he_paths[0]).files
+    )
     upload_total = sum(r.bytes_in for r in he_status.rounds)
     params = sum(np.load(he_paths[0])[k].size for k in np.load(he_paths[0]).files if not k.startswith("__"))
     result: dict[str, Any] = {
-        "partition": "horizontal", "dataset": dataset, "silos": silos, "rounds": data.rounds,
+        "partition": "horizontal",
+        "dataset": dataset,
+        "silos": silos,
+        "rounds": data.rounds,
         "final": {"accuracy": final["accuracy"], "auc": final.get("auc")},
         "centralized": {"accuracy": central["accuracy"], "auc": central.get("auc")},
         "plaintext_federated": {"accuracy": plain["accuracy"], "auc": plain.get("auc")},
-        "upload_bytes_total": upload_total, "model_parameters": int(params),
-        "all_silos_hold_the_same_model": bool(identical), "he_job": he_job, "plaintext_job": plain_job,
-        "key_fingerprint": consortium.fingerprint, "workdir": str(consortium.workdir),
+        "upload_bytes_total": upload_total,
+        "model_parameters": int(params),
+        "all_silos_hold_the_same_model": bool(identical),
+        "he_job": he_job,
+        "plaintext_job": plain_job,
+        "key_fingerprint": consortium.fingerprint,
+        "workdir": str(consortium.workdir),
         "wall_s": round(time.time() - started, 2),
     }
     table = Table(title=f"{dataset}: held-out test set ({len(data.y_test)} records)", title_justify="left")
     for column in ("model", "accuracy", "AUC"):
         table.add_column(column)
-    for label, m in (("federated, encrypted (HE sum)", final), ("federated, plaintext", plain),
-                     ("centralized (pooled data)", central)):
+    for label, m in (
+        ("federated, encrypted (HE sum)", final),
+        ("federated, plaintext", plain),
+        ("centralized (pooled data)", central),
+    ):
         table.add_row(label, f"{m['accuracy']:.4f}", f"{m.get('auc', float('nan')):.4f}")
     console.print(table)
-    console.print(f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {data.rounds + 1} rounds; "
-                  f"all silos hold the same model: {identical}; wall {result['wall_s']} s")
+    console.print(
+        f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {data.rounds + 1} rounds; "
+        f"all silos hold the same model: {identical}; wall {result['wall_s']} s"
+    )
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         console.print(f"JSON written to {json_path}")

@@ -73,8 +73,9 @@ class LocalConsortium:
     def distribute_he_keys(self) -> None:
         """Key custody at the first silo: secret stays there, blobs wrapped to the others, public to the aggregator."""
         custodian, *members = self.silos
-        bundle = create_and_wrap([pki.load_certificate(self.nodes[m].cert) for m in members],
-                                 consortium=self.consortium)
+        bundle = create_and_wrap(
+            [pki.load_certificate(self.nodes[m].cert) for m in members], consortium=self.consortium
+        )
         write_secret(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
         for member, blob in bundle.wrapped.items():
             (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
@@ -83,8 +84,9 @@ class LocalConsortium:
         (keys_dir / f"{bundle.fingerprint}.ctx").write_bytes(bundle.public_export)
         self.fingerprint = bundle.fingerprint
 
-    def write_data(self, name: str, features: np.ndarray, labels: np.ndarray, columns: list[str],
-                   label: str = "label") -> Path:
+    def write_data(
+        self, name: str, features: np.ndarray, labels: np.ndarray, columns: list[str], label: str = "label"
+    ) -> Path:
         path = self.nodes[name].data
         with open(path, "w") as f:
             f.write(",".join([*columns, label]) + "\n")
@@ -105,16 +107,19 @@ tick_s = 0.2
 [tls]
 cert = "aggregator.crt"
 key = "aggregator.key"
-ca = "{self.ca_dir / 'ca.crt'}"
-crl = "{self.ca_dir / 'crl.pem'}"
+ca = "{self.ca_dir / "ca.crt"}"
+crl = "{self.ca_dir / "crl.pem"}"
 """)
         return path
 
     def write_node_config(self, name: str, extra: str = "", keys: str | None = None) -> Path:
         node = self.nodes[name]
         if keys is None:
-            keys = ('secret_key = "he_secret.key"' if (node.dir / "he_secret.key").exists()
-                    else 'wrapped_key = "he_key.wrapped"')
+            keys = (
+                'secret_key = "he_secret.key"'
+                if (node.dir / "he_secret.key").exists()
+                else 'wrapped_key = "he_key.wrapped"'
+            )
         node.config.write_text(f"""# cipherfed silo node {name}
 name = "{name}"
 consortium = "{self.consortium}"
@@ -124,7 +129,7 @@ state_dir = "state"
 poll_wait_s = 2.0
 {extra}
 [tls]
-ca = "{self.ca_dir / 'ca.crt'}"
+ca = "{self.ca_dir / "ca.crt"}"
 cert = "{node.cert.name}"
 key = "{node.key.name}"
 
@@ -143,7 +148,7 @@ validation_fraction = 0.2
 server_name = "localhost"
 
 [tls]
-ca = "{self.ca_dir / 'ca.crt'}"
+ca = "{self.ca_dir / "ca.crt"}"
 cert = "{who}.crt"
 key = "{who}.key"
 """)
@@ -153,8 +158,9 @@ key = "{who}.key"
     def _spawn(self, label: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{label}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "cipherfed", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=self.workdir)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cipherfed", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+        )
         self.processes[label] = proc
         return proc
 
@@ -182,7 +188,10 @@ key = "{who}.key"
         deadline = time.time() + timeout
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 if time.time() > deadline:
@@ -235,10 +244,23 @@ def write_secret(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def job_toml(name: str, participants: list[str], fingerprint: str, features: list[str], *, rounds: int = 5,
-             he_profile: str = "sum", min_silos: int = 2, model: str = 'type = "logreg"', local_epochs: int = 1,
-             batch_size: int = 16, lr: float = 0.1, round_timeout_s: float = 60.0, max_round_retries: int = 2,
-             extra: str = "") -> str:
+def job_toml(
+    name: str,
+    participants: list[str],
+    fingerprint: str,
+    features: list[str],
+    *,
+    rounds: int = 5,
+    he_profile: str = "sum",
+    min_silos: int = 2,
+    model: str = 'type = "logreg"',
+    local_epochs: int = 1,
+    batch_size: int = 16,
+    lr: float = 0.1,
+    round_timeout_s: float = 60.0,
+    max_round_retries: int = 2,
+    extra: str = "",
+) -> str:
     quoted = ", ".join(f'"{p}"' for p in participants)
     cols = ", ".join(f'"{c}"' for c in features)
     fp = f'key_fingerprint = "{fingerprint}"\n' if he_profile == "sum" else ""

@@ -27,10 +27,13 @@ class CustodyBundle:
         return self.keys.fingerprint
 
 
-def create_and_wrap(members: list[x509.Certificate], *, consortium: str, scope: str = "consortium",
-                    profile: str = "sum") -> CustodyBundle:
+def create_and_wrap(
+    members: list[x509.Certificate], *, consortium: str, scope: str = "consortium", profile: str = "sum"
+) -> CustodyBundle:
     keys = generate_key_set(profile)
     secret = keys.export_secret()
-    wrapped = {common_name(cert): wrap_key(secret, cert, consortium=consortium, job=scope,
-                                           recipient=common_name(cert)) for cert in members}
+    wrapped = {
+        common_name(cert): wrap_key(secret, cert, consortium=consortium, job=scope, recipient=common_name(cert))
+        for cert in members
+    }
     return CustodyBundle(keys, keys.export_public(), wrapped)

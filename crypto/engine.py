@@ -133,16 +133,25 @@ class EncryptedBatch:
         return sum(len(c) for c in self.chunks)
 
 
-def make_manifest(encryptor: SumEncryptor, layout: Layout, value_count: int, scale_bits: int,
-                  chunks: Sequence[bytes]) -> Manifest:
-    manifest = Manifest(encryptor.profile.name, encryptor.fingerprint, layout, value_count,
-                        encryptor.values_per_chunk, scale_bits, tuple(chunk_digest(c) for c in chunks))
+def make_manifest(
+    encryptor: SumEncryptor, layout: Layout, value_count: int, scale_bits: int, chunks: Sequence[bytes]
+) -> Manifest:
+    manifest = Manifest(
+        encryptor.profile.name,
+        encryptor.fingerprint,
+        layout,
+        value_count,
+        encryptor.values_per_chunk,
+        scale_bits,
+        tuple(chunk_digest(c) for c in chunks),
+    )
     manifest.check_consistent()
     return manifest
 
 
-def encrypt_weighted_update(encryptor: SumEncryptor, tensors: Mapping[str, Any], weight: float,
-                            scale_bits: int | None = None) -> EncryptedBatch:
+def encrypt_weighted_update(
+    encryptor: SumEncryptor, tensors: Mapping[str, Any], weight: float, scale_bits: int | None = None
+) -> EncryptedBatch:
     """Pre-multiply every value by ``weight`` (the sample count) and append ``weight`` itself.
 
     The aggregate then holds sum_i(w_i * u_i) and sum_i(w_i); dividing at the silo gives the

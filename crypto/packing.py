@@ -46,8 +46,13 @@ class Layout:
         try:
             items = json.loads(text)
             tensors = tuple(
-                TensorSpec(str(i["name"]), tuple(int(d) for d in i["shape"]), str(i["dtype"]), int(i["offset"]),
-                           str(i.get("kind", "numpy")))
+                TensorSpec(
+                    str(i["name"]),
+                    tuple(int(d) for d in i["shape"]),
+                    str(i["dtype"]),
+                    int(i["offset"]),
+                    str(i.get("kind", "numpy")),
+                )
                 for i in items
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -124,14 +129,26 @@ class Manifest:
 
     def layout_key(self) -> tuple[str, str, str, int, int, int]:
         """What must be identical across all contributions to one aggregate."""
-        return (self.profile, self.fingerprint, self.layout.to_json(), self.value_count,
-                self.values_per_chunk, self.scale_bits)
+        return (
+            self.profile,
+            self.fingerprint,
+            self.layout.to_json(),
+            self.value_count,
+            self.values_per_chunk,
+            self.scale_bits,
+        )
 
     def digest(self) -> bytes:
         """Hash over the whole manifest: what a signature covers."""
         h = hashlib.sha256()
-        for part in (self.profile, self.fingerprint, self.layout.to_json(), str(self.value_count),
-                     str(self.values_per_chunk), str(self.scale_bits)):
+        for part in (
+            self.profile,
+            self.fingerprint,
+            self.layout.to_json(),
+            str(self.value_count),
+            str(self.values_per_chunk),
+            str(self.scale_bits),
+        ):
             h.update(part.encode())
             h.update(b"\x00")
         for d in self.chunk_digests:

@@ -50,8 +50,7 @@ class Identity:
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Write a PEM private key readable by its owner only (created 0600, never widened)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -109,18 +108,36 @@ def init_ca(directory: Path, consortium: str, days: int = 3650) -> Path:
     if (directory / CA_KEY).exists():
         raise PKIError(f"{directory} already holds a CA; refusing to overwrite it")
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, consortium),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} root CA")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, consortium),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} root CA"),
+        ]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -140,18 +157,27 @@ def make_csr(name: str, directory: Path) -> tuple[Path, Path]:
     """Node side: create the node's private key (0600) and a CSR for the admin to sign."""
     directory = Path(directory)
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .sign(key, hashes.SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .sign(key, hashes.SHA256())
+    )
     key_path, csr_path = directory / f"{name}.key", directory / f"{name}.csr"
     write_private_key(key_path, key)
     csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
     return key_path, csr_path
 
 
-def _sign_certificate(ca_dir: Path, name: str, public_key: ec.EllipticCurvePublicKey, role: str,
-                      dns: list[str], ips: list[str], days: int,
-                      not_before: dt.datetime | None = None) -> x509.Certificate:
+def _sign_certificate(
+    ca_dir: Path,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    role: str,
+    dns: list[str],
+    ips: list[str],
+    days: int,
+    not_before: dt.datetime | None = None,
+) -> x509.Certificate:
     if role not in ROLES:
         raise WrongRoleError(f"role {role!r} is not one of {', '.join(ROLES)}")
     ca_dir = Path(ca_dir)
@@ -167,12 +193,20 @@ def _sign_certificate(ca_dir: Path, name: str, public_key: ec.EllipticCurvePubli
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, consortium_name(ca_dir)),
-                                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject).public_key(public_key)
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, consortium_name(ca_dir)),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -181,8 +215,9 @@ def _sign_certificate(ca_dir: Path, name: str, public_key: ec.EllipticCurvePubli
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def sign_csr(ca_dir: Path, csr_path: Path, role: str, days: int = 365,
-             dns: list[str] | None = None, ips: list[str] | None = None) -> Path:
+def sign_csr(
+    ca_dir: Path, csr_path: Path, role: str, days: int = 365, dns: list[str] | None = None, ips: list[str] | None = None
+) -> Path:
     """Admin side: sign a node's CSR with a role; the certificate is written next to the CSR."""
     csr_path = Path(csr_path)
     try:
@@ -201,8 +236,16 @@ def sign_csr(ca_dir: Path, csr_path: Path, role: str, days: int = 365,
     return cert_path
 
 
-def issue(ca_dir: Path, name: str, role: str, out_dir: Path, dns: list[str] | None = None,
-          ips: list[str] | None = None, days: int = 365, not_before: dt.datetime | None = None) -> tuple[Path, Path]:
+def issue(
+    ca_dir: Path,
+    name: str,
+    role: str,
+    out_dir: Path,
+    dns: list[str] | None = None,
+    ips: list[str] | None = None,
+    days: int = 365,
+    not_before: dt.datetime | None = None,
+) -> tuple[Path, Path]:
     """Issue a key and certificate in one step (for the aggregator, admins, tests and the demo)."""
     out_dir = Path(out_dir)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -217,11 +260,16 @@ def _write_crl(ca_dir: Path, serials: list[int]) -> None:
     ca_key = load_private_key(ca_dir / CA_KEY)
     ca_cert = load_certificate(ca_dir / CA_CERT)
     now = _now()
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
-               .last_update(now).next_update(now + dt.timedelta(days=30)))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=30))
+    )
     for serial in serials:
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
     crl = builder.sign(ca_key, hashes.SHA256())
     tmp = ca_dir / (CRL_FILE + ".tmp")
     tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
@@ -266,8 +314,14 @@ class RevocationList:
         return serial in self.serials()
 
 
-def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate, *, roles: tuple[str, ...] | None = None,
-                       revocation: RevocationList | None = None, at: dt.datetime | None = None) -> Identity:
+def verify_certificate(
+    cert: x509.Certificate,
+    ca_cert: x509.Certificate,
+    *,
+    roles: tuple[str, ...] | None = None,
+    revocation: RevocationList | None = None,
+    at: dt.datetime | None = None,
+) -> Identity:
     """Chain (issued and signed by the CA), validity period, revocation and role, in that order."""
     if cert.issuer != ca_cert.subject:
         raise UntrustedCertificateError(f"certificate for {_cn_or_unknown(cert)} was not issued by the consortium CA")
@@ -275,19 +329,22 @@ def verify_certificate(cert: x509.Certificate, ca_cert: x509.Certificate, *, rol
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, Exception) as exc:
         raise UntrustedCertificateError(
-            f"certificate for {_cn_or_unknown(cert)} is not signed by the consortium CA: {exc}") from None
+            f"certificate for {_cn_or_unknown(cert)} is not signed by the consortium CA: {exc}"
+        ) from None
     now = at or _now()
     if now < cert.not_valid_before_utc or now > cert.not_valid_after_utc:
         raise ExpiredCertificateError(
             f"certificate for {_cn_or_unknown(cert)} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-            f"{cert.not_valid_after_utc:%Y-%m-%d}; now is {now:%Y-%m-%d %H:%M} UTC")
+            f"{cert.not_valid_after_utc:%Y-%m-%d}; now is {now:%Y-%m-%d %H:%M} UTC"
+        )
     if revocation is not None and revocation.is_revoked(cert.serial_number):
         raise RevokedCertificateError(f"certificate serial {cert.serial_number:x} ({_cn_or_unknown(cert)}) is revoked")
     role = certificate_role(cert)
     if roles is not None and role not in roles:
         raise WrongRoleError(f"{_cn_or_unknown(cert)} has role {role!r}; this needs {' or '.join(roles)}")
-    return Identity(common_name(cert), role, cert.serial_number, certificate_fingerprint(cert),
-                    cert.not_valid_after_utc)
+    return Identity(
+        common_name(cert), role, cert.serial_number, certificate_fingerprint(cert), cert.not_valid_after_utc
+    )
 
 
 def _cn_or_unknown(cert: x509.Certificate) -> str:

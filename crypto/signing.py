@@ -18,11 +18,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from crypto.errors import SignatureError
 
 
-def update_digest(job_id: str, round_index: int, fingerprint: str, manifest_digest: bytes,
-                  audit_head: str = "") -> bytes:
+def update_digest(
+    job_id: str, round_index: int, fingerprint: str, manifest_digest: bytes, audit_head: str = ""
+) -> bytes:
     h = hashlib.sha256()
-    for part in (b"cipherfed-upload-v1", job_id.encode(), struct.pack(">q", round_index), fingerprint.encode(),
-                 manifest_digest, audit_head.encode()):
+    for part in (
+        b"cipherfed-upload-v1",
+        job_id.encode(),
+        struct.pack(">q", round_index),
+        fingerprint.encode(),
+        manifest_digest,
+        audit_head.encode(),
+    ):
         h.update(struct.pack(">I", len(part)))
         h.update(part)
     return h.digest()

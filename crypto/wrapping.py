@@ -27,22 +27,26 @@ _INFO = b"cipherfed key wrap v1"
 
 
 def _associated_data(consortium: str, job: str, recipient: str, recipient_fingerprint: str) -> bytes:
-    return json.dumps({"consortium": consortium, "job": job, "recipient": recipient,
-                       "recipient_cert": recipient_fingerprint}, sort_keys=True).encode()
+    return json.dumps(
+        {"consortium": consortium, "job": job, "recipient": recipient, "recipient_cert": recipient_fingerprint},
+        sort_keys=True,
+    ).encode()
 
 
 def _derive(shared: bytes, ephemeral_public: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_public, info=_INFO).derive(shared)
 
 
-def wrap_key(secret_export: bytes, recipient_cert: x509.Certificate, *, consortium: str, job: str,
-             recipient: str) -> bytes:
+def wrap_key(
+    secret_export: bytes, recipient_cert: x509.Certificate, *, consortium: str, job: str, recipient: str
+) -> bytes:
     public_key = recipient_cert.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise UnwrapError("recipient certificate does not hold an EC key")
     ephemeral = ec.generate_private_key(ec.SECP256R1())
-    ephemeral_public = ephemeral.public_key().public_bytes(serialization.Encoding.X962,
-                                                           serialization.PublicFormat.UncompressedPoint)
+    ephemeral_public = ephemeral.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     key = _derive(ephemeral.exchange(ec.ECDH(), public_key), ephemeral_public)
     nonce = os.urandom(12)
     ad = _associated_data(consortium, job, recipient, certificate_fingerprint(recipient_cert))
@@ -50,8 +54,15 @@ def wrap_key(secret_export: bytes, recipient_cert: x509.Certificate, *, consorti
     return b"".join([_MAGIC, struct.pack(">H", len(ephemeral_public)), ephemeral_public, nonce, sealed])
 
 
-def unwrap_key(blob: bytes, private_key: ec.EllipticCurvePrivateKey, recipient_cert: x509.Certificate, *,
-               consortium: str, job: str, recipient: str) -> bytes:
+def unwrap_key(
+    blob: bytes,
+    private_key: ec.EllipticCurvePrivateKey,
+    recipient_cert: x509.Certificate,
+    *,
+    consortium: str,
+    job: str,
+    recipient: str,
+) -> bytes:
     """Open a blob with the recipient's private key; anything else fails closed with UnwrapError."""
     try:
         if not blob.startswith(_MAGIC):
@@ -67,4 +78,5 @@ def unwrap_key(blob: bytes, private_key: ec.EllipticCurvePrivateKey, recipient_c
     except (InvalidTag, ValueError, struct.error) as exc:
         raise UnwrapError(
             f"wrapped key for {recipient!r} (job {job!r}) cannot be opened with this node's key: "
-            f"{type(exc).__name__}; it was wrapped to another node, another job, or altered") from None
+            f"{type(exc).__name__}; it was wrapped to another node, another job, or altered"
+        ) from None

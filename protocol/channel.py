@@ -34,7 +34,7 @@ class TlsFiles:
 
 def secure_channel(address: str, tls: TlsFiles, server_name: str | None = None) -> grpc.Channel:
     """An mTLS channel to the aggregator; ``server_name`` overrides the name checked in its cert."""
-    options = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.secure_channel(address, tls.credentials(), options=options)

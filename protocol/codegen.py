@@ -1,7 +1,7 @@
 """Regenerate the gRPC stubs from ``protocol/cipherfed.proto`` with the pinned grpcio-tools.
 
-    python -m protocol.codegen            # writes the stubs next to the .proto
-    python -m protocol.codegen --out DIR  # writes them under DIR (the sync test compares)
+python -m protocol.codegen            # writes the stubs next to the .proto
+python -m protocol.codegen --out DIR  # writes them under DIR (the sync test compares)
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ def generate(out_dir: Path) -> list[Path]:
     from grpc_tools import protoc
 
     with tempfile.TemporaryDirectory() as tmp:
-        code = protoc.main(["protoc", f"-I{ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                            f"--grpc_python_out={tmp}", str(ROOT / PROTO)])
+        code = protoc.main(
+            [
+                "protoc",
+                f"-I{ROOT}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(ROOT / PROTO),
+            ]
+        )
         if code != 0:
             raise RuntimeError(f"protoc failed with exit code {code}")
         out_dir.mkdir(parents=True, exist_ok=True)

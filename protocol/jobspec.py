@@ -57,7 +57,7 @@ class VerticalSpec(Strict):
 class JobSpec(Strict):
     name: str
     partition: Literal["horizontal", "vertical"] = "horizontal"
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     rounds: int = Field(ge=1, le=10_000)
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(32, ge=1)

@@ -14,18 +14,29 @@ MAX_CHUNKS = 1 << 20  # 8.6e9 values: far beyond any model, small enough to boun
 
 
 def manifest_to_proto(manifest: Manifest) -> pb.Manifest:
-    return pb.Manifest(profile=manifest.profile, fingerprint=manifest.fingerprint,
-                       layout_json=manifest.layout.to_json(), value_count=manifest.value_count,
-                       values_per_chunk=manifest.values_per_chunk, scale_bits=manifest.scale_bits,
-                       chunk_digests=list(manifest.chunk_digests))
+    return pb.Manifest(
+        profile=manifest.profile,
+        fingerprint=manifest.fingerprint,
+        layout_json=manifest.layout.to_json(),
+        value_count=manifest.value_count,
+        values_per_chunk=manifest.values_per_chunk,
+        scale_bits=manifest.scale_bits,
+        chunk_digests=list(manifest.chunk_digests),
+    )
 
 
 def manifest_from_proto(message: pb.Manifest) -> Manifest:
     if len(message.chunk_digests) > MAX_CHUNKS:
         raise ManifestError(f"manifest lists {len(message.chunk_digests)} chunks; at most {MAX_CHUNKS}")
-    manifest = Manifest(message.profile, message.fingerprint, Layout.from_json(message.layout_json),
-                        int(message.value_count), int(message.values_per_chunk), int(message.scale_bits),
-                        tuple(bytes(d) for d in message.chunk_digests))
+    manifest = Manifest(
+        message.profile,
+        message.fingerprint,
+        Layout.from_json(message.layout_json),
+        int(message.value_count),
+        int(message.values_per_chunk),
+        int(message.scale_bits),
+        tuple(bytes(d) for d in message.chunk_digests),
+    )
     manifest.check_consistent()
     return manifest
 

@@ -27,7 +27,7 @@ class Backoff:
     def next_delay(self) -> float:
         delay = min(self.cap, self.base * 2**self.attempt)
         self.attempt += 1
-        return delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+        return delay * (0.5 + random.random() / 2)
 
     def reset(self) -> None:
         self.attempt = 0
@@ -56,15 +56,15 @@ class AggregatorClient:
                 sleep(backoff.next_delay())
 
     def poll(self, wait_ms: int, known_version: int) -> pb.PollReply:
-        return self.stub.Poll(pb.PollRequest(wait_ms=wait_ms, known_version=known_version),
-                              timeout=wait_ms / 1000 + 30)
+        return self.stub.Poll(pb.PollRequest(wait_ms=wait_ms, known_version=known_version), timeout=wait_ms / 1000 + 30)
 
     def upload(self, header: pb.UploadHeader, chunks: Iterable[bytes]) -> pb.UploadReceipt:
         return self.stub.Upload(upload_messages(header, chunks), timeout=3600)
 
     def download(self, job_id: str, round_index: int) -> tuple[pb.AggregateHeader, Manifest, list[bytes]]:
-        return read_aggregate(self.stub.DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=round_index),
-                                                          timeout=3600))
+        return read_aggregate(
+            self.stub.DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=round_index), timeout=3600)
+        )
 
     def report_metrics(self, job_id: str, round_index: int, metrics: dict[str, float]) -> None:
         self.stub.ReportMetrics(pb.MetricsReport(job_id=job_id, round=round_index, metrics=metrics), timeout=30)

@@ -59,8 +59,14 @@ class SiloNode:
         if job is not None:
             return job
         spec = job_spec_from_json(task.spec_json)
-        self.events.record("job_offered", self.config.name, job=task.job_id, name=spec.name,
-                           he_profile=spec.he_profile, rounds=spec.total_rounds)
+        self.events.record(
+            "job_offered",
+            self.config.name,
+            job=task.job_id,
+            name=spec.name,
+            he_profile=spec.he_profile,
+            rounds=spec.total_rounds,
+        )
         job = self._accept(task.job_id, spec)
         self.jobs[task.job_id] = job
         return job
@@ -69,19 +75,36 @@ class SiloNode:
         if spec.partition != "horizontal":
             raise JobRefused([f"partition {spec.partition!r} is not supported by this node"])
         try:
-            data = load_columns(self.config.data.path, spec.dataset.features, spec.dataset.label,
-                                None, self.config.data.format)
+            data = load_columns(
+                self.config.data.path, spec.dataset.features, spec.dataset.label, None, self.config.data.format
+            )
         except DataError as exc:
             raise JobRefused([str(exc)]) from None
         try:
             encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
         except CryptoError as exc:
             raise JobRefused([f"HE key: {exc}"]) from None
-        self.events.record("job_accepted", self.config.name, job=job_id, dataset=data.source_fingerprint,
-                           rows=data.rows, columns=data.feature_names + [spec.dataset.label])
-        return HorizontalJob(job_id, spec, self.config.state_dir / "jobs" / job_id, data, self.config.name,
-                             self.client, encryptor, self.sign, self.events, self.audit_head,
-                             self.config.data.validation_fraction)
+        self.events.record(
+            "job_accepted",
+            self.config.name,
+            job=job_id,
+            dataset=data.source_fingerprint,
+            rows=data.rows,
+            columns=[*data.feature_names, spec.dataset.label],
+        )
+        return HorizontalJob(
+            job_id,
+            spec,
+            self.config.state_dir / "jobs" / job_id,
+            data,
+            self.config.name,
+            self.client,
+            encryptor,
+            self.sign,
+            self.events,
+            self.audit_head,
+            self.config.data.validation_fraction,
+        )
 
     def handle(self, task: pb.Task) -> None:
         if task.job_id in self.ignored or task.declined:
@@ -100,16 +123,22 @@ class SiloNode:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             # a refusal for this job (round closed meanwhile, ...): log it, poll again
-            self.events.record("step_refused", self.config.name, job=task.job_id, code=exc.code().name,
-                               reason=exc.details())
+            self.events.record(
+                "step_refused", self.config.name, job=task.job_id, code=exc.code().name, reason=exc.details()
+            )
         except (CryptoError, DataError, ValueError) as exc:
             self.events.record("step_failed", self.config.name, job=task.job_id, error=str(exc))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         own = pki.certificate_fingerprint(self.certificate)
-        self.events.record("node_started", self.config.name, version=__version__, cert_fingerprint=own,
-                           aggregator=self.config.aggregator)
+        self.events.record(
+            "node_started",
+            self.config.name,
+            version=__version__,
+            cert_fingerprint=own,
+            aggregator=self.config.aggregator,
+        )
         backoff = Backoff()
         wait_ms = int(self.config.poll_wait_s * 1000)
         while not self.stop_event.is_set():
@@ -123,8 +152,13 @@ class SiloNode:
                     self.handle(task)
             except grpc.RpcError as exc:
                 delay = backoff.next_delay()
-                self.events.record("aggregator_unreachable", self.config.name, code=exc.code().name,
-                                   detail=(exc.details() or "")[:200], retry_in_s=round(delay, 2))
+                self.events.record(
+                    "aggregator_unreachable",
+                    self.config.name,
+                    code=exc.code().name,
+                    detail=(exc.details() or "")[:200],
+                    retry_in_s=round(delay, 2),
+                )
                 self.stop_event.wait(delay)
         self.events.record("node_stopped", self.config.name)
         self.client.close()
@@ -139,7 +173,6 @@ def run(config_path: Path) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"node {node.config.name} dialing {node.config.aggregator} (no listening socket); Ctrl-C to stop",
-          flush=True)
+    print(f"node {node.config.name} dialing {node.config.aggregator} (no listening socket); Ctrl-C to stop", flush=True)
     node.run()
     return 0

@@ -55,22 +55,26 @@ def _numeric(table: pa.Table, name: str, path: Path) -> np.ndarray:
             values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             sample = next((v for v in column.to_pylist() if v is not None), None)
-            raise DataError(f"column {name!r} in {path} holds non-numeric values (for example {str(sample)[:20]!r}); "
-                            f"encode it numerically before training") from None
+            raise DataError(
+                f"column {name!r} in {path} holds non-numeric values (for example {str(sample)[:20]!r}); "
+                f"encode it numerically before training"
+            ) from None
     if np.isnan(values).any():
         row = int(np.flatnonzero(np.isnan(values))[0])
         raise DataError(f"column {name!r} in {path} has a missing value at row {row + 1}")
     return values
 
 
-def load_columns(path: Path, features: list[str], label: str | None, id_column: str | None = None,
-                 fmt: str | None = None) -> LocalData:
+def load_columns(
+    path: Path, features: list[str], label: str | None, id_column: str | None = None, fmt: str | None = None
+) -> LocalData:
     table = read_table(path, fmt)
     wanted = list(features) + ([label] if label else []) + ([id_column] if id_column else [])
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
-        raise DataError(f"{path} has no column(s) {', '.join(repr(c) for c in missing)}; "
-                        f"it has {', '.join(table.column_names)}")
+        raise DataError(
+            f"{path} has no column(s) {', '.join(repr(c) for c in missing)}; it has {', '.join(table.column_names)}"
+        )
     x = np.column_stack([_numeric(table, c, path) for c in features]) if features else np.zeros((table.num_rows, 0))
     y = _numeric(table, label, path).astype(np.int64) if label else None
     ids = [str(v) for v in table.column(id_column).to_pylist()] if id_column else None
@@ -82,7 +86,7 @@ def load_columns(path: Path, features: list[str], label: str | None, id_column: 
 def split(data: LocalData, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/validation row indices."""
     order = np.random.default_rng(seed).permutation(data.rows)
-    n_val = int(round(data.rows * validation_fraction))
+    n_val = round(data.rows * validation_fraction)
     if data.rows - n_val < 1:
         raise DataError("too few rows to train after holding out the validation split")
     return np.sort(order[n_val:]), np.sort(order[:n_val])

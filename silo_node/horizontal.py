@@ -21,7 +21,7 @@ import numpy as np
 
 from audit.events import EventSink
 from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
-from crypto.signing import sign_digest, update_digest
+from crypto.signing import update_digest
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
 from protocol.messages import check_digests, manifest_to_proto
@@ -42,11 +42,28 @@ class JobState:
 
 
 class HorizontalJob:
-    def __init__(self, job_id: str, spec: JobSpec, directory: Path, data: LocalData, name: str,
-                 client: AggregatorClient, encryptor: SumEncryptor, sign: Callable[[bytes], bytes],
-                 events: EventSink, audit_head: Callable[[], str], validation_fraction: float = 0.2) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        directory: Path,
+        data: LocalData,
+        name: str,
+        client: AggregatorClient,
+        encryptor: SumEncryptor,
+        sign: Callable[[bytes], bytes],
+        events: EventSink,
+        audit_head: Callable[[], str],
+        validation_fraction: float = 0.2,
+    ) -> None:
         self.job_id, self.spec, self.dir, self.data, self.name = job_id, spec, directory, data, name
-        self.client, self.encryptor, self._sign, self.events, self._audit_head = client, encryptor, sign, events, audit_head
+        self.client, self.encryptor, self._sign, self.events, self._audit_head = (
+            client,
+            encryptor,
+            sign,
+            events,
+            audit_head,
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
@@ -65,7 +82,7 @@ class HorizontalJob:
 
     def _save(self) -> None:
         tmp = self.dir / "global.npz.tmp.npz"
-        np.savez(tmp, **self.global_weights)
+        _save_arrays(tmp, self.global_weights)
         tmp.replace(self.dir / "global.npz")
         state_tmp = self.dir / "state.json.tmp"
         state_tmp.write_text(json.dumps(self.state.__dict__))
@@ -89,8 +106,12 @@ class HorizontalJob:
     def step(self, task: pb.Task) -> None:
         while self.state.applied < task.completed_rounds:
             self._apply_aggregate(self.state.applied)
-        if (task.job_status == "running" and task.round_status == "open" and not task.uploaded
-                and task.round == self.state.applied):
+        if (
+            task.job_status == "running"
+            and task.round_status == "open"
+            and not task.uploaded
+            and task.round == self.state.applied
+        ):
             self._upload(int(task.round))
         if task.job_status == "completed" and self.state.applied >= self.spec.total_rounds and not self.state.finished:
             self._finish()
@@ -107,20 +128,34 @@ class HorizontalJob:
             header, chunks = self._prepare_upload(round_index)
             _write_upload(cache, header, chunks)
         receipt = self.client.upload(header, chunks)
-        self.events.record("update_sent", self.name, job=self.job_id, round=round_index, bytes=receipt.bytes,
-                           chunks=receipt.chunks, digest=receipt.digest, profile=self.spec.he_profile,
-                           encrypted=self.spec.he_profile != "none", idempotent_retry=receipt.already_received)
+        self.events.record(
+            "update_sent",
+            self.name,
+            job=self.job_id,
+            round=round_index,
+            bytes=receipt.bytes,
+            chunks=receipt.chunks,
+            digest=receipt.digest,
+            profile=self.spec.he_profile,
+            encrypted=self.spec.he_profile != "none",
+            idempotent_retry=receipt.already_received,
+        )
 
     def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
         weight = float(len(self.train_rows))
         if self._round_kind(round_index) == "stats":
             x = self.data.features[self.train_rows]
-            batch = encrypt_weighted_update(self.encryptor, OrderedDict([("mean", x.mean(axis=0)),
-                                                                         ("sqmean", (x**2).mean(axis=0))]),
-                                            weight, scale_bits=STATS_SCALE_BITS if self.spec.he_profile != "none" else None)
+            batch = encrypt_weighted_update(
+                self.encryptor,
+                OrderedDict([("mean", x.mean(axis=0)), ("sqmean", (x**2).mean(axis=0))]),
+                weight,
+                scale_bits=STATS_SCALE_BITS if self.spec.he_profile != "none" else None,
+            )
         else:
             self.model.set_weights(self.global_weights)
-            seed = int.from_bytes(hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big")
+            seed = int.from_bytes(
+                hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
+            )
             self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
             new = self.model.get_weights()
             delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
@@ -131,16 +166,27 @@ class HorizontalJob:
             batch = encrypt_weighted_update(self.encryptor, delta, weight)
         head = self._audit_head()
         digest = update_digest(self.job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), head)
-        header = pb.UploadHeader(job_id=self.job_id, round=round_index, manifest=manifest_to_proto(batch.manifest),
-                                 audit_head=head, signature=self._sign(digest))
+        header = pb.UploadHeader(
+            job_id=self.job_id,
+            round=round_index,
+            manifest=manifest_to_proto(batch.manifest),
+            audit_head=head,
+            signature=self._sign(digest),
+        )
         return header, batch.chunks
 
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
         check_digests(manifest, chunks)
         mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
-        self.events.record("aggregate_decrypted", self.name, job=self.job_id, round=round_index,
-                           contributors=agg_header.contributors, bytes=sum(len(c) for c in chunks))
+        self.events.record(
+            "aggregate_decrypted",
+            self.name,
+            job=self.job_id,
+            round=round_index,
+            contributors=agg_header.contributors,
+            bytes=sum(len(c) for c in chunks),
+        )
         if self._round_kind(round_index) == "stats":
             mu = np.asarray(mean.tensors["mean"], dtype=np.float64)
             var = np.asarray(mean.tensors["sqmean"], dtype=np.float64) - mu**2
@@ -149,7 +195,8 @@ class HorizontalJob:
             self.state.mean, self.state.std = mu.tolist(), std.tolist()
         else:
             self.global_weights = OrderedDict(
-                (k, self.global_weights[k] + np.asarray(mean.tensors[k], dtype=np.float64)) for k in self.global_weights)
+                (k, self.global_weights[k] + np.asarray(mean.tensors[k], dtype=np.float64)) for k in self.global_weights
+            )
             self.model.set_weights(self.global_weights)
         self.state.applied = round_index + 1
         self._save()
@@ -162,12 +209,21 @@ class HorizontalJob:
     def _finish(self) -> None:
         export = self.dir / "final_model.npz"
         extras = {"__mean__": np.asarray(self.state.mean or []), "__std__": np.asarray(self.state.std or [])}
-        np.savez(export, **self.global_weights, **extras)
+        _save_arrays(export, {**self.global_weights, **extras})
         (self.dir / "job_spec.json").write_text(self.spec.model_dump_json(indent=2))
         self.state.finished = True
         self._save()
-        self.events.record("model_exported", self.name, job=self.job_id, path=str(export),
-                           sha256=hashlib.sha256(export.read_bytes()).hexdigest())
+        self.events.record(
+            "model_exported",
+            self.name,
+            job=self.job_id,
+            path=str(export),
+            sha256=hashlib.sha256(export.read_bytes()).hexdigest(),
+        )
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
 def _write_upload(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:

@@ -17,8 +17,15 @@ from silo_node.config import HEKeys
 
 
 class NodeKeys:
-    def __init__(self, settings: HEKeys, name: str, consortium: str, private_key: ec.EllipticCurvePrivateKey,
-                 certificate: x509.Certificate, fetch_wrapped: object | None = None) -> None:
+    def __init__(
+        self,
+        settings: HEKeys,
+        name: str,
+        consortium: str,
+        private_key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        fetch_wrapped: object | None = None,
+    ) -> None:
         self._settings = settings
         self._name = name
         self._consortium = consortium
@@ -38,10 +45,18 @@ class NodeKeys:
         elif callable(self._fetch):
             blob = self._fetch(settings.scope)
         if not blob:
-            raise KeyMaterialError("this node has no HE key: set [keys].secret_key or [keys].wrapped_key in node.toml, "
-                                   "or ask the key custodian to run `cipherfed keys create`")
-        secret = unwrap_key(blob, self._private_key, self._certificate, consortium=self._consortium,
-                            job=settings.scope, recipient=self._name)
+            raise KeyMaterialError(
+                "this node has no HE key: set [keys].secret_key or [keys].wrapped_key in node.toml, "
+                "or ask the key custodian to run `cipherfed keys create`"
+            )
+        secret = unwrap_key(
+            blob,
+            self._private_key,
+            self._certificate,
+            consortium=self._consortium,
+            job=settings.scope,
+            recipient=self._name,
+        )
         return load_secret_key_set(secret)
 
     def encryptor(self, profile: str, fingerprint: str | None) -> SumEncryptor:

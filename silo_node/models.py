@@ -115,13 +115,24 @@ class SklearnAdapter:
         self.intercept = np.asarray(weights["intercept"], dtype=np.float64).copy()
 
     def train(self, x: np.ndarray, y: np.ndarray, seed: int) -> None:
-        model = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=self.spec.lr, alpha=self.spec.model.l2,
-                              max_iter=self.spec.local_epochs, tol=None, random_state=seed % (2**31))
+        model = SGDClassifier(
+            loss="log_loss",
+            learning_rate="constant",
+            eta0=self.spec.lr,
+            alpha=self.spec.model.l2,
+            max_iter=self.spec.local_epochs,
+            tol=None,
+            random_state=seed % (2**31),
+        )
         present = np.unique(y)
         if len(present) < 2:  # one class locally: SGD cannot fit; contribute no change
             return
-        model.fit(x, y, coef_init=self.coef if len(present) == len(self.classes) else None,
-                  intercept_init=self.intercept if len(present) == len(self.classes) else None)
+        model.fit(
+            x,
+            y,
+            coef_init=self.coef if len(present) == len(self.classes) else None,
+            intercept_init=self.intercept if len(present) == len(self.classes) else None,
+        )
         if len(present) == len(self.classes):
             self.coef, self.intercept = model.coef_.copy(), model.intercept_.copy()
 
@@ -148,8 +159,11 @@ def evaluate(adapter: Any, x: np.ndarray, y: np.ndarray, num_classes: int) -> di
     proba = np.clip(adapter.predict_proba(x), 1e-12, 1 - 1e-12)
     proba = proba / proba.sum(axis=1, keepdims=True)
     labels = np.arange(num_classes)
-    metrics = {"accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
-               "loss": float(log_loss(y, proba, labels=labels)), "samples": float(x.shape[0])}
+    metrics = {
+        "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
+        "loss": float(log_loss(y, proba, labels=labels)),
+        "samples": float(x.shape[0]),
+    }
     try:
         if num_classes == 2:
             metrics["auc"] = float(roc_auc_score(y, proba[:, 1]))
