@@ -28,7 +28,7 @@ class AggregatorConfig(BaseModel):
     tick_s: float = Field(0.25, gt=0)
     min_silos_per_aggregate: int = Field(2, ge=1, description="no aggregate is released with fewer contributors")
     max_workers: int = Field(32, ge=4)
-    audit_log: Path | None = None
+    audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
 
 
@@ -50,6 +50,6 @@ def load_aggregator_config(path: Path | str) -> AggregatorConfig:
     config.tls.crl = rel(config.tls.crl)
     config.port_file = rel(config.port_file)
     config.keys_dir = rel(config.keys_dir)
-    config.audit_log = rel(config.audit_log)
+    config.audit_log = rel(config.audit_log) or config.state_dir / "audit.jsonl"
     config.consortium_policy = rel(config.consortium_policy)
     return config

@@ -363,12 +363,14 @@ class JobEngine:
                 profile=session.manifest.profile,
                 audit_head=session.audit_head,
             )
+            receipt_head = self.events.head
             receipt = pb.UploadReceipt(
                 job_id=open_round.job_id,
                 round=open_round.round,
                 chunks=session.added,
                 bytes=session.nbytes,
                 digest=session.digest,
+                aggregator_audit_head=receipt_head,
             )
             expected = self.expected_contributors(open_round.job_id, open_round.spec)
             if expected <= set(open_round.contributors):
@@ -493,12 +495,16 @@ class JobEngine:
             raise Refusal(Code.FAILED_PRECONDITION, f"round {round_index} of job {job_id} has no released aggregate")
         return Path(row.aggregate_path), row.contributors
 
-    def report_metrics(self, job_id: str, round_index: int, silo: str, metrics: dict[str, float]) -> None:
+    def report_metrics(
+        self, job_id: str, round_index: int, silo: str, metrics: dict[str, float], audit_head: str = ""
+    ) -> None:
         spec = self.spec(job_id)
         if silo not in spec.participants:
             raise Refusal(Code.PERMISSION_DENIED, f"{silo} is not a participant of job {job_id}")
         self.store.put_metrics(job_id, round_index, silo, metrics)
-        self.events.record("metrics_reported", silo, job=job_id, round=round_index, metrics=metrics)
+        self.events.record(
+            "metrics_reported", silo, job=job_id, round=round_index, metrics=metrics, audit_head=audit_head
+        )
         with self.lock:
             self._bump()
 

@@ -18,18 +18,20 @@ from aggregator.rounds import JobEngine
 from aggregator.service import ConsortiumService
 from aggregator.store import StateStore
 from audit.events import EventSink, LogSink
+from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
-from crypto.pki import certificate_fingerprint, load_certificate
+from crypto.pki import certificate_fingerprint, load_certificate, load_private_key
 from protocol import cipherfed_pb2_grpc as pbg
 
 
 class AggregatorServer:
     def __init__(self, config: AggregatorConfig, events: EventSink | None = None) -> None:
         self.config = config
-        self.events: EventSink = events or LogSink("cipherfed.aggregator")
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events: EventSink = events or _audit_sink(config)
         self.store = StateStore(config.state_dir / "aggregator.sqlite")
         self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
+        self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
         self.engine = JobEngine(self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate)
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)
@@ -94,6 +96,13 @@ class AggregatorServer:
         self.server.stop(grace).wait()
         self.events.record("aggregator_stopped", "aggregator")
         self.store.close()
+
+
+def _audit_sink(config: AggregatorConfig) -> EventSink:
+    if config.audit_log is None:
+        return LogSink("cipherfed.aggregator")
+    log = AuditLog(config.audit_log, load_private_key(config.tls.key), load_certificate(config.tls.cert), __version__)
+    return AuditSink(log, "cipherfed.aggregator")
 
 
 def run(config_path: Path) -> int:

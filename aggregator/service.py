@@ -125,7 +125,9 @@ class ConsortiumService(pbg.ConsortiumServicer):
         self._guard(
             context,
             "ReportMetrics",
-            lambda: self.engine.report_metrics(request.job_id, int(request.round), ident.name, metrics),
+            lambda: self.engine.report_metrics(
+                request.job_id, int(request.round), ident.name, metrics, request.audit_head
+            ),
         )
         return pb.Ack(message="recorded")
 

@@ -10,6 +10,9 @@ from audit.structlog import get_logger, log_event
 
 
 class EventSink(Protocol):
+    @property
+    def head(self) -> str: ...
+
     def record(
         self, event: str, actor: str, *, job: str | None = None, round: int | None = None, **details: Any
     ) -> None: ...
@@ -20,6 +23,10 @@ class LogSink:
 
     def __init__(self, name: str) -> None:
         self._logger = get_logger(name)
+
+    @property
+    def head(self) -> str:
+        return ""  # no signed chain behind a plain log
 
     def record(
         self, event: str, actor: str, *, job: str | None = None, round: int | None = None, **details: Any

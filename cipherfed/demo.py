@@ -21,8 +21,10 @@ from rich.table import Table
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
+from audit.report import write_report
 from cipherfed.cmd_job import watch_job
 from cipherfed.localconsortium import LocalConsortium, job_toml
+from crypto import pki
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import parse_job_spec
 from silo_node.horizontal import load_exported_model
@@ -209,6 +211,19 @@ def run_demo(
         f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {data.rounds + 1} rounds; "
         f"all silos hold the same model: {identical}; wall {result['wall_s']} s"
     )
+    logs = [consortium.agg_dir / "state" / "audit.jsonl"] + [
+        consortium.nodes[n].dir / "state" / "audit.jsonl" for n in names
+    ]
+    report_path = consortium.workdir / "compliance-report.html"
+    verification = write_report(logs, report_path, pki.load_certificate(consortium.ca_dir / "ca.crt"))
+    result["audit"] = {
+        "verified": verification.ok,
+        "records": verification.record_count,
+        "anchors_checked": verification.anchors_checked,
+        "report": str(report_path),
+    }
+    console.print(f"audit: {verification.summary()}")
+    console.print(f"compliance report: {report_path}")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         console.print(f"JSON written to {json_path}")

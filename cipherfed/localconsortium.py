@@ -19,6 +19,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from audit.log import AuditLog
+from cipherfed import __version__
 from crypto import pki
 from crypto.custody import create_and_wrap
 from protocol.channel import TlsFiles, consortium_stub, secure_channel
@@ -77,6 +79,22 @@ class LocalConsortium:
             [pki.load_certificate(self.nodes[m].cert) for m in members], consortium=self.consortium
         )
         write_secret(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
+        node = self.nodes[custodian]
+        log = AuditLog(
+            node.dir / "state" / "audit.jsonl",
+            pki.load_private_key(node.key),
+            pki.load_certificate(node.cert),
+            __version__,
+        )
+        log.append("key_generated", custodian, fingerprint=bundle.fingerprint, profile="sum", scope="consortium")
+        log.append(
+            "key_wrapped",
+            custodian,
+            fingerprint=bundle.fingerprint,
+            recipients=sorted(bundle.wrapped),
+            scope="consortium",
+        )
+        log.close()
         for member, blob in bundle.wrapped.items():
             (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
         keys_dir = self.agg_dir / "keys"

@@ -95,20 +95,22 @@ class UploadMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadReceipt(_message.Message):
-    __slots__ = ("job_id", "round", "chunks", "bytes", "already_received", "digest")
+    __slots__ = ("job_id", "round", "chunks", "bytes", "already_received", "digest", "aggregator_audit_head")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ALREADY_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     chunks: int
     bytes: int
     already_received: bool
     digest: str
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., already_received: _Optional[bool] = ..., digest: _Optional[str] = ...) -> None: ...
+    aggregator_audit_head: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ..., already_received: _Optional[bool] = ..., digest: _Optional[str] = ..., aggregator_audit_head: _Optional[str] = ...) -> None: ...
 
 class AggregateRequest(_message.Message):
     __slots__ = ("job_id", "round")
@@ -139,7 +141,7 @@ class AggregateMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[AggregateHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class MetricsReport(_message.Message):
-    __slots__ = ("job_id", "round", "metrics")
+    __slots__ = ("job_id", "round", "metrics", "audit_head")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,10 +152,12 @@ class MetricsReport(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    audit_head: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., audit_head: _Optional[str] = ...) -> None: ...
 
 class DeclineRequest(_message.Message):
     __slots__ = ("job_id", "round", "reasons")

@@ -66,8 +66,9 @@ class AggregatorClient:
             self.stub.DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=round_index), timeout=3600)
         )
 
-    def report_metrics(self, job_id: str, round_index: int, metrics: dict[str, float]) -> None:
-        self.stub.ReportMetrics(pb.MetricsReport(job_id=job_id, round=round_index, metrics=metrics), timeout=30)
+    def report_metrics(self, job_id: str, round_index: int, metrics: dict[str, float], audit_head: str = "") -> None:
+        report = pb.MetricsReport(job_id=job_id, round=round_index, metrics=metrics, audit_head=audit_head)
+        self.stub.ReportMetrics(report, timeout=30)
 
     def decline(self, job_id: str, round_index: int, reasons: list[str]) -> None:
         self.stub.Decline(pb.DeclineRequest(job_id=job_id, round=round_index, reasons=reasons), timeout=30)

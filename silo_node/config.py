@@ -38,7 +38,7 @@ class NodeConfig(BaseModel):
     keys: HEKeys = Field(default_factory=lambda: HEKeys())
     poll_wait_s: float = Field(5.0, gt=0, le=10)
     site_policy: Path | None = None
-    audit_log: Path | None = None
+    audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
 
 
 def load_node_config(path: Path | str) -> NodeConfig:
@@ -56,5 +56,5 @@ def load_node_config(path: Path | str) -> NodeConfig:
     config.keys.secret_key = rel(config.keys.secret_key)
     config.keys.wrapped_key = rel(config.keys.wrapped_key)
     config.site_policy = rel(config.site_policy)
-    config.audit_log = rel(config.audit_log)
+    config.audit_log = rel(config.audit_log) or config.state_dir / "audit.jsonl"
     return config

@@ -10,6 +10,7 @@ from types import FrameType
 import grpc
 
 from audit.events import EventSink, LogSink
+from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
 from crypto import pki
 from crypto.errors import CryptoError
@@ -34,21 +35,30 @@ class JobRefused(Exception):
 class SiloNode:
     def __init__(self, config: NodeConfig, events: EventSink | None = None) -> None:
         self.config = config
-        self.events: EventSink = events or LogSink(f"cipherfed.node.{config.name}")
         self.private_key = pki.load_private_key(config.tls.key)
         self.certificate = pki.load_certificate(config.tls.cert)
+        self.events: EventSink = events or self._audit_sink()
         cert_name = pki.common_name(self.certificate)
         if cert_name != config.name:
             raise ValueError(f"node.toml name {config.name!r} differs from the certificate's common name {cert_name!r}")
         self.client = AggregatorClient(config.aggregator, config.tls.files(), config.server_name)
         self.keys = NodeKeys(config.keys, config.name, config.consortium, self.private_key, self.certificate)
+        self.keys.on_unwrap = lambda fingerprint, scope: self.events.record(
+            "key_unwrapped", config.name, fingerprint=fingerprint, scope=scope
+        )
         self.jobs: dict[str, HorizontalJob] = {}
         self.ignored: set[str] = set()
         self.stop_event = threading.Event()
         self.version = 0
 
+    def _audit_sink(self) -> EventSink:
+        logger = f"cipherfed.node.{self.config.name}"
+        if self.config.audit_log is None:
+            return LogSink(logger)
+        return AuditSink(AuditLog(self.config.audit_log, self.private_key, self.certificate, __version__), logger)
+
     def audit_head(self) -> str:
-        return ""
+        return self.events.head
 
     def sign(self, digest: bytes) -> bytes:
         return sign_digest(self.private_key, digest)
@@ -85,12 +95,19 @@ class SiloNode:
         except CryptoError as exc:
             raise JobRefused([f"HE key: {exc}"]) from None
         self.events.record(
-            "job_accepted",
+            "dataset_used",
             self.config.name,
             job=job_id,
             dataset=data.source_fingerprint,
             rows=data.rows,
             columns=[*data.feature_names, spec.dataset.label],
+        )
+        self.events.record(
+            "job_accepted",
+            self.config.name,
+            job=job_id,
+            he_profile=spec.he_profile,
+            key_fingerprint=encryptor.fingerprint,
         )
         return HorizontalJob(
             job_id,

@@ -139,7 +139,13 @@ class HorizontalJob:
             profile=self.spec.he_profile,
             encrypted=self.spec.he_profile != "none",
             idempotent_retry=receipt.already_received,
+            aggregator_head=receipt.aggregator_audit_head,
+            **self.extra_upload_details(round_index),
         )
+
+    def extra_upload_details(self, round_index: int) -> dict[str, Any]:
+        """Details added to the update_sent record (differential privacy adds epsilon spent)."""
+        return {}
 
     def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
         weight = float(len(self.train_rows))
@@ -204,7 +210,7 @@ class HorizontalJob:
             metrics = evaluate(self.model, self._x(self.val_rows), self._y(self.val_rows), self.spec.model.num_classes)
             self.state.history.append({"round": round_index, **metrics})
             self._save()
-            self.client.report_metrics(self.job_id, round_index, metrics)
+            self.client.report_metrics(self.job_id, round_index, metrics, self._audit_head())
 
     def _finish(self) -> None:
         export = self.dir / "final_model.npz"

@@ -4,6 +4,7 @@ certificate, or fetched (wrapped) from the aggregator; checked against the job's
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -33,6 +34,7 @@ class NodeKeys:
         self._certificate = certificate
         self._fetch = fetch_wrapped  # callable(scope) -> (fingerprint, wrapped blob) once key distribution is relayed
         self._encryptors: dict[str, SumEncryptor] = {}
+        self.on_unwrap: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()
 
     def _load(self) -> SecretKeySet:
@@ -57,7 +59,10 @@ class NodeKeys:
             job=settings.scope,
             recipient=self._name,
         )
-        return load_secret_key_set(secret)
+        keys = load_secret_key_set(secret)
+        if self.on_unwrap is not None:
+            self.on_unwrap(keys.fingerprint, settings.scope)
+        return keys
 
     def encryptor(self, profile: str, fingerprint: str | None) -> SumEncryptor:
         if profile == "none":

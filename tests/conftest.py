@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import pytest
 
 from cipherfed.localconsortium import LocalConsortium
@@ -13,3 +17,14 @@ def running_aggregator(tmp_path_factory):
     consortium.write_admin_config()
     yield consortium
     consortium.stop_all()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One real `cipherfed demo` run (separate processes, mTLS, HE); its workdir and JSON result."""
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "demo.json"
+    proc = subprocess.run([sys.executable, "-m", "cipherfed", "demo", "--workdir", str(root / "w"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "w", json.loads(out.read_text()), proc.stdout

@@ -23,8 +23,14 @@ def silo_encryptor(consortium, name: str) -> SumEncryptor:
     if secret.exists():
         return SumEncryptor(load_secret_key_set(secret.read_bytes()))
     blob = (node.dir / "he_key.wrapped").read_bytes()
-    export = unwrap_key(blob, pki.load_private_key(node.key), pki.load_certificate(node.cert),
-                        consortium=consortium.consortium, job="consortium", recipient=name)
+    export = unwrap_key(
+        blob,
+        pki.load_private_key(node.key),
+        pki.load_certificate(node.cert),
+        consortium=consortium.consortium,
+        job="consortium",
+        recipient=name,
+    )
     return SumEncryptor(load_secret_key_set(export))
 
 
@@ -39,16 +45,22 @@ class HandSilo:
     def build(self, job_id: str, round_index: int, tensors: dict, weight: float, signer=None, audit_head: str = ""):
         batch = encrypt_weighted_update(self.encryptor, OrderedDict(tensors), weight)
         digest = update_digest(job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), audit_head)
-        header = pb.UploadHeader(job_id=job_id, round=round_index, manifest=manifest_to_proto(batch.manifest),
-                                 audit_head=audit_head, signature=sign_digest(signer or self.key, digest))
+        header = pb.UploadHeader(
+            job_id=job_id,
+            round=round_index,
+            manifest=manifest_to_proto(batch.manifest),
+            audit_head=audit_head,
+            signature=sign_digest(signer or self.key, digest),
+        )
         return header, batch.chunks
 
     def send(self, header, chunks):
         return self.stub.Upload(upload_messages(header, chunks), timeout=120)
 
     def download(self, job_id: str, round_index: int):
-        return read_aggregate(self.stub.DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=round_index),
-                                                          timeout=300))
+        return read_aggregate(
+            self.stub.DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=round_index), timeout=300)
+        )
 
     def decrypt(self, manifest, chunks):
         return decrypt_weighted_mean(self.encryptor, manifest, chunks)
@@ -72,9 +84,11 @@ def breast_cancer_parts(silos: int):
 def stub_for(tls_ca: Path, cert: Path | None, key: Path | None, port: int):
     from protocol.channel import consortium_stub
 
-    creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes(),
-                                         private_key=key.read_bytes() if key else None,
-                                         certificate_chain=cert.read_bytes() if cert else None)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
     channel = grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")])
     return consortium_stub(channel)
 

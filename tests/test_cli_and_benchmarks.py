@@ -40,13 +40,31 @@ def test_ca_commands_end_to_end(tmp_path):
 def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
     out_path = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.crypto_throughput", "--params", "20000", "--silos", "2", "--json", str(out_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.crypto_throughput",
+            "--params",
+            "20000",
+            "--silos",
+            "2",
+            "--json",
+            str(out_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out_path.read_text())
-    for key in ("upload_bytes_per_param", "aggregate_bytes_per_param", "encrypt_params_per_s",
-                "aggregate_params_per_s", "decrypt_params_per_s", "max_abs_error"):
+    for key in (
+        "upload_bytes_per_param",
+        "aggregate_bytes_per_param",
+        "encrypt_params_per_s",
+        "aggregate_params_per_s",
+        "decrypt_params_per_s",
+        "max_abs_error",
+    ):
         assert result[key] > 0
         assert result["baseline"][key] > 0
     assert result["max_abs_error"] < 1e-6

@@ -28,8 +28,9 @@ def public(keys):
 def _updates(rng, silos=8):
     ups, weights = [], []
     for _ in range(silos):
-        ups.append({"layer.weight": rng.normal(0, 0.05, (64, 200)).astype(np.float32),
-                    "layer.bias": rng.normal(0, 0.05, 64)})
+        ups.append(
+            {"layer.weight": rng.normal(0, 0.05, (64, 200)).astype(np.float32), "layer.bias": rng.normal(0, 0.05, 64)}
+        )
         weights.append(float(rng.integers(100, 1001)))
     return ups, weights
 

@@ -51,8 +51,9 @@ def test_foreign_ca_expired_and_revoked_are_rejected(ca, tmp_path):
     ca_cert = pki.load_certificate(ca / "ca.crt")
     with pytest.raises(UntrustedCertificateError):
         pki.verify_certificate(pki.load_certificate(foreign), ca_cert)
-    old, _ = pki.issue(ca, "old", "silo", tmp_path / "o", days=1,
-                       not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    old, _ = pki.issue(
+        ca, "old", "silo", tmp_path / "o", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    )
     with pytest.raises(ExpiredCertificateError, match="valid"):
         pki.verify_certificate(pki.load_certificate(old), ca_cert)
     good, _ = pki.issue(ca, "good", "silo", tmp_path / "g")

@@ -13,7 +13,9 @@ def test_profiles_are_within_the_128_bit_table():
         p = get_profile(name)
         assert sum(p.coeff_modulus_bits) <= HE_STANDARD_128_MAX_BITS[p.poly_modulus_degree]
         # SEAL's own table agrees with ours
-        assert sum(p.coeff_modulus_bits) <= seal.CoeffModulus.MaxBitCount(p.poly_modulus_degree, seal.SEC_LEVEL_TYPE.TC128)
+        assert sum(p.coeff_modulus_bits) <= seal.CoeffModulus.MaxBitCount(
+            p.poly_modulus_degree, seal.SEC_LEVEL_TYPE.TC128
+        )
     assert get_profile("sum").values_per_ciphertext == 8192
 
 

@@ -14,7 +14,8 @@ def test_generated_stubs_are_in_sync_with_the_proto(tmp_path):
     codegen.generate(tmp_path)
     for name in codegen.GENERATED:
         assert filecmp.cmp(tmp_path / name, codegen.ROOT / "protocol" / name, shallow=False), (
-            f"protocol/{name} is stale: run `make protos`")
+            f"protocol/{name} is stale: run `make protos`"
+        )
 
 
 def _job(c, n_params, name):
@@ -61,8 +62,9 @@ def test_hundred_million_parameter_update_streams_under_default_limits(running_a
         layout = Layout((TensorSpec("w", (n,), "float64", 0),), n)
         manifest = Manifest("sum", silo.encryptor.fingerprint, layout, n + 1, 8192, 40, (chunk_digest(chunk),) * count)
         digest = update_digest(job, 0, manifest.fingerprint, manifest.digest(), "")
-        header = pb.UploadHeader(job_id=job, round=0, manifest=manifest_to_proto(manifest),
-                                 signature=sign_digest(silo.key, digest))
+        header = pb.UploadHeader(
+            job_id=job, round=0, manifest=manifest_to_proto(manifest), signature=sign_digest(silo.key, digest)
+        )
         receipt = silo.send(header, [chunk] * count)
         assert receipt.chunks == count
     agg_header, agg_manifest, agg_chunks = silos[0].download(job, 0)

@@ -25,8 +25,9 @@ def test_tls_handshake_refuses_foreign_missing_and_expired_certificates(running_
     ca = c.ca_dir / "ca.crt"
     pki.init_ca(tmp_path / "evil", "Evil")
     foreign_cert, foreign_key = pki.issue(tmp_path / "evil", "silo-a", "silo", tmp_path / "f")
-    expired_cert, expired_key = pki.issue(c.ca_dir, "silo-x", "silo", tmp_path / "e", days=1,
-                                          not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=5))
+    expired_cert, expired_key = pki.issue(
+        c.ca_dir, "silo-x", "silo", tmp_path / "e", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=5)
+    )
     for cert, key in ((foreign_cert, foreign_key), (None, None), (expired_cert, expired_key)):
         code, _ = rpc_code(lambda: stub_for(ca, cert, key, c.port).ServerInfo(pb.ServerInfoRequest(), timeout=5))
         assert code == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no RPC reaches the service
@@ -174,9 +175,9 @@ def test_garbage_streams_do_not_crash_the_aggregator(running_aggregator):
     header, chunks = a.build(job, 0, tiny_update(3), 10.0)
     rng = np.random.default_rng(1)
     streams = [
-        [pb.UploadMessage(chunk=b"\x00" * 10)],                      # no header
+        [pb.UploadMessage(chunk=b"\x00" * 10)],  # no header
         [pb.UploadMessage(header=header), pb.UploadMessage(header=header)],  # header twice
-        [pb.UploadMessage(header=pb.UploadHeader(job_id=job, round=0))],     # empty manifest
+        [pb.UploadMessage(header=pb.UploadHeader(job_id=job, round=0))],  # empty manifest
     ]
     for i in range(20):  # bit-flipped chunks behind a valid signed header
         bad = bytearray(chunks[0])
