@@ -32,6 +32,8 @@ from crypto.keys import PublicContext
 from crypto.packing import Manifest, chunk_digest
 from crypto.pki import Identity
 from crypto.signing import update_digest, verify_digest
+from policies.evaluate import evaluate_member, evaluate_release, evaluate_submission
+from policies.schema import ConsortiumPolicy
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json, parse_job_spec
 from protocol.messages import MAX_CHUNK_BYTES, manifest_from_proto
@@ -131,12 +133,19 @@ class UploadSession:
 
 class JobEngine:
     def __init__(
-        self, store: StateStore, keyring: PublicKeyring, state_dir: Path, events: EventSink, min_per_aggregate: int = 2
+        self,
+        store: StateStore,
+        keyring: PublicKeyring,
+        state_dir: Path,
+        events: EventSink,
+        min_per_aggregate: int = 2,
+        policy: ConsortiumPolicy | None = None,
     ) -> None:
         self.store = store
         self.keyring = keyring
         self.events = events
-        self.min_per_aggregate = min_per_aggregate
+        self.policy = policy
+        self.min_per_aggregate = policy.min_silos_per_aggregate if policy else min_per_aggregate
         self.aggregates_dir = state_dir / "aggregates"
         self.spool_dir = state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -186,11 +195,19 @@ class JobEngine:
             return self.version
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, spec_toml: str, submitter: str) -> str:
+    def submit(self, spec_toml: str, submitter_identity: Identity) -> str:
+        submitter = submitter_identity.name
         try:
             spec = parse_job_spec(spec_toml, "job spec")
         except ConfigError as exc:
             raise Refusal(Code.INVALID_ARGUMENT, str(exc)) from None
+        if self.policy is not None:
+            decision = evaluate_submission(self.policy, spec, submitter, submitter_identity.fingerprint)
+            self.events.record("policy_decision", submitter, name=spec.name, **decision.as_details())
+            if not decision.allowed:
+                raise Refusal(
+                    Code.PERMISSION_DENIED, "consortium policy refuses this job: " + "; ".join(decision.reasons)
+                )
         if spec.partition != "horizontal":
             raise Refusal(Code.UNIMPLEMENTED, "vertical jobs are not available on this aggregator yet")
         if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
@@ -263,7 +280,12 @@ class JobEngine:
         )
 
     def expected_contributors(self, job_id: str, spec: JobSpec) -> set[str]:
-        return set(spec.participants) - set(self.store.declines(job_id))
+        """Participants still expected this round: not those that declined the job or this round."""
+        open_round = self._open.get(job_id)
+        declined = set(self.store.declines(job_id))
+        if open_round is not None:
+            declined |= set(self.store.declines(job_id, open_round.round))
+        return set(spec.participants) - declined
 
     # ------------------------------------------------------------------ uploads
     def begin_upload(
@@ -277,6 +299,11 @@ class JobEngine:
             spec = self.spec(job_id)
             if silo.name not in spec.participants:
                 raise Refusal(Code.PERMISSION_DENIED, f"{silo.name} is not a participant of job {job_id}")
+            if self.policy is not None:
+                decision = evaluate_member(self.policy, silo.name, silo.fingerprint, f"upload round {round_index}")
+                self.events.record("policy_decision", silo.name, job=job_id, round=round_index, **decision.as_details())
+                if not decision.allowed:
+                    raise Refusal(Code.PERMISSION_DENIED, "; ".join(decision.reasons))
             if row.status != RUNNING:
                 raise Refusal(Code.FAILED_PRECONDITION, f"job {job_id} is {row.status}; it takes no uploads")
             open_round = self._open.get(job_id)
@@ -397,7 +424,10 @@ class JobEngine:
         contributors = sorted(open_round.contributors)
         required = self._required(spec)
         now = time.time()
-        if len(contributors) >= required and open_round.accumulator is not None and open_round.manifest is not None:
+        release = evaluate_release(self.min_per_aggregate, contributors)
+        self.events.record("policy_decision", "aggregator", job=job_id, round=round_index, **release.as_details())
+        quorum = len(contributors) >= required
+        if quorum and release.allowed and open_round.accumulator is not None and open_round.manifest is not None:
             chunks = open_round.accumulator.serialize()
             m = open_round.manifest
             manifest = Manifest(
@@ -439,10 +469,13 @@ class JobEngine:
                 self.store.update_job(job_id, status=COMPLETED, reason=f"{spec.total_rounds} rounds completed")
                 self.events.record("job_completed", "aggregator", job=job_id, rounds=spec.total_rounds)
         else:
-            reason = (
-                f"round {round_index}: {len(contributors)} of the required {required} silos contributed "
-                f"({why}); no aggregate released"
-            )
+            if not release.allowed:  # the consortium's release threshold, in its own words
+                reason = f"round {round_index}: {release.reasons[0]} ({why})"
+            else:
+                reason = (
+                    f"round {round_index}: {len(contributors)} of the required {required} silos contributed "
+                    f"({why}); no aggregate released"
+                )
             self.store.clear_contributions(job_id, round_index)
             self.events.record(
                 "round_failed",
@@ -524,6 +557,8 @@ class JobEngine:
                     )
                 elif open_round.contributors and expected <= set(open_round.contributors):
                     self._close(open_round, "all remaining participants reported")
+                elif round_index >= 0 and open_round.round == round_index and len(expected) < self._required(spec):
+                    self._close(open_round, f"too few participants left for this round after {silo} declined it")
             self._bump()
 
     def status(self, job_id: str) -> pb.JobStatus:

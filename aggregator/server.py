@@ -21,6 +21,7 @@ from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
 from crypto.pki import certificate_fingerprint, load_certificate, load_private_key
+from policies.schema import load_consortium_policy
 from protocol import cipherfed_pb2_grpc as pbg
 
 
@@ -32,7 +33,10 @@ class AggregatorServer:
         self.store = StateStore(config.state_dir / "aggregator.sqlite")
         self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
         self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
-        self.engine = JobEngine(self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate)
+        policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
+        self.engine = JobEngine(
+            self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy
+        )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)
         self.server = grpc.server(

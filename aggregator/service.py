@@ -232,7 +232,7 @@ class ConsortiumService(pbg.ConsortiumServicer):
     # ------------------------------------------------------------------ admins and auditors
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.JobRef:
         ident = self.auth.identity(context)
-        job_id = self._guard(context, "SubmitJob", lambda: self.engine.submit(request.spec_toml, ident.name))
+        job_id = self._guard(context, "SubmitJob", lambda: self.engine.submit(request.spec_toml, ident))
         return pb.JobRef(job_id=job_id)
 
     def AbortJob(self, request: pb.AbortJobRequest, context: grpc.ServicerContext) -> pb.Ack:

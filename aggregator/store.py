@@ -216,8 +216,11 @@ class StateStore:
             (job_id, silo, round_index, json.dumps(reasons), time.time()),
         )
 
-    def declines(self, job_id: str) -> dict[str, list[str]]:
-        rows = self._exec("SELECT silo, reasons_json FROM declines WHERE job_id = ? AND round = -1", (job_id,))
+    def declines(self, job_id: str, round_index: int = -1) -> dict[str, list[str]]:
+        """Silos that declined the whole job (round -1) or one round, with their reasons."""
+        rows = self._exec(
+            "SELECT silo, reasons_json FROM declines WHERE job_id = ? AND round = ?", (job_id, round_index)
+        )
         return {silo: json.loads(reasons) for silo, reasons in rows}
 
     # --- key material (opaque) ---

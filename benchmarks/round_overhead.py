@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def spec_for(name: str, profile: str, rounds: int) -> str:
             spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, **{**common, "rounds": rounds})
-            return spec.replace('label = "label"', 'label = "label"\nstandardize = false')
+            return spec.replace('scaling = "federated"', 'scaling = "none"')
 
         # Warm-up (excluded): process start-up, imports and first allocations in every node.
         _run_job(c, stub, spec_for("bench-warmup", "none", 1))

@@ -20,6 +20,12 @@ def register(sub: Any) -> None:
         help="kept afterwards: certificates, configs, logs, SQLite, models (default: a new temp dir)",
     )
     demo.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    demo.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        help="also train with record-level differential privacy (DP-SGD) at this epsilon, delta 1e-5",
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -29,5 +35,5 @@ def _run(args: argparse.Namespace) -> int:
     if args.silos < 2:
         raise ValueError("--silos must be at least 2 (no aggregate is released with one contributor)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-demo-"))
-    run_demo(workdir, args.silos, args.rounds, args.dataset, args.json)
+    run_demo(workdir, args.silos, args.rounds, args.dataset, args.json, dp_epsilon=args.dp_epsilon)
     return 0

@@ -115,6 +115,21 @@ def wait_for_exports(consortium: LocalConsortium, job_id: str, timeout_s: float 
     return paths
 
 
+DP_DELTA = 1e-5
+DP_LR = 0.5  # DP-SGD's clipped, noisy gradients want a larger step than plain SGD
+
+
+def _epsilon_spent(consortium: LocalConsortium, job_id: str | None) -> dict[str, float]:
+    """Epsilon each silo's accountant reports as spent for the job (from its audit log)."""
+    spent: dict[str, float] = {}
+    for name, node in consortium.nodes.items():
+        for line in (node.dir / "state" / "audit.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record["event"] == "update_sent" and record["job"] == job_id and "dp_epsilon" in record["details"]:
+                spent[name] = max(spent.get(name, 0.0), float(record["details"]["dp_epsilon"]))
+    return spent
+
+
 def run_demo(
     workdir: Path,
     silos: int = 3,
@@ -123,6 +138,7 @@ def run_demo(
     json_path: Path | None = None,
     console: Console | None = None,
     after_provision: Callable[[LocalConsortium], None] | None = None,
+    dp_epsilon: float | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     started = time.time()
@@ -168,8 +184,22 @@ def run_demo(
         he_status = stub.GetJobStatus(pb.JobRef(job_id=he_job), timeout=30)
         console.rule("same job without encryption (he_profile = none)")
         plain_job = run_job(consortium, stub, plain_spec, console)
+        dp_job = None
+        if dp_epsilon is not None:
+            console.rule(f"same job under HE with record-level DP-SGD (epsilon {dp_epsilon}, delta {DP_DELTA:g})")
+            dp_spec = job_toml(
+                f"{dataset}-dp",
+                names,
+                consortium.fingerprint,
+                data.columns,
+                scaling="local",
+                extra=f"[dp]\nepsilon = {dp_epsilon}\ndelta = {DP_DELTA}\nmax_grad_norm = 1.0\n",
+                **{**common, "lr": DP_LR},
+            )
+            dp_job = run_job(consortium, stub, dp_spec, console)
         he_paths = wait_for_exports(consortium, he_job)
         plain_paths = wait_for_exports(consortium, plain_job)
+        dp_paths = wait_for_exports(consortium, dp_job) if dp_job else []
     finally:
         consortium.stop_all()
     final = score_exported(he_paths[0], data)
@@ -197,14 +227,27 @@ def run_demo(
         "workdir": str(consortium.workdir),
         "wall_s": round(time.time() - started, 2),
     }
+    dp_result = score_exported(dp_paths[0], data) if dp_paths else None
+    if dp_result is not None:
+        result["dp"] = {
+            "epsilon": dp_epsilon,
+            "delta": DP_DELTA,
+            "accuracy": dp_result["accuracy"],
+            "auc": dp_result.get("auc"),
+            "job": dp_job,
+            "epsilon_spent": _epsilon_spent(consortium, dp_job),
+        }
     table = Table(title=f"{dataset}: held-out test set ({len(data.y_test)} records)", title_justify="left")
     for column in ("model", "accuracy", "AUC"):
         table.add_column(column)
-    for label, m in (
+    table_rows: list[tuple[str, dict[str, float]]] = [
         ("federated, encrypted (HE sum)", final),
         ("federated, plaintext", plain),
         ("centralized (pooled data)", central),
-    ):
+    ]
+    if dp_result is not None:
+        table_rows.append((f"federated, encrypted + DP (epsilon {dp_epsilon})", dp_result))
+    for label, m in table_rows:
         table.add_row(label, f"{m['accuracy']:.4f}", f"{m.get('auc', float('nan')):.4f}")
     console.print(table)
     console.print(

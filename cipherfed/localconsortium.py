@@ -278,6 +278,7 @@ def job_toml(
     round_timeout_s: float = 60.0,
     max_round_retries: int = 2,
     extra: str = "",
+    scaling: str = "federated",
 ) -> str:
     quoted = ", ".join(f'"{p}"' for p in participants)
     cols = ", ".join(f'"{c}"' for c in features)
@@ -301,4 +302,5 @@ seed = 7
 [dataset]
 features = [{cols}]
 label = "label"
+scaling = "{scaling}"
 """

@@ -38,7 +38,11 @@ class DatasetSchema(Strict):
     features: list[str] = Field(min_length=1)
     label: str
     id: str | None = None
-    standardize: bool = Field(True, description="federated feature standardization (an encrypted statistics round)")
+    scaling: Literal["federated", "local", "none"] = Field(
+        "federated",
+        description="federated: pooled means/variances from an encrypted statistics round (round 0); "
+        "local: each silo standardizes with its own statistics (nothing leaves); none: raw features",
+    )
 
 
 class DPSpec(Strict):
@@ -96,14 +100,21 @@ class JobSpec(Strict):
             raise ValueError("he_profile = 'sum' needs key_fingerprint (printed by `cipherfed keys create`)")
         if self.partition == "vertical" and self.vertical is None:
             raise ValueError("partition = 'vertical' needs a [vertical] table (active, passive)")
+        if self.dp is not None and self.dataset.scaling == "federated":
+            raise ValueError(
+                "dp: the federated scaling round releases pooled feature statistics that no DP accountant covers; "
+                'use dataset.scaling = "local" or "none" with differential privacy'
+            )
+        if self.dp is not None and self.model.type == "sklearn_sgd":
+            raise ValueError("dp: DP-SGD trains torch models; use model.type logreg, mlp or factory")
         if self.partition == "horizontal" and self.he_profile == "vertical":
             raise ValueError("he_profile 'vertical' is for vertical jobs; horizontal jobs use 'sum' or 'none'")
         return self
 
     @property
     def stats_round(self) -> bool:
-        """Round 0 is an encrypted feature-statistics round when standardization is on."""
-        return self.partition == "horizontal" and self.dataset.standardize
+        """Round 0 is an encrypted feature-statistics round when scaling is federated."""
+        return self.partition == "horizontal" and self.dataset.scaling == "federated"
 
     @property
     def total_rounds(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import threading
 from pathlib import Path
 from types import FrameType
@@ -15,13 +16,20 @@ from cipherfed import __version__
 from crypto import pki
 from crypto.errors import CryptoError
 from crypto.signing import sign_digest
+from policies.decision import Decision
+from policies.evaluate import evaluate_site
+from policies.schema import load_site_policy
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, load_columns
-from silo_node.horizontal import HorizontalJob
+from silo_node.horizontal import HorizontalJob, SiloServices
 from silo_node.keys import NodeKeys
+from silo_node.peer import aggregator_certificate
+from silo_node.privacy_ledger import PrivacyLedger
+
+MAX_STEP_FAILURES = 3  # then the job is declined with the error as its reason
 
 
 class JobRefused(Exception):
@@ -46,7 +54,10 @@ class SiloNode:
         self.keys.on_unwrap = lambda fingerprint, scope: self.events.record(
             "key_unwrapped", config.name, fingerprint=fingerprint, scope=scope
         )
+        self.site_policy = load_site_policy(config.site_policy) if config.site_policy else None
+        self.ledger = PrivacyLedger(config.state_dir / "privacy.sqlite")
         self.jobs: dict[str, HorizontalJob] = {}
+        self.failures: dict[str, int] = {}
         self.ignored: set[str] = set()
         self.stop_event = threading.Event()
         self.version = 0
@@ -81,19 +92,50 @@ class SiloNode:
         self.jobs[task.job_id] = job
         return job
 
+    def _dataset_key(self) -> str:
+        return str(self.config.data.path.resolve())
+
+    def _aggregator_fingerprint(self) -> str | None:
+        try:
+            cert = aggregator_certificate(self.config.aggregator, self.config.tls.files(), self.config.server_name)
+        except (OSError, ssl.SSLError) as exc:
+            self.events.record("aggregator_certificate_unavailable", self.config.name, error=str(exc)[:200])
+            return ""
+        return pki.certificate_fingerprint(cert)
+
+    def evaluate_policy(self, job_id: str, spec: JobSpec, stage: str, round_index: int | None = None) -> Decision:
+        """The site policy's decision on this job (or round); recorded whatever the outcome."""
+        assert self.site_policy is not None
+        spent = self.ledger.reserved(self._dataset_key(), excluding_job=job_id)
+        decision = evaluate_site(
+            self.site_policy,
+            spec,
+            aggregator_fingerprint=self._aggregator_fingerprint(),
+            consortium=self.config.consortium,
+            budget_spent=spent,
+            stage=stage,
+        )
+        self.events.record("policy_decision", self.config.name, job=job_id, round=round_index, **decision.as_details())
+        return decision
+
     def _accept(self, job_id: str, spec: JobSpec) -> HorizontalJob:
         if spec.partition != "horizontal":
             raise JobRefused([f"partition {spec.partition!r} is not supported by this node"])
+        # The site policy decides from the job spec alone, before a single row is read.
+        if self.site_policy is not None:
+            decision = self.evaluate_policy(job_id, spec, "job offered")
+            if not decision.allowed:
+                raise JobRefused(decision.reasons)
+        try:
+            encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
+        except CryptoError as exc:
+            raise JobRefused([f"HE key: {exc}"]) from None
         try:
             data = load_columns(
                 self.config.data.path, spec.dataset.features, spec.dataset.label, None, self.config.data.format
             )
         except DataError as exc:
             raise JobRefused([str(exc)]) from None
-        try:
-            encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
-        except CryptoError as exc:
-            raise JobRefused([f"HE key: {exc}"]) from None
         self.events.record(
             "dataset_used",
             self.config.name,
@@ -102,25 +144,40 @@ class SiloNode:
             rows=data.rows,
             columns=[*data.feature_names, spec.dataset.label],
         )
+        if spec.dp is not None:
+            self.ledger.reserve(self._dataset_key(), job_id, spec.dp.epsilon, spec.dp.delta)
+            total = self.ledger.reserved(self._dataset_key())
+            budget = self.site_policy.dp.total_budget if self.site_policy and self.site_policy.dp else None
+            self.events.record(
+                "dp_budget",
+                self.config.name,
+                job=job_id,
+                dataset=data.source_fingerprint,
+                reserved_epsilon=spec.dp.epsilon,
+                total_epsilon=total,
+                budget=budget,
+            )
         self.events.record(
             "job_accepted",
             self.config.name,
             job=job_id,
             he_profile=spec.he_profile,
             key_fingerprint=encryptor.fingerprint,
+            dp_epsilon=spec.dp.epsilon if spec.dp else None,
         )
-        return HorizontalJob(
-            job_id,
-            spec,
-            self.config.state_dir / "jobs" / job_id,
-            data,
+        services = SiloServices(
             self.config.name,
             self.client,
             encryptor,
             self.sign,
             self.events,
             self.audit_head,
-            self.config.data.validation_fraction,
+            self.ledger,
+            self._dataset_key(),
+            (lambda r: self.evaluate_policy(job_id, spec, f"round {r} upload", r)) if self.site_policy else None,
+        )
+        return HorizontalJob(
+            job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
         )
 
     def handle(self, task: pb.Task) -> None:
@@ -143,8 +200,24 @@ class SiloNode:
             self.events.record(
                 "step_refused", self.config.name, job=task.job_id, code=exc.code().name, reason=exc.details()
             )
-        except (CryptoError, DataError, ValueError) as exc:
-            self.events.record("step_failed", self.config.name, job=task.job_id, error=str(exc))
+        except Exception as exc:  # one job's failure must never stop the node
+            failures = self.failures.get(task.job_id, 0) + 1
+            self.failures[task.job_id] = failures
+            self.events.record(
+                "step_failed",
+                self.config.name,
+                job=task.job_id,
+                error=f"{type(exc).__name__}: {exc}",
+                consecutive_failures=failures,
+            )
+            if failures >= MAX_STEP_FAILURES:
+                reason = f"{self.config.name} could not run the job: {type(exc).__name__}: {exc}"
+                self.ignored.add(task.job_id)
+                self.events.record("job_declined", self.config.name, job=task.job_id, reasons=[reason])
+                if task.job_status == "running":
+                    self.client.decline(task.job_id, -1, [reason])
+        else:
+            self.failures.pop(task.job_id, None)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:

@@ -2,8 +2,9 @@
 
 The global model never exists at the aggregator. Every silo starts from the same seeded initial
 model and applies the same decrypted mean updates, so all silos hold the same global model. Round 0
-is an encrypted statistics round when the job standardizes features: each silo contributes its
+is an encrypted statistics round when the job's scaling is federated: each silo contributes its
 feature means and second moments weighted by its row count, and learns only the pooled ones.
+With differential privacy, each silo trains with DP-SGD and accounts every step it takes.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import numpy as np
 from audit.events import EventSink
 from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.signing import update_digest
+from policies import dp
+from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
 from protocol.messages import check_digests, manifest_to_proto
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, split
-from silo_node.models import evaluate, make_adapter
+from silo_node.models import TorchAdapter, evaluate, make_adapter
+from silo_node.privacy_ledger import PrivacyLedger
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
 
@@ -39,6 +43,23 @@ class JobState:
     std: list[float] | None = None
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    dp_history: list[list[float]] = field(default_factory=list)  # (noise multiplier, sample rate, steps)
+    declined_rounds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SiloServices:
+    """What the node lends each job: its connection, keys, signature, audit trail and privacy ledger."""
+
+    name: str
+    client: AggregatorClient
+    encryptor: SumEncryptor
+    sign: Callable[[bytes], bytes]
+    events: EventSink
+    audit_head: Callable[[], str]
+    ledger: PrivacyLedger | None = None
+    dataset_key: str = ""
+    round_gate: Callable[[int], Decision] | None = None  # site policy, checked before every upload
 
 
 class HorizontalJob:
@@ -48,26 +69,24 @@ class HorizontalJob:
         spec: JobSpec,
         directory: Path,
         data: LocalData,
-        name: str,
-        client: AggregatorClient,
-        encryptor: SumEncryptor,
-        sign: Callable[[bytes], bytes],
-        events: EventSink,
-        audit_head: Callable[[], str],
+        services: SiloServices,
         validation_fraction: float = 0.2,
     ) -> None:
-        self.job_id, self.spec, self.dir, self.data, self.name = job_id, spec, directory, data, name
-        self.client, self.encryptor, self._sign, self.events, self._audit_head = (
-            client,
-            encryptor,
-            sign,
-            events,
-            audit_head,
-        )
+        self.job_id, self.spec, self.dir, self.data = job_id, spec, directory, data
+        self.services = services
+        self.name = services.name
+        self.client, self.encryptor, self.events = services.client, services.encryptor, services.events
+        self._sign, self._audit_head = services.sign, services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
-        seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{name}".encode()).digest()[:4], "big")
+        seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
         self.state = self._load_state()
+        if spec.dataset.scaling == "local" and self.state.mean is None:
+            x = data.features[self.train_rows]  # this silo's own statistics: nothing leaves
+            std = x.std(axis=0)
+            std[std < 1e-8] = 1.0
+            self.state.mean, self.state.std = x.mean(axis=0).tolist(), std.tolist()
+        self.dp_plan = dp.plan(spec, len(self.train_rows)) if spec.dp is not None else None
         self.model = make_adapter(spec, data.features.shape[1])
         weights_path = self.dir / "global.npz"
         if weights_path.exists():
@@ -111,6 +130,8 @@ class HorizontalJob:
             and task.round_status == "open"
             and not task.uploaded
             and task.round == self.state.applied
+            and int(task.round) not in self.state.declined_rounds
+            and self._round_allowed(int(task.round))
         ):
             self._upload(int(task.round))
         if task.job_status == "completed" and self.state.applied >= self.spec.total_rounds and not self.state.finished:
@@ -119,6 +140,20 @@ class HorizontalJob:
             self.state.finished = True
             self._save()
             self.events.record("job_ended", self.name, job=self.job_id, status=task.job_status, reason=task.reason)
+
+    def _round_allowed(self, round_index: int) -> bool:
+        """Site policy before every upload; a refusal is reported and this round is sat out."""
+        gate = self.services.round_gate
+        if gate is None:
+            return True
+        decision = gate(round_index)
+        if decision.allowed:
+            return True
+        self.state.declined_rounds.append(round_index)
+        self._save()
+        self.events.record("round_declined", self.name, job=self.job_id, round=round_index, reasons=decision.reasons)
+        self.client.decline(self.job_id, round_index, decision.reasons)
+        return False
 
     def _upload(self, round_index: int) -> None:
         cache = self.dir / f"upload-{round_index:05d}.bin"
@@ -144,8 +179,20 @@ class HorizontalJob:
         )
 
     def extra_upload_details(self, round_index: int) -> dict[str, Any]:
-        """Details added to the update_sent record (differential privacy adds epsilon spent)."""
-        return {}
+        """What the compliance officer needs about privacy in the update_sent record."""
+        if self.dp_plan is None:
+            return {"dp": False}
+        return {
+            "dp": True,
+            "dp_epsilon": round(dp.epsilon_spent(self._dp_history(), self.dp_plan.delta), 4),
+            "dp_delta": self.dp_plan.delta,
+            "noise_multiplier": round(self.dp_plan.noise_multiplier, 4),
+            "max_grad_norm": self.dp_plan.max_grad_norm,
+            "dp_target_epsilon": self.dp_plan.epsilon,
+        }
+
+    def _dp_history(self) -> list[tuple[float, float, int]]:
+        return [(float(s), float(q), int(n)) for s, q, n in self.state.dp_history]
 
     def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
         weight = float(len(self.train_rows))
@@ -162,7 +209,10 @@ class HorizontalJob:
             seed = int.from_bytes(
                 hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
             )
-            self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
+            if self.dp_plan is not None:
+                self._train_private(round_index, seed)
+            else:
+                self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
             new = self.model.get_weights()
             delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
             if self.spec.update_clip_norm:
@@ -180,6 +230,18 @@ class HorizontalJob:
             signature=self._sign(digest),
         )
         return header, batch.chunks
+
+    def _train_private(self, round_index: int, seed: int) -> None:
+        assert self.dp_plan is not None and isinstance(self.model, TorchAdapter)
+        plan = self.dp_plan
+        steps, sample_rate = self.model.train_private(
+            self._x(self.train_rows), self._y(self.train_rows), seed, plan.noise_multiplier, plan.max_grad_norm
+        )
+        self.state.dp_history.append([plan.noise_multiplier, sample_rate, steps])
+        self._save()
+        spent = dp.epsilon_spent(self._dp_history(), plan.delta)
+        if self.services.ledger is not None:
+            self.services.ledger.record_spend(self.services.dataset_key, self.job_id, round_index, spent)
 
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)

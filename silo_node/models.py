@@ -7,6 +7,7 @@ scikit-learn linear models look the same to the rest of the node.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -62,6 +63,7 @@ class TorchAdapter:
         self.spec = spec
         self.module = build_torch_module(spec, n_features).double()
         self.binary = spec.model.num_classes == 2
+        self.last_noise_multiplier: float | None = None
 
     def get_weights(self) -> OrderedDict[str, np.ndarray]:
         return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in self.module.state_dict().items())
@@ -86,6 +88,52 @@ class TorchAdapter:
                 optimizer.zero_grad()
                 self._loss(self.module(xt[batch]), yt[batch]).backward()
                 optimizer.step()
+
+    def train_private(
+        self, x: np.ndarray, y: np.ndarray, seed: int, noise_multiplier: float, max_grad_norm: float
+    ) -> tuple[int, float]:
+        """DP-SGD with opacus: per-sample clipping, Gaussian noise, Poisson sampling.
+
+        Trains a fresh copy of the module (opacus hooks never accumulate across rounds) and copies
+        the weights back. Returns (optimizer steps taken, sampling rate) for the accountant.
+        """
+        import warnings
+
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        torch.manual_seed(seed)
+        module = copy.deepcopy(self.module)
+        module.train()  # opacus requires training mode; the copy inherits eval mode from evaluation
+        optimizer = torch.optim.SGD(module.parameters(), lr=self.spec.lr, weight_decay=self.spec.model.l2)
+        loader = DataLoader(
+            TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+            batch_size=self.spec.batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # opacus warns about secure_mode; see docs/security.md
+            engine = PrivacyEngine(accountant="rdp")
+            private, private_optimizer, private_loader = engine.make_private(
+                module=module,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+            )
+        self.last_noise_multiplier = float(private_optimizer.noise_multiplier)
+        private.train()
+        steps = 0
+        for _ in range(self.spec.local_epochs):
+            for xb, yb in private_loader:
+                private_optimizer.zero_grad()
+                if len(xb):
+                    self._loss(private(xb), yb).backward()
+                private_optimizer.step()
+                steps += 1
+        self.module.load_state_dict(module.state_dict())
+        return steps, float(private_loader.sample_rate)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         self.module.eval()

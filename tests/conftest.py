@@ -24,7 +24,11 @@ def demo_run(tmp_path_factory):
     """One real `cipherfed demo` run (separate processes, mTLS, HE); its workdir and JSON result."""
     root = tmp_path_factory.mktemp("demo")
     out = root / "demo.json"
-    proc = subprocess.run([sys.executable, "-m", "cipherfed", "demo", "--workdir", str(root / "w"),
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cipherfed", "demo", "--workdir", str(root / "w"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "w", json.loads(out.read_text()), proc.stdout

@@ -23,7 +23,8 @@ def logs(demo_run, tmp_path):
     w, _, _ = demo_run
     copies = {}
     for party, path in [("aggregator", w / "aggregator" / "state" / "audit.jsonl")] + [
-            (f"hospital-{i}", w / f"hospital-{i}" / "state" / "audit.jsonl") for i in (1, 2, 3)]:
+        (f"hospital-{i}", w / f"hospital-{i}" / "state" / "audit.jsonl") for i in (1, 2, 3)
+    ]:
         copies[party] = tmp_path / f"{party}.jsonl"
         shutil.copy(path, copies[party])
     return w, copies
@@ -51,10 +52,25 @@ def test_intact_multi_party_logs_verify(logs):
     parties = {log.party: log.role for log in result.logs}
     assert parties == {"aggregator": "aggregator", "hospital-1": "silo", "hospital-2": "silo", "hospital-3": "silo"}
     events = {r["event"] for log in result.logs for r in log.records}
-    for needed in ("log_opened", "aggregator_started", "job_submitted", "round_opened", "upload_accepted",
-                   "aggregate_released", "job_completed", "node_started", "dataset_used", "job_accepted",
-                   "update_sent", "aggregate_decrypted", "model_exported", "key_generated", "key_wrapped",
-                   "key_unwrapped", "metrics_reported"):
+    for needed in (
+        "log_opened",
+        "aggregator_started",
+        "job_submitted",
+        "round_opened",
+        "upload_accepted",
+        "aggregate_released",
+        "job_completed",
+        "node_started",
+        "dataset_used",
+        "job_accepted",
+        "update_sent",
+        "aggregate_decrypted",
+        "model_exported",
+        "key_generated",
+        "key_wrapped",
+        "key_unwrapped",
+        "metrics_reported",
+    ):
         assert needed in events, needed
 
 
@@ -145,8 +161,11 @@ def test_torn_last_line_is_kept_as_evidence_and_recovered(logs, tmp_path):
     torn = b'{"seq":999,"ts":"2026-11-20T00:00:00Z","event":"upd'
     path.write_bytes(intact + torn)  # the process died in the middle of a write
     assert first_problem([path]).kind == "malformed record"
-    log = AuditLog(path, pki.load_private_key(w / "hospital-3" / "hospital-3.key"),
-                   pki.load_certificate(w / "hospital-3" / "hospital-3.crt"))
+    log = AuditLog(
+        path,
+        pki.load_private_key(w / "hospital-3" / "hospital-3.key"),
+        pki.load_certificate(w / "hospital-3" / "hospital-3.crt"),
+    )
     log.close()
     evidence = list(tmp_path.glob("hospital-3.jsonl.torn-*"))
     assert len(evidence) == 1 and evidence[0].read_bytes() == torn
@@ -159,8 +178,16 @@ def test_torn_last_line_is_kept_as_evidence_and_recovered(logs, tmp_path):
 
 def test_cli_verify_exit_codes_and_messages(logs):
     w, copies = logs
-    cli = [sys.executable, "-m", "cipherfed", "audit", "verify", *map(str, copies.values()),
-           "--ca", str(w / "ca" / "ca.crt")]
+    cli = [
+        sys.executable,
+        "-m",
+        "cipherfed",
+        "audit",
+        "verify",
+        *map(str, copies.values()),
+        "--ca",
+        str(w / "ca" / "ca.crt"),
+    ]
     ok = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("verified ")
     path = copies["hospital-2"]
@@ -174,24 +201,70 @@ def test_cli_verify_exit_codes_and_messages(logs):
 
 def test_cli_show_filters(logs):
     _, copies = logs
-    out = subprocess.run([sys.executable, "-m", "cipherfed", "audit", "show", str(copies["aggregator"]),
-                          "--event", "job_submitted", "--format", "json"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cipherfed",
+            "audit",
+            "show",
+            str(copies["aggregator"]),
+            "--event",
+            "job_submitted",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(records) == 2 and {r["details"]["he_profile"] for r in records} == {"sum", "none"}
-    out = subprocess.run([sys.executable, "-m", "cipherfed", "audit", "show", str(copies["hospital-1"]),
-                          "--actor", "hospital-1", "--since", "2000-01-01T00:00Z", "--until", "2000-01-02T00:00Z",
-                          "--format", "csv"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cipherfed",
+            "audit",
+            "show",
+            str(copies["hospital-1"]),
+            "--actor",
+            "hospital-1",
+            "--since",
+            "2000-01-01T00:00Z",
+            "--until",
+            "2000-01-02T00:00Z",
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip().splitlines() == ["ts,party,seq,actor,event,job,round,details"]
 
 
 def test_report_for_a_real_run_has_every_section_and_fetches_nothing(demo_run):
     w, result, _ = demo_run
     html = (w / "compliance-report.html").read_text()
-    for section in ("Integrity of the record", "verified", "Parties and logs", "Jobs: timeline",
-                    "Data used at each silo", "What left each silo", "Policy decisions", "Differential-privacy budget",
-                    "Training curves", "<svg", "hospital-1", "hospital-2", "hospital-3", "breast_cancer-he"):
+    for section in (
+        "Integrity of the record",
+        "verified",
+        "Parties and logs",
+        "Jobs: timeline",
+        "Data used at each silo",
+        "What left each silo",
+        "Policy decisions",
+        "Differential-privacy budget",
+        "Training curves",
+        "<svg",
+        "hospital-1",
+        "hospital-2",
+        "hospital-3",
+        "breast_cancer-he",
+    ):
         assert section in html, section
     assert 'class="yes">yes' in html  # the HE job's uploads are shown as encrypted
     assert 'class="no">NO' in html  # the plaintext comparison run is shown as not encrypted
-    for fetch in ("<script src", "<link", "src=\"http", "url(http", "@import"):
+    for fetch in ("<script src", "<link", 'src="http', "url(http", "@import"):
         assert fetch not in html

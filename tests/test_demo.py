@@ -5,8 +5,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 def test_demo_three_hospitals_end_to_end(demo_run):
     w, result, stdout = demo_run
-    for key in ("partition", "dataset", "silos", "rounds", "final", "centralized", "plaintext_federated",
-                "upload_bytes_total", "wall_s"):
+    for key in (
+        "partition",
+        "dataset",
+        "silos",
+        "rounds",
+        "final",
+        "centralized",
+        "plaintext_federated",
+        "upload_bytes_total",
+        "wall_s",
+    ):
         assert key in result
     assert result["silos"] == 3 and result["partition"] == "horizontal"
     assert result["final"]["accuracy"] >= result["centralized"]["accuracy"] - 0.02

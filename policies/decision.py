@@ -1,0 +1,40 @@
+"""A policy decision: allowed or not, and why — every rule that was checked, in words."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: str
+    passed: bool
+    why: str
+
+
+@dataclass
+class Decision:
+    stage: str
+    rules: list[RuleResult] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return all(r.passed for r in self.rules)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it was refused (the failing rules); if allowed, why each rule passed."""
+        failing = [f"{r.rule}: {r.why}" for r in self.rules if not r.passed]
+        return failing or [f"{r.rule}: {r.why}" for r in self.rules]
+
+    def check(self, rule: str, passed: bool, why_pass: str, why_fail: str) -> None:
+        self.rules.append(RuleResult(rule, passed, why_pass if passed else why_fail))
+
+    def as_details(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "allowed": self.allowed,
+            "reasons": self.reasons,
+            "rules": [{"rule": r.rule, "passed": r.passed, "why": r.why} for r in self.rules],
+        }

@@ -1,0 +1,249 @@
+"""Evaluating jobs, uploads and releases against consortium and site policies.
+
+Nothing here touches data: a site decides from the job spec (which columns, which model, which
+privacy guarantees), the aggregator's certificate and the privacy budget already spent, so a job
+can be declined before a single row is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Iterable
+
+from policies.decision import Decision
+from policies.schema import DAYS, HE_ORDER, ConsortiumPolicy, SitePolicy, TimeWindow
+from protocol.jobspec import JobSpec
+
+
+def job_columns(spec: JobSpec) -> list[str]:
+    columns = [*spec.dataset.features, spec.dataset.label]
+    return columns + ([spec.dataset.id] if spec.dataset.id else [])
+
+
+def _matches(column: str, patterns: Iterable[str]) -> str | None:
+    for pattern in patterns:
+        if fnmatch.fnmatch(column.lower(), pattern.lower()):
+            return pattern
+    return None
+
+
+def in_window(windows: list[TimeWindow], now: dt.datetime) -> bool:
+    if not windows:
+        return True
+    day = DAYS[now.weekday()]
+    minutes = now.hour * 60 + now.minute
+    for w in windows:
+        start = int(w.start[:2]) * 60 + int(w.start[3:])
+        end = int(w.end[:2]) * 60 + int(w.end[3:])
+        inside = start <= minutes < end if start <= end else (minutes >= start or minutes < end)
+        if day in w.days and inside:
+            return True
+    return False
+
+
+def evaluate_site(
+    policy: SitePolicy,
+    spec: JobSpec,
+    *,
+    aggregator_fingerprint: str | None,
+    consortium: str,
+    budget_spent: float = 0.0,
+    now: dt.datetime | None = None,
+    stage: str = "job offered",
+) -> Decision:
+    """Would this site take part in this job (or this round of it)?"""
+    d = Decision(stage)
+    now = now or dt.datetime.now(dt.UTC)
+    if aggregator_fingerprint is None:
+        d.check("trusted aggregator", True, "not checked (dry run without an aggregator connection)", "")
+    else:
+        d.check(
+            "trusted aggregator",
+            aggregator_fingerprint in policy.trusted_aggregators,
+            f"aggregator certificate {aggregator_fingerprint[:16]}... is trusted",
+            f"aggregator certificate {aggregator_fingerprint[:16]}... is not in trusted_aggregators",
+        )
+    d.check(
+        "trusted consortium",
+        not policy.trusted_consortia or consortium in policy.trusted_consortia,
+        f"consortium {consortium!r} is trusted" if policy.trusted_consortia else "any consortium is accepted",
+        f"consortium {consortium!r} is not in trusted_consortia",
+    )
+    d.check(
+        "job type",
+        spec.partition in policy.allowed_job_types,
+        f"{spec.partition} jobs are allowed",
+        f"{spec.partition} jobs are not allowed (allowed: {', '.join(policy.allowed_job_types)})",
+    )
+    d.check(
+        "model",
+        spec.model.type in policy.allowed_models,
+        f"model {spec.model.type!r} is allowed",
+        f"model {spec.model.type!r} is not allowed (allowed: {', '.join(policy.allowed_models)})",
+    )
+    columns = job_columns(spec)
+    denied = {c: p for c in columns if (p := _matches(c, policy.denied_columns))}
+    d.check(
+        "denied columns",
+        not denied,
+        f"none of the {len(columns)} requested columns is denied",
+        "requested columns are denied by this site: " + ", ".join(f"{c} (rule {p!r})" for c, p in denied.items()),
+    )
+    if policy.allowed_columns is not None:
+        outside = [c for c in columns if not _matches(c, policy.allowed_columns)]
+        d.check(
+            "allowed columns",
+            not outside,
+            "every requested column is on the allowed list",
+            f"columns not on the allowed list: {', '.join(outside)}",
+        )
+    d.check(
+        "minimum participants",
+        len(spec.participants) >= policy.min_participants,
+        f"{len(spec.participants)} participants (site needs at least {policy.min_participants})",
+        f"only {len(spec.participants)} participants; this site needs at least {policy.min_participants} so its "
+        f"contribution is hidden in a sum",
+    )
+    d.check(
+        "HE profile",
+        HE_ORDER[spec.he_profile] >= HE_ORDER[policy.min_he_profile],
+        f"updates are protected by HE profile {spec.he_profile!r}",
+        f"HE profile {spec.he_profile!r} is weaker than this site's minimum {policy.min_he_profile!r}",
+    )
+    d.check(
+        "rounds",
+        spec.rounds <= policy.max_rounds,
+        f"{spec.rounds} rounds (max {policy.max_rounds})",
+        f"{spec.rounds} rounds exceeds this site's maximum of {policy.max_rounds}",
+    )
+    d.check(
+        "local epochs",
+        spec.local_epochs <= policy.max_local_epochs,
+        f"{spec.local_epochs} local epochs (max {policy.max_local_epochs})",
+        f"{spec.local_epochs} local epochs exceeds this site's maximum of {policy.max_local_epochs}",
+    )
+    _dp_rules(d, policy, spec, budget_spent)
+    d.check(
+        "time window",
+        in_window(policy.time_windows, now),
+        "within an allowed time window" if policy.time_windows else "no time restriction",
+        f"{now:%a %H:%M} UTC is outside this site's time windows",
+    )
+    return d
+
+
+def _dp_rules(d: Decision, policy: SitePolicy, spec: JobSpec, spent: float) -> None:
+    site = policy.dp
+    if site is None:
+        d.check(
+            "differential privacy",
+            True,
+            "not required by this site" + (f"; the job uses epsilon {spec.dp.epsilon}" if spec.dp else ""),
+            "",
+        )
+        return
+    if spec.dp is None:
+        d.check(
+            "differential privacy",
+            not site.required,
+            "not required by this site",
+            "this site requires differential privacy and the job has no [dp] section",
+        )
+        return
+    d.check(
+        "differential privacy",
+        True,
+        f"the job trains with DP-SGD (epsilon {spec.dp.epsilon}, delta {spec.dp.delta:g}, "
+        f"clipping {spec.dp.max_grad_norm})",
+        "",
+    )
+    d.check(
+        "epsilon per job",
+        spec.dp.epsilon <= site.max_epsilon_per_job,
+        f"job epsilon {spec.dp.epsilon} <= site maximum {site.max_epsilon_per_job}",
+        f"job epsilon {spec.dp.epsilon} exceeds this site's maximum of {site.max_epsilon_per_job} per job",
+    )
+    d.check(
+        "delta",
+        spec.dp.delta <= site.delta,
+        f"job delta {spec.dp.delta:g} <= {site.delta:g}",
+        f"job delta {spec.dp.delta:g} exceeds this site's maximum of {site.delta:g}",
+    )
+    remaining = site.total_budget - spent
+    d.check(
+        "privacy budget",
+        spec.dp.epsilon <= remaining + 1e-12,
+        f"epsilon {spec.dp.epsilon} fits the remaining budget {remaining:.3f} of {site.total_budget}",
+        f"epsilon {spec.dp.epsilon} would exceed the dataset's budget: {spent:.3f} of {site.total_budget} already "
+        f"spent, {max(remaining, 0):.3f} left",
+    )
+
+
+def evaluate_submission(
+    policy: ConsortiumPolicy, spec: JobSpec, submitter: str, submitter_fingerprint: str
+) -> Decision:
+    d = Decision("job submitted")
+    member = policy.member(submitter)
+    d.check(
+        "submitter",
+        member is not None
+        and member.role == "admin"
+        and member.cert_fingerprint == submitter_fingerprint
+        and (not policy.job_submitters or submitter in policy.job_submitters),
+        f"{submitter} is an admin member allowed to submit jobs",
+        f"{submitter} may not submit jobs (not an admin member with this certificate, or not in job_submitters)",
+    )
+    silos = {m.name for m in policy.members if m.role == "silo"}
+    strangers = [p for p in spec.participants if p not in silos]
+    d.check(
+        "participants",
+        not strangers,
+        "every participant is a silo member of the consortium",
+        f"not silo members of the consortium: {', '.join(strangers)}",
+    )
+    d.check(
+        "HE profile",
+        spec.he_profile in policy.allowed_he_profiles,
+        f"HE profile {spec.he_profile!r} is allowed",
+        f"HE profile {spec.he_profile!r} is forbidden by the consortium "
+        f"(allowed: {', '.join(policy.allowed_he_profiles)})",
+    )
+    d.check(
+        "rounds",
+        spec.total_rounds <= policy.max_rounds,
+        f"{spec.total_rounds} rounds (max {policy.max_rounds})",
+        f"{spec.total_rounds} rounds exceeds the consortium maximum of {policy.max_rounds}",
+    )
+    threshold = policy.min_silos_per_aggregate
+    d.check(
+        "release threshold",
+        len(spec.participants) >= threshold,
+        f"aggregates need at least {threshold} contributors; the job has {len(spec.participants)} participants",
+        f"the job has {len(spec.participants)} participants but no aggregate is released with fewer than "
+        f"{threshold} contributors",
+    )
+    return d
+
+
+def evaluate_member(policy: ConsortiumPolicy, name: str, fingerprint: str, stage: str) -> Decision:
+    d = Decision(stage)
+    member = policy.member(name)
+    d.check(
+        "membership",
+        member is not None and member.role == "silo" and member.cert_fingerprint == fingerprint,
+        f"{name} is a silo member with the registered certificate",
+        f"{name} is not a silo member of the consortium with this certificate",
+    )
+    return d
+
+
+def evaluate_release(threshold: int, contributors: list[str]) -> Decision:
+    d = Decision("aggregate release")
+    d.check(
+        "release threshold",
+        len(contributors) >= threshold,
+        f"{len(contributors)} contributors (at least {threshold} required)",
+        f"only {len(contributors)} contributors; no aggregate is released with fewer than {threshold}",
+    )
+    return d

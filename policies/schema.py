@@ -1,0 +1,167 @@
+"""Consortium and site policy files (TOML), validated field by field.
+
+The consortium policy is held by the aggregator; the site policy by each silo and written by its
+privacy officer. Both are plain files a person can read and sign off on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.tomlconfig import ConfigError, load_toml, parse_toml_text, validate_model
+
+HE_ORDER = {"none": 0, "sum": 1, "vertical": 1}
+FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+HEProfileName = Literal["sum", "vertical", "none"]
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+JobType = Literal["horizontal", "vertical"]
+ModelType = Literal["logreg", "mlp", "sklearn_sgd", "factory"]
+
+
+def _default_profiles() -> list[HEProfileName]:
+    return ["sum", "vertical"]
+
+
+def _all_days() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _default_job_types() -> list[JobType]:
+    return ["horizontal"]
+
+
+def _default_models() -> list[ModelType]:
+    return ["logreg", "mlp", "sklearn_sgd"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _fingerprint(value: str) -> str:
+    value = value.lower().replace(":", "")
+    if not FINGERPRINT.match(value):
+        raise ValueError("must be a SHA-256 certificate fingerprint (64 hex digits, colons allowed)")
+    return value
+
+
+class Member(Strict):
+    name: str
+    role: Literal["silo", "aggregator", "admin", "auditor"]
+    cert_fingerprint: str = Field(description="SHA-256 of the member's certificate (pins it)")
+
+    _fp = field_validator("cert_fingerprint")(classmethod(lambda cls, v: _fingerprint(v)))
+
+
+class ConsortiumPolicy(Strict):
+    kind: Literal["consortium"]
+    consortium: str
+    members: list[Member] = Field(min_length=1)
+    min_silos_per_aggregate: int = Field(2, ge=2, description="no aggregate is released with fewer contributors")
+    allowed_he_profiles: list[HEProfileName] = Field(default_factory=_default_profiles)
+    max_rounds: int = Field(1000, ge=1)
+    job_submitters: list[str] = Field(default_factory=list, description="admin names allowed to submit; empty: all")
+
+    @model_validator(mode="after")
+    def _unique(self) -> ConsortiumPolicy:
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError("members: a name is listed more than once")
+        admins = {m.name for m in self.members if m.role == "admin"}
+        unknown = [s for s in self.job_submitters if s not in admins]
+        if unknown:
+            raise ValueError(f"job_submitters: {', '.join(unknown)} are not admin members")
+        return self
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+
+class SiteDP(Strict):
+    required: bool = Field(False, description="refuse jobs that do not train with differential privacy")
+    max_epsilon_per_job: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1e-2, description="largest delta a job may use")
+    total_budget: float = Field(gt=0, description="epsilon budget of the dataset over all jobs")
+
+    @model_validator(mode="after")
+    def _order(self) -> SiteDP:
+        if self.max_epsilon_per_job > self.total_budget:
+            raise ValueError("max_epsilon_per_job exceeds total_budget")
+        return self
+
+
+class TimeWindow(Strict):
+    days: list[Day] = Field(default_factory=_all_days)
+    start: str = Field(description="HH:MM, UTC")
+    end: str = Field(description="HH:MM, UTC; may be earlier than start to span midnight")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not HHMM.match(v):
+            raise ValueError("use HH:MM (24-hour, UTC)")
+        return v
+
+
+class SitePolicy(Strict):
+    kind: Literal["site"]
+    site: str
+    trusted_aggregators: list[str] = Field(min_length=1, description="aggregator certificate fingerprints")
+    trusted_consortia: list[str] = Field(default_factory=list, description="consortium names; empty: any")
+    allowed_job_types: list[JobType] = Field(default_factory=_default_job_types)
+    allowed_models: list[ModelType] = Field(default_factory=_default_models)
+    allowed_columns: list[str] | None = Field(None, description="if set, only these columns (patterns) may be used")
+    denied_columns: list[str] = Field(default_factory=lambda: ["name", "*_name", "ssn", "mrn", "dob", "address"])
+    min_participants: int = Field(2, ge=2)
+    min_he_profile: Literal["none", "sum"] = "sum"
+    max_rounds: int = Field(1000, ge=1)
+    max_local_epochs: int = Field(100, ge=1)
+    dp: SiteDP | None = None
+    time_windows: list[TimeWindow] = Field(default_factory=list, description="when jobs may run; empty: always")
+
+    @field_validator("trusted_aggregators")
+    @classmethod
+    def _fps(cls, v: list[str]) -> list[str]:
+        return [_fingerprint(x) for x in v]
+
+
+Policy = ConsortiumPolicy | SitePolicy
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Load either kind, chosen by the file's ``kind`` field."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
+    kind = data.get("kind")
+    if kind == "site":
+        return validate_model(SitePolicy, data, str(path))
+    if kind == "consortium":
+        return validate_model(ConsortiumPolicy, data, str(path))
+    raise ConfigError(str(path), [("kind", 'must be "site" or "consortium"')])
+
+
+def load_site_policy(path: Path | str) -> SitePolicy:
+    return load_toml(SitePolicy, path)
+
+
+def load_consortium_policy(path: Path | str) -> ConsortiumPolicy:
+    return load_toml(ConsortiumPolicy, path)
+
+
+def parse_site_policy(text: str) -> SitePolicy:
+    return parse_toml_text(SitePolicy, text, "site policy")
