@@ -171,16 +171,20 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
 
         def run() -> pb.KeyMaterialReply:
-            found = self.engine.store.key_material(request.scope)
+            scope = request.scope
+            found = self.engine.store.key_material(scope)
+            if found is None:  # a key fingerprint names its scope too (per-job keys)
+                scope = self.engine.store.scope_of_fingerprint(request.scope) or scope
+                found = self.engine.store.key_material(scope)
             if found is None:
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"no key material for scope {request.scope!r}")
             fingerprint, public_context, custodian = found
-            blob = self.engine.store.wrapped_key(request.scope, ident.name) or b""
+            blob = self.engine.store.wrapped_key(scope, ident.name) or b""
             if not blob and custodian != ident.name:
-                raise Refusal(grpc.StatusCode.NOT_FOUND, f"no wrapped key for {ident.name} in scope {request.scope!r}")
-            self.events.record("key_material_fetched", ident.name, scope=request.scope, fingerprint=fingerprint)
+                raise Refusal(grpc.StatusCode.NOT_FOUND, f"no wrapped key for {ident.name} in scope {scope!r}")
+            self.events.record("key_material_fetched", ident.name, scope=scope, fingerprint=fingerprint)
             return pb.KeyMaterialReply(
-                scope=request.scope,
+                scope=scope,
                 fingerprint=fingerprint,
                 public_context=public_context,
                 wrapped_for_me=blob,

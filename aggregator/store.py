@@ -242,6 +242,10 @@ class StateStore:
         ).fetchone()
         return (row[0], bytes(row[1]), row[2]) if row else None
 
+    def scope_of_fingerprint(self, fingerprint: str) -> str | None:
+        row = self._exec("SELECT scope FROM key_material WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return str(row[0]) if row else None
+
     def all_public_contexts(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._exec("SELECT public_context FROM key_material")]
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from cipherfed import __version__, cmd_audit, cmd_ca, cmd_job, cmd_policy, cmd_roles
+from cipherfed import __version__, cmd_audit, cmd_ca, cmd_job, cmd_keys, cmd_policy, cmd_roles
 from crypto.errors import CryptoError
 from protocol.tomlconfig import ConfigError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_job.register(sub)
     cmd_audit.register(sub)
     cmd_policy.register(sub)
+    cmd_keys.register(sub)
     from cipherfed import cmd_demo
 
     cmd_demo.register(sub)

@@ -16,6 +16,8 @@ class DataSource(BaseModel):
     path: Path = Field(description="CSV or Parquet file with one row per record")
     format: Literal["csv", "parquet"] | None = Field(None, description="inferred from the file suffix if omitted")
     id_column: str | None = Field(None, description="entity id column (vertical jobs, predictions)")
+    label: str | None = Field(None, description="label column this node offers")
+    features: list[str] | None = Field(None, description="feature columns this node offers; jobs may use no others")
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import ssl
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -43,6 +44,7 @@ class JobRefused(Exception):
 class SiloNode:
     def __init__(self, config: NodeConfig, events: EventSink | None = None) -> None:
         self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
         self.private_key = pki.load_private_key(config.tls.key)
         self.certificate = pki.load_certificate(config.tls.cert)
         self.events: EventSink = events or self._audit_sink()
@@ -50,7 +52,15 @@ class SiloNode:
         if cert_name != config.name:
             raise ValueError(f"node.toml name {config.name!r} differs from the certificate's common name {cert_name!r}")
         self.client = AggregatorClient(config.aggregator, config.tls.files(), config.server_name)
-        self.keys = NodeKeys(config.keys, config.name, config.consortium, self.private_key, self.certificate)
+        self.keys = NodeKeys(
+            config.keys,
+            config.name,
+            config.consortium,
+            self.private_key,
+            self.certificate,
+            config.state_dir / "keys",
+            self._fetch_wrapped_key,
+        )
         self.keys.on_unwrap = lambda fingerprint, scope: self.events.record(
             "key_unwrapped", config.name, fingerprint=fingerprint, scope=scope
         )
@@ -67,6 +77,12 @@ class SiloNode:
         if self.config.audit_log is None:
             return LogSink(logger)
         return AuditSink(AuditLog(self.config.audit_log, self.private_key, self.certificate, __version__), logger)
+
+    def _fetch_wrapped_key(self, fingerprint: str) -> tuple[str, bytes]:
+        reply = self.client.stub.GetKeyMaterial(pb.KeyMaterialRequest(scope=fingerprint), timeout=30)
+        if reply.fingerprint != fingerprint:
+            raise CryptoError(f"the aggregator returned key {reply.fingerprint}, not {fingerprint}")
+        return reply.scope, bytes(reply.wrapped_for_me)
 
     def audit_head(self) -> str:
         return self.events.head
@@ -126,10 +142,16 @@ class SiloNode:
             decision = self.evaluate_policy(job_id, spec, "job offered")
             if not decision.allowed:
                 raise JobRefused(decision.reasons)
+        offered = self.config.data.features
+        if offered is not None:
+            extra = [c for c in spec.dataset.features if c not in offered]
+            if extra or (self.config.data.label and spec.dataset.label != self.config.data.label):
+                raise JobRefused([f"columns not offered by this node: {', '.join(extra or [spec.dataset.label])}"])
         try:
             encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
-        except CryptoError as exc:
-            raise JobRefused([f"HE key: {exc}"]) from None
+        except (CryptoError, grpc.RpcError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            raise JobRefused([f"HE key: {detail}"]) from None
         try:
             data = load_columns(
                 self.config.data.path, spec.dataset.features, spec.dataset.label, None, self.config.data.format
@@ -220,6 +242,13 @@ class SiloNode:
             self.failures.pop(task.job_id, None)
 
     # ------------------------------------------------------------------ loop
+    def _heartbeat(self, server_time_ms: int) -> None:
+        """Proof of life for container/systemd health checks: the node has no port to probe."""
+        path = self.config.state_dir / "heartbeat"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{time.time():.3f} {server_time_ms}\n")
+        tmp.replace(path)
+
     def run(self) -> None:
         own = pki.certificate_fingerprint(self.certificate)
         self.events.record(
@@ -236,6 +265,7 @@ class SiloNode:
                 reply = self.client.poll(wait_ms, self.version)
                 self.version = reply.version
                 backoff.reset()
+                self._heartbeat(reply.server_time_unix_ms)
                 for task in reply.tasks:
                     if self.stop_event.is_set():
                         break

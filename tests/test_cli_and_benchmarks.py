@@ -70,3 +70,37 @@ def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
     assert result["max_abs_error"] < 1e-6
     # the measured engine is smaller on the wire than the baseline: that is the point of it
     assert result["upload_bytes_per_param"] < result["baseline"]["upload_bytes_per_param"] / 4
+
+
+def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
+    out_path = tmp_path / "ro.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.round_overhead",
+            "--silos",
+            "2",
+            "--rounds",
+            "2",
+            "--features",
+            "5",
+            "--hidden",
+            "8",
+            "--rows",
+            "60",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out_path.read_text())
+    assert result["plain_round_s"] > 0 and result["he_round_s"] > 0
+    assert result["ratio"] == result["he_round_s"] / result["plain_round_s"]
+    assert result["model_parameters"] == 5 * 8 + 8 + 8 + 1
+    assert result["upload_bytes_per_param"]["he"] > result["upload_bytes_per_param"]["plain"] > 0
