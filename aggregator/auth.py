@@ -37,6 +37,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
             "GetKeyMaterial",
             "Send",
             "Receive",
+            "FinishJob",
         )
     },
     SERVICE + "SubmitJob": ADMIN,

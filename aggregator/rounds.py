@@ -208,8 +208,6 @@ class JobEngine:
                 raise Refusal(
                     Code.PERMISSION_DENIED, "consortium policy refuses this job: " + "; ".join(decision.reasons)
                 )
-        if spec.partition != "horizontal":
-            raise Refusal(Code.UNIMPLEMENTED, "vertical jobs are not available on this aggregator yet")
         if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
             known = ", ".join(self.keyring.fingerprints()) or "none"
             raise Refusal(
@@ -217,7 +215,7 @@ class JobEngine:
                 f"no public context with fingerprint {spec.key_fingerprint} is registered here; the key "
                 f"custodian must run `cipherfed keys create` (known: {known})",
             )
-        if max(spec.min_silos, self.min_per_aggregate) > len(spec.participants):
+        if spec.partition == "horizontal" and max(spec.min_silos, self.min_per_aggregate) > len(spec.participants):
             raise Refusal(
                 Code.FAILED_PRECONDITION,
                 f"the consortium releases no aggregate with fewer than {self.min_per_aggregate} contributors, "
@@ -230,7 +228,8 @@ class JobEngine:
                 JobRow(job_id, spec.name, spec.model_dump_json(), RUNNING, "", 0, spec.total_rounds, submitter, now)
             )
             self._specs[job_id] = spec
-            self._open_round(job_id, spec, 0, 1, now)
+            if spec.partition == "horizontal":  # vertical jobs are run by their parties; we relay and sum
+                self._open_round(job_id, spec, 0, 1, now)
             self._bump()
         self.events.record(
             "job_submitted",
@@ -547,6 +546,11 @@ class JobEngine:
             raise Refusal(Code.PERMISSION_DENIED, f"{silo} is not a participant of job {job_id}")
         self.store.add_decline(job_id, silo, round_index, reasons)
         self.events.record("job_declined", silo, job=job_id, round=round_index, reasons=reasons)
+        row = self.store.job(job_id)
+        if spec.partition == "vertical" and row is not None and row.status == RUNNING:
+            with self.lock:  # every party holds columns the model needs: one refusal ends the job
+                self._end_job(job_id, FAILED, f"{silo} declined: {'; '.join(reasons)}")
+            return
         with self.lock:
             open_round = self._open.get(job_id)
             if open_round is not None:
@@ -561,6 +565,21 @@ class JobEngine:
                     self._close(open_round, f"too few participants left for this round after {silo} declined it")
             self._bump()
 
+    def finish_vertical(self, job_id: str, party: str, ok: bool, reason: str, metrics: dict[str, float]) -> None:
+        spec = self.spec(job_id)
+        if spec.vertical is None or party != spec.vertical.active:
+            raise Refusal(Code.PERMISSION_DENIED, "only the active party of a vertical job can finish it")
+        row = self.store.job(job_id)
+        if row is None or row.status != RUNNING:
+            raise Refusal(Code.FAILED_PRECONDITION, f"job {job_id} is not running")
+        if metrics:
+            self.store.put_metrics(job_id, spec.rounds, party, metrics)
+        status = COMPLETED if ok else FAILED
+        with self.lock:
+            self.store.update_job(job_id, status=status, reason=reason, current_round=spec.rounds)
+            self._bump()
+        self.events.record("job_completed" if ok else "job_failed", party, job=job_id, reason=reason, metrics=metrics)
+
     def status(self, job_id: str) -> pb.JobStatus:
         row = self.store.job(job_id)
         if row is None:
@@ -568,6 +587,17 @@ class JobEngine:
         spec = self.spec(job_id)
         metrics = self.store.metrics(job_id)
         rounds = []
+        if spec.partition == "vertical":  # no aggregation rounds: show the active party's epochs
+            for epoch, by_silo in sorted(metrics.items()):
+                if epoch < spec.rounds:
+                    rounds.append(
+                        pb.RoundStatus(
+                            round=epoch,
+                            status="trained",
+                            contributors=sorted(spec.participants),
+                            metrics=[pb.SiloMetrics(silo=s, metrics=m) for s, m in by_silo.items()],
+                        )
+                    )
         for r in self.store.rounds(job_id):
             with self.lock:
                 open_round = self._open.get(job_id)
@@ -599,6 +629,7 @@ class JobEngine:
             participants=spec.participants,
             submitted_by=row.submitted_by,
             declined=sorted(self.store.declines(job_id)),
+            relay_bytes=self.store.relay_bytes(job_id),
         )
 
     def list_jobs(self) -> list[Any]:

@@ -16,6 +16,7 @@ from aggregator.aggregate_files import read_aggregate
 from aggregator.auth import Authenticator
 from aggregator.errors import Refusal
 from aggregator.rounds import JobEngine, UploadSession
+from aggregator.vertical_relay import AGGREGATOR, SUMMED, VerticalRelay
 from audit.events import EventSink
 from cipherfed import __version__
 from crypto.errors import CryptoError
@@ -30,6 +31,7 @@ MAX_POLL_WAIT_S = 10.0
 class ConsortiumService(pbg.ConsortiumServicer):
     def __init__(self, engine: JobEngine, auth: Authenticator, events: EventSink, consortium: str) -> None:
         self.engine = engine
+        self.relay = VerticalRelay(engine.store, engine.keyring)
         self.auth = auth
         self.events = events
         self.consortium = consortium
@@ -180,8 +182,6 @@ class ConsortiumService(pbg.ConsortiumServicer):
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"no key material for scope {request.scope!r}")
             fingerprint, public_context, custodian = found
             blob = self.engine.store.wrapped_key(scope, ident.name) or b""
-            if not blob and custodian != ident.name:
-                raise Refusal(grpc.StatusCode.NOT_FOUND, f"no wrapped key for {ident.name} in scope {scope!r}")
             self.events.record("key_material_fetched", ident.name, scope=scope, fingerprint=fingerprint)
             return pb.KeyMaterialReply(
                 scope=scope,
@@ -197,41 +197,68 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
 
         def run() -> pb.Ack:
-            count = 0
-            for message in request_iterator:
-                spec = self.engine.spec(message.job_id)
-                if ident.name not in spec.participants or message.to not in spec.participants:
-                    raise Refusal(grpc.StatusCode.PERMISSION_DENIED, "relay only between participants of the job")
-                self.engine.store.relay_put(
-                    message.job_id, ident.name, message.to, message.kind, message.seq, bytes(message.payload)
-                )
-                count += 1
+            messages = list(request_iterator)  # stored together: a receiver never sees half a payload
+            summed: set[tuple[str, str, int]] = set()
+            with self.engine.store.transaction():
+                for m in messages:
+                    spec = self.engine.spec(m.job_id)
+                    if spec.partition != "vertical" or ident.name not in spec.participants:
+                        raise Refusal(
+                            grpc.StatusCode.PERMISSION_DENIED, "relay is for the participants of a vertical job"
+                        )
+                    if m.to == AGGREGATOR:
+                        if m.kind not in SUMMED or spec.vertical is None or ident.name not in spec.vertical.passive:
+                            raise Refusal(
+                                grpc.StatusCode.PERMISSION_DENIED,
+                                "only passive parties send partial scores to the aggregator",
+                            )
+                        summed.add((m.job_id, m.kind, int(m.seq)))
+                    elif m.to not in spec.participants:
+                        raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"{m.to!r} is not a party of this job")
+                    self.engine.store.relay_put(m.job_id, ident.name, m.to, m.kind, int(m.seq), bytes(m.payload))
+                    self.engine.store.add_relay_bytes(m.job_id, len(m.payload))
+            for job_id, kind, seq in summed:
+                self.relay.maybe_sum(job_id, self.engine.spec(job_id), kind, seq)
             with self.engine.lock:
                 self.engine._bump()
-            return pb.Ack(message=f"relayed {count} messages")
+            return pb.Ack(message=f"relayed {len(messages)} messages")
 
         return self._guard(context, "Send", run)
 
     def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Iterator[pb.RelayMessage]:
         ident = self.auth.identity(context)
+        spec = self._guard(context, "Receive", lambda: self.engine.spec(request.job_id))
+        if ident.name not in spec.participants:
+            self._refused(context, "Receive", grpc.StatusCode.PERMISSION_DENIED, "not a party of this job")
         deadline = time.time() + min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
         while True:
-            payloads = self.engine.store.relay_get(
-                request.job_id, ident.name, request.kind, request.seq, request.sender
+            version = self.engine.version
+            seq, payloads = self.engine.store.relay_take(
+                request.job_id, ident.name, request.kind, int(request.seq), request.sender
             )
-            if payloads or time.time() >= deadline:
+            if payloads or time.time() >= deadline or not context.is_active():
                 break
-            self.engine.wait_for_change(self.engine.version, max(0.0, deadline - time.time()))
+            self.engine.wait_for_change(version, max(0.0, deadline - time.time()))
         for i, payload in enumerate(payloads):
             yield pb.RelayMessage(
                 job_id=request.job_id,
                 to=ident.name,
                 sender=request.sender,
                 kind=request.kind,
-                seq=request.seq,
+                seq=seq,
                 payload=payload,
                 last=i == len(payloads) - 1,
             )
+
+    def FinishJob(self, request: pb.FinishJobRequest, context: grpc.ServicerContext) -> pb.Ack:
+        ident = self.auth.identity(context)
+        metrics = {k: float(v) for k, v in request.metrics.items()}
+        self._guard(
+            context,
+            "FinishJob",
+            lambda: self.engine.finish_vertical(request.job_id, ident.name, request.ok, request.reason, metrics),
+        )
+        return pb.Ack(message="recorded")
 
     # ------------------------------------------------------------------ admins and auditors
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.JobRef:

@@ -19,7 +19,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, name TEXT NOT NULL, spec_json TEXT NOT NULL, status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '', current_round INTEGER NOT NULL, rounds_total INTEGER NOT NULL,
-    submitted_by TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+    submitted_by TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, relay_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rounds (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, attempt INTEGER NOT NULL,
     opened_at REAL NOT NULL, deadline REAL NOT NULL, closed_at REAL, bytes_in INTEGER NOT NULL DEFAULT 0,
@@ -100,7 +100,7 @@ class StateStore:
     # --- jobs ---
     def insert_job(self, row: JobRow) -> None:
         self._exec(
-            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,0)",
             (
                 row.job_id,
                 row.name,
@@ -260,13 +260,40 @@ class StateStore:
             (job_id, sender, recipient, kind, seq, payload, time.time()),
         )
 
-    def relay_get(self, job_id: str, recipient: str, kind: str, seq: int, sender: str) -> list[bytes]:
+    def add_relay_bytes(self, job_id: str, nbytes: int) -> None:
+        self._exec("UPDATE jobs SET relay_bytes = relay_bytes + ? WHERE job_id = ?", (nbytes, job_id))
+
+    def relay_bytes(self, job_id: str) -> int:
+        row = self._exec("SELECT relay_bytes FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def relay_peek(self, job_id: str, recipient: str, kind: str, seq: int, sender: str) -> list[bytes]:
         rows = self._exec(
-            "SELECT payload FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND seq = ? "
-            "AND sender = ? ORDER BY id",
+            "SELECT payload FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND seq = ? AND sender = ? "
+            "ORDER BY id",
             (job_id, recipient, kind, seq, sender),
         ).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    def relay_take(self, job_id: str, recipient: str, kind: str, seq: int, sender: str) -> tuple[int, list[bytes]]:
+        """Deliver and delete: the messages of one (kind, seq, sender); seq -1 takes the oldest seq waiting."""
+        with self._lock:
+            if seq < 0:
+                row = self._db.execute(
+                    "SELECT seq FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND sender = ? "
+                    "ORDER BY id LIMIT 1",
+                    (job_id, recipient, kind, sender),
+                ).fetchone()
+                if row is None:
+                    return seq, []
+                seq = int(row[0])
+            payloads = self.relay_peek(job_id, recipient, kind, seq, sender)
+            if payloads:
+                self._db.execute(
+                    "DELETE FROM relay WHERE job_id = ? AND recipient = ? AND kind = ? AND seq = ? AND sender = ?",
+                    (job_id, recipient, kind, seq, sender),
+                )
+            return seq, payloads
 
 
 class _Transaction:

@@ -14,6 +14,12 @@ def register(sub: Any) -> None:
     demo.add_argument("--rounds", type=int, default=None, help="training rounds (default: per dataset)")
     demo.add_argument("--dataset", choices=["breast_cancer", "digits"], default="breast_cancer")
     demo.add_argument(
+        "--partition",
+        choices=["horizontal", "vertical"],
+        default="horizontal",
+        help="vertical: hospital, lab and imaging centre hold different columns of the same patients",
+    )
+    demo.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -35,5 +41,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.silos < 2:
         raise ValueError("--silos must be at least 2 (no aggregate is released with one contributor)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-demo-"))
+    if args.partition == "vertical":
+        from cipherfed.demo_vertical import run_vertical_demo
+
+        run_vertical_demo(workdir, args.rounds, args.json)
+        return 0
     run_demo(workdir, args.silos, args.rounds, args.dataset, args.json, dp_epsilon=args.dp_epsilon)
     return 0

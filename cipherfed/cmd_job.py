@@ -55,6 +55,15 @@ def register(sub: Any) -> None:
     client(abort)
     abort.set_defaults(handler=_abort)
 
+    predict = cmds.add_parser(
+        "predict", help="joint scores for aligned entities of a vertical job (at the active party)"
+    )
+    predict.add_argument("job_id")
+    predict.add_argument("--ids", type=Path, required=True, help="one entity id per line")
+    predict.add_argument("--config", type=Path, required=True, help="the active party's node.toml")
+    predict.add_argument("--out", type=Path, default=None, help="CSV of id,score (default: print)")
+    predict.set_defaults(handler=_predict)
+
     validate = cmds.add_parser("validate", help="check a job spec file (no connection)")
     validate.add_argument("spec", type=Path)
     validate.set_defaults(handler=_validate)
@@ -130,6 +139,25 @@ def _list(args: argparse.Namespace) -> int:
     for j in jobs.jobs:
         table.add_row(j.job_id, j.name, j.status, f"{j.current_round + 1}/{j.rounds_total}", j.created)
     Console().print(table)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from silo_node.config import load_node_config
+    from silo_node.vertical import VerticalError
+    from silo_node.vertical_predict import predict, read_ids
+
+    try:
+        scores = predict(load_node_config(args.config), args.job_id, read_ids(args.ids))
+    except VerticalError as exc:
+        print(f"cipherfed: {exc}")
+        return 1
+    lines = ["id,score"] + [f"{i},{s:.6f}" for i, s in scores]
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"{len(scores)} scores written to {args.out}")
+    else:
+        print("\n".join(lines))
     return 0
 
 

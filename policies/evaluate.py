@@ -16,9 +16,9 @@ from policies.schema import DAYS, HE_ORDER, ConsortiumPolicy, SitePolicy, TimeWi
 from protocol.jobspec import JobSpec
 
 
-def job_columns(spec: JobSpec) -> list[str]:
-    columns = [*spec.dataset.features, spec.dataset.label]
-    return columns + ([spec.dataset.id] if spec.dataset.id else [])
+def job_columns(spec: JobSpec, site: str | None = None) -> list[str]:
+    """The columns this site would read: its own share in a vertical job, all of them in a horizontal one."""
+    return spec.party_columns(site or "")
 
 
 def _matches(column: str, patterns: Iterable[str]) -> str | None:
@@ -82,7 +82,7 @@ def evaluate_site(
         f"model {spec.model.type!r} is allowed",
         f"model {spec.model.type!r} is not allowed (allowed: {', '.join(policy.allowed_models)})",
     )
-    columns = job_columns(spec)
+    columns = job_columns(spec, policy.site)
     denied = {c: p for c in columns if (p := _matches(c, policy.denied_columns))}
     d.check(
         "denied columns",
@@ -216,10 +216,14 @@ def evaluate_submission(
         f"{spec.total_rounds} rounds exceeds the consortium maximum of {policy.max_rounds}",
     )
     threshold = policy.min_silos_per_aggregate
+    vertical = spec.partition == "vertical"
     d.check(
         "release threshold",
-        len(spec.participants) >= threshold,
-        f"aggregates need at least {threshold} contributors; the job has {len(spec.participants)} participants",
+        vertical or len(spec.participants) >= threshold,
+        "vertical job: no model aggregate is released; the aggregator only sums passive partial scores for the "
+        "active party"
+        if vertical
+        else f"aggregates need at least {threshold} contributors; the job has {len(spec.participants)} participants",
         f"the job has {len(spec.participants)} participants but no aggregate is released with fewer than "
         f"{threshold} contributors",
     )

@@ -240,6 +240,25 @@ class ReceiveRequest(_message.Message):
     wait_ms: int
     def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., sender: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
+class FinishJobRequest(_message.Message):
+    __slots__ = ("job_id", "ok", "reason", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    ok: bool
+    reason: str
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, job_id: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec_toml",)
     SPEC_TOML_FIELD_NUMBER: _ClassVar[int]
@@ -296,7 +315,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., status: _Optional[str] = ..., attempt: _Optional[int] = ..., contributors: _Optional[_Iterable[str]] = ..., bytes_in: _Optional[int] = ..., wall_s: _Optional[float] = ..., metrics: _Optional[_Iterable[_Union[SiloMetrics, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined")
+    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined", "relay_bytes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +327,7 @@ class JobStatus(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
+    RELAY_BYTES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     status: str
@@ -319,7 +339,8 @@ class JobStatus(_message.Message):
     participants: _containers.RepeatedScalarFieldContainer[str]
     submitted_by: str
     declined: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ...) -> None: ...
+    relay_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ..., relay_bytes: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

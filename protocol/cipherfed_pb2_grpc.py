@@ -79,6 +79,11 @@ class ConsortiumStub:
                 request_serializer=protocol_dot_cipherfed__pb2.ReceiveRequest.SerializeToString,
                 response_deserializer=protocol_dot_cipherfed__pb2.RelayMessage.FromString,
                 _registered_method=True)
+        self.FinishJob = channel.unary_unary(
+                '/cipherfed.v1.Consortium/FinishJob',
+                request_serializer=protocol_dot_cipherfed__pb2.FinishJobRequest.SerializeToString,
+                response_deserializer=protocol_dot_cipherfed__pb2.Ack.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/cipherfed.v1.Consortium/SubmitJob',
                 request_serializer=protocol_dot_cipherfed__pb2.SubmitJobRequest.SerializeToString,
@@ -169,6 +174,13 @@ class ConsortiumServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FinishJob(self, request, context):
+        """The active party of a vertical job reports its end (training done, or alignment failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitJob(self, request, context):
         """--- admins ---
         """
@@ -249,6 +261,11 @@ def add_ConsortiumServicer_to_server(servicer, server):
                     servicer.Receive,
                     request_deserializer=protocol_dot_cipherfed__pb2.ReceiveRequest.FromString,
                     response_serializer=protocol_dot_cipherfed__pb2.RelayMessage.SerializeToString,
+            ),
+            'FinishJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJob,
+                    request_deserializer=protocol_dot_cipherfed__pb2.FinishJobRequest.FromString,
+                    response_serializer=protocol_dot_cipherfed__pb2.Ack.SerializeToString,
             ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
@@ -519,6 +536,33 @@ class Consortium:
             '/cipherfed.v1.Consortium/Receive',
             protocol_dot_cipherfed__pb2.ReceiveRequest.SerializeToString,
             protocol_dot_cipherfed__pb2.RelayMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cipherfed.v1.Consortium/FinishJob',
+            protocol_dot_cipherfed__pb2.FinishJobRequest.SerializeToString,
+            protocol_dot_cipherfed__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

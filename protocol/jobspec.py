@@ -35,7 +35,7 @@ class ModelSpec(Strict):
 
 
 class DatasetSchema(Strict):
-    features: list[str] = Field(min_length=1)
+    features: list[str] = Field(default_factory=list, description="horizontal: the columns every silo uses")
     label: str
     id: str | None = None
     scaling: Literal["federated", "local", "none"] = Field(
@@ -52,10 +52,22 @@ class DPSpec(Strict):
 
 
 class VerticalSpec(Strict):
-    active: str
-    passive: list[str] = Field(min_length=1)
-    min_entities: int = Field(10, ge=1)
-    passive_noise_std: float = Field(0.0, ge=0)
+    active: str = Field(description="the party holding the labels (and some features)")
+    passive: list[str] = Field(min_length=1, description="parties holding other features of the same entities")
+    features: dict[str, list[str]] = Field(description="each party's feature columns")
+    min_entities: int = Field(10, ge=1, description="refuse to train on a smaller intersection")
+    passive_noise_std: float = Field(0.0, ge=0, description="Gaussian noise passives add to their partial scores")
+
+    @model_validator(mode="after")
+    def _parties(self) -> VerticalSpec:
+        parties = [self.active, *self.passive]
+        if len(set(parties)) != len(parties):
+            raise ValueError("a party is listed twice (active and passive must differ)")
+        if set(self.features) != set(parties):
+            raise ValueError(f"features must list the columns of exactly these parties: {', '.join(parties)}")
+        if any(not cols for cols in self.features.values()):
+            raise ValueError("every party needs at least one feature column")
+        return self
 
 
 class JobSpec(Strict):
@@ -98,8 +110,10 @@ class JobSpec(Strict):
             raise ValueError(f"min_silos ({self.min_silos}) exceeds the {len(self.participants)} participants")
         if self.he_profile == "sum" and not self.key_fingerprint:
             raise ValueError("he_profile = 'sum' needs key_fingerprint (printed by `cipherfed keys create`)")
-        if self.partition == "vertical" and self.vertical is None:
-            raise ValueError("partition = 'vertical' needs a [vertical] table (active, passive)")
+        if self.partition == "vertical":
+            self._check_vertical()
+        elif not self.dataset.features:
+            raise ValueError("dataset.features: a horizontal job needs at least one feature column")
         if self.dp is not None and self.dataset.scaling == "federated":
             raise ValueError(
                 "dp: the federated scaling round releases pooled feature statistics that no DP accountant covers; "
@@ -110,6 +124,30 @@ class JobSpec(Strict):
         if self.partition == "horizontal" and self.he_profile == "vertical":
             raise ValueError("he_profile 'vertical' is for vertical jobs; horizontal jobs use 'sum' or 'none'")
         return self
+
+    def _check_vertical(self) -> None:
+        v = self.vertical
+        if v is None:
+            raise ValueError("partition = 'vertical' needs a [vertical] table (active, passive, features)")
+        if set(self.participants) != {v.active, *v.passive}:
+            raise ValueError("participants must be exactly vertical.active and vertical.passive")
+        if self.he_profile not in ("vertical", "none"):
+            raise ValueError("vertical jobs use he_profile 'vertical' (or 'none' for a plaintext comparison)")
+        if self.model.type != "logreg" or self.model.num_classes != 2:
+            raise ValueError("vertical jobs train binary logistic regression (model.type = 'logreg')")
+        if not self.dataset.id:
+            raise ValueError("dataset.id: vertical jobs align entities by an id column")
+        if self.dp is not None:
+            raise ValueError("dp: differential privacy is not available for vertical jobs yet")
+
+    def party_columns(self, party: str) -> list[str]:
+        """The columns a party reads for this job (features, plus label and id where they apply)."""
+        if self.partition == "vertical" and self.vertical is not None:
+            columns = list(self.vertical.features.get(party, []))
+            if party == self.vertical.active:
+                columns.append(self.dataset.label)
+            return columns + ([self.dataset.id] if self.dataset.id else [])
+        return [*self.dataset.features, self.dataset.label] + ([self.dataset.id] if self.dataset.id else [])
 
     @property
     def stats_round(self) -> bool:

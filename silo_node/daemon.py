@@ -29,6 +29,7 @@ from silo_node.horizontal import HorizontalJob, SiloServices
 from silo_node.keys import NodeKeys
 from silo_node.peer import aggregator_certificate
 from silo_node.privacy_ledger import PrivacyLedger
+from silo_node.vertical import ActiveParty, PassiveParty, Relay, VerticalRunner
 
 MAX_STEP_FAILURES = 3  # then the job is declined with the error as its reason
 
@@ -66,7 +67,7 @@ class SiloNode:
         )
         self.site_policy = load_site_policy(config.site_policy) if config.site_policy else None
         self.ledger = PrivacyLedger(config.state_dir / "privacy.sqlite")
-        self.jobs: dict[str, HorizontalJob] = {}
+        self.jobs: dict[str, HorizontalJob | VerticalRunner] = {}
         self.failures: dict[str, int] = {}
         self.ignored: set[str] = set()
         self.stop_event = threading.Event()
@@ -91,7 +92,7 @@ class SiloNode:
         return sign_digest(self.private_key, digest)
 
     # ------------------------------------------------------------------ jobs
-    def _job(self, task: pb.Task) -> HorizontalJob:
+    def _job(self, task: pb.Task) -> HorizontalJob | VerticalRunner:
         job = self.jobs.get(task.job_id)
         if job is not None:
             return job
@@ -134,14 +135,14 @@ class SiloNode:
         self.events.record("policy_decision", self.config.name, job=job_id, round=round_index, **decision.as_details())
         return decision
 
-    def _accept(self, job_id: str, spec: JobSpec) -> HorizontalJob:
-        if spec.partition != "horizontal":
-            raise JobRefused([f"partition {spec.partition!r} is not supported by this node"])
+    def _accept(self, job_id: str, spec: JobSpec) -> HorizontalJob | VerticalRunner:
         # The site policy decides from the job spec alone, before a single row is read.
         if self.site_policy is not None:
             decision = self.evaluate_policy(job_id, spec, "job offered")
             if not decision.allowed:
                 raise JobRefused(decision.reasons)
+        if spec.partition == "vertical":
+            return self._accept_vertical(job_id, spec)
         offered = self.config.data.features
         if offered is not None:
             extra = [c for c in spec.dataset.features if c not in offered]
@@ -201,6 +202,46 @@ class SiloNode:
         return HorizontalJob(
             job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
         )
+
+    def _accept_vertical(self, job_id: str, spec: JobSpec) -> VerticalRunner:
+        assert spec.vertical is not None
+        me = self.config.name
+        active = spec.vertical.active == me
+        try:
+            data = load_columns(
+                self.config.data.path,
+                spec.vertical.features[me],
+                spec.dataset.label if active else None,
+                spec.dataset.id,
+                self.config.data.format,
+            )
+        except DataError as exc:
+            raise JobRefused([str(exc)]) from None
+        self.events.record(
+            "dataset_used",
+            me,
+            job=job_id,
+            dataset=data.source_fingerprint,
+            rows=data.rows,
+            columns=spec.party_columns(me),
+            role="active" if active else "passive",
+        )
+        self.events.record("job_accepted", me, job=job_id, he_profile=spec.he_profile, partition="vertical")
+        directory = self.config.state_dir / "jobs" / job_id
+        directory.mkdir(parents=True, exist_ok=True)
+        stopped = threading.Event()
+        relay = Relay(self.client, job_id, stopped.is_set)
+        party_type = ActiveParty if active else PassiveParty
+        party = party_type(job_id, spec, me, data, relay, self.client, self.events, directory)
+
+        def failed(reason: str) -> None:
+            self.events.record("step_failed", me, job=job_id, error=reason)
+            if not active:  # the active party reports its own failure with FinishJob
+                self.client.decline(job_id, -1, [f"{me}: {reason}"])
+
+        runner = VerticalRunner(party, failed)
+        runner.stopped = stopped
+        return runner
 
     def handle(self, task: pb.Task) -> None:
         if task.job_id in self.ignored or task.declined:
@@ -280,6 +321,9 @@ class SiloNode:
                     retry_in_s=round(delay, 2),
                 )
                 self.stop_event.wait(delay)
+        for job in self.jobs.values():
+            if isinstance(job, VerticalRunner):
+                job.stopped.set()
         self.events.record("node_stopped", self.config.name)
         self.client.close()
 

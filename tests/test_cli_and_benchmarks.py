@@ -104,3 +104,37 @@ def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
     assert result["ratio"] == result["he_round_s"] / result["plain_round_s"]
     assert result["model_parameters"] == 5 * 8 + 8 + 8 + 1
     assert result["upload_bytes_per_param"]["he"] > result["upload_bytes_per_param"]["plain"] > 0
+
+
+def test_vertical_benchmark_runs_on_a_tiny_size(tmp_path):
+    out_path = tmp_path / "v.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.vertical",
+            "--entities",
+            "200",
+            "--features",
+            "3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--psi-ids",
+            "500",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out_path.read_text())
+    for key in ("psi_ids_per_s", "epoch_s_he", "epoch_s_plain", "ratio"):
+        assert result[key] > 0
+    assert result["ratio"] == result["epoch_s_he"] / result["epoch_s_plain"]
+    assert result["relay_bytes"]["vertical"] > result["relay_bytes"]["none"] > 0

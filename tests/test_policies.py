@@ -108,7 +108,9 @@ def test_each_site_rule_allows_and_denies_with_reason(name, overrides, allow_job
             job_toml("v", ["h1", "h2", "h3"], "f" * 32, ["age"])
             .replace('partition = "horizontal"', 'partition = "vertical"')
             .replace('he_profile = "sum"', 'he_profile = "vertical"')
+            .replace('label = "label"', 'label = "label"\nid = "pid"')
             + '\n[vertical]\nactive = "h1"\npassive = ["h2", "h3"]\n'
+            + '[vertical.features]\nh1 = ["age"]\nh2 = ["bp"]\nh3 = ["hr"]\n'
         )
     else:
         denied_spec = spec(**deny_job)
