@@ -111,13 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         round_timeout_s=600,
     )
     try:
-        c.write_aggregator_config()
-        c.start_aggregator()
-        for name in names:
-            c.write_node_config(name)
-            c.start_node(name)
-        c.write_admin_config()
-        stub = c.stub("coordinator")
+        stub = c.start_all()
 
         def spec_for(name: str, profile: str, rounds: int) -> str:
             spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, **{**common, "rounds": rounds})

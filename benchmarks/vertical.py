@@ -110,13 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     relayed: dict[str, int] = {}
     try:
-        c.write_aggregator_config()
-        c.start_aggregator()
-        for p in PARTIES:
-            c.write_node_config(p, keys='scope = "consortium"')
-            c.start_node(p)
-        c.write_admin_config()
-        stub = c.stub("coordinator")
+        stub = c.start_all(node_keys='scope = "consortium"')
         for profile in ("none", "vertical"):
             spec = _spec(f"bench-{profile}", profile, columns, args.epochs, args.batch_size)
             t0 = time.time()

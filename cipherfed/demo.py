@@ -130,6 +130,23 @@ def _epsilon_spent(consortium: LocalConsortium, job_id: str | None) -> dict[str,
     return spent
 
 
+def audit_epilogue(consortium: LocalConsortium, console: Console) -> dict[str, Any]:
+    """Verify every party's audit log together, write the compliance report, and say so."""
+    logs = [consortium.agg_dir / "state" / "audit.jsonl"] + [
+        consortium.nodes[n].dir / "state" / "audit.jsonl" for n in consortium.silos
+    ]
+    report_path = consortium.workdir / "compliance-report.html"
+    verification = write_report(logs, report_path, pki.load_certificate(consortium.ca_dir / "ca.crt"))
+    console.print(f"audit: {verification.summary()}")
+    console.print(f"compliance report: {report_path}")
+    return {
+        "verified": verification.ok,
+        "records": verification.record_count,
+        "anchors_checked": verification.anchors_checked,
+        "report": str(report_path),
+    }
+
+
 def run_demo(
     workdir: Path,
     silos: int = 3,
@@ -160,13 +177,7 @@ def run_demo(
     if after_provision:
         after_provision(consortium)
     try:
-        consortium.write_aggregator_config()
-        consortium.start_aggregator()
-        for name in names:
-            consortium.write_node_config(name)
-            consortium.start_node(name)
-        consortium.write_admin_config()
-        stub = consortium.stub("coordinator")
+        stub = consortium.start_all()
         common: dict[str, Any] = dict(
             rounds=data.rounds,
             model=data.model,
@@ -254,19 +265,7 @@ def run_demo(
         f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {data.rounds + 1} rounds; "
         f"all silos hold the same model: {identical}; wall {result['wall_s']} s"
     )
-    logs = [consortium.agg_dir / "state" / "audit.jsonl"] + [
-        consortium.nodes[n].dir / "state" / "audit.jsonl" for n in names
-    ]
-    report_path = consortium.workdir / "compliance-report.html"
-    verification = write_report(logs, report_path, pki.load_certificate(consortium.ca_dir / "ca.crt"))
-    result["audit"] = {
-        "verified": verification.ok,
-        "records": verification.record_count,
-        "anchors_checked": verification.anchors_checked,
-        "report": str(report_path),
-    }
-    console.print(f"audit: {verification.summary()}")
-    console.print(f"compliance report: {report_path}")
+    result["audit"] = audit_epilogue(consortium, console)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         console.print(f"JSON written to {json_path}")

@@ -21,10 +21,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from audit.report import write_report
 from cipherfed.cmd_job import watch_job
+from cipherfed.demo import audit_epilogue
 from cipherfed.localconsortium import LocalConsortium
-from crypto import pki
 from crypto.psi import normalize_id
 from protocol import cipherfed_pb2 as pb
 from silo_node.vertical import train_positions
@@ -139,13 +138,7 @@ def run_vertical_demo(
             + f", ids like {STYLE[party].format(i=42)!r}"
         )
     try:
-        consortium.write_aggregator_config()
-        consortium.start_aggregator()
-        for party in PARTIES:
-            consortium.write_node_config(party, keys='scope = "consortium"')
-            consortium.start_node(party)
-        consortium.write_admin_config()
-        stub = consortium.stub("coordinator")
+        stub = consortium.start_all(node_keys='scope = "consortium"')
         results = {}
         for profile in ("vertical", "none"):
             label = "under HE (CKKS, public-key)" if profile == "vertical" else "without encryption (comparison)"
@@ -199,23 +192,11 @@ def run_vertical_demo(
     ):
         table.add_row(label, f"{m['accuracy']:.4f}", f"{m['auc']:.4f}")
     console.print(table)
-    logs = [consortium.agg_dir / "state" / "audit.jsonl"] + [
-        consortium.nodes[p].dir / "state" / "audit.jsonl" for p in PARTIES
-    ]
-    verification = write_report(
-        logs, consortium.workdir / "compliance-report.html", pki.load_certificate(consortium.ca_dir / "ca.crt")
-    )
-    result["audit"] = {
-        "verified": verification.ok,
-        "records": verification.record_count,
-        "report": str(consortium.workdir / "compliance-report.html"),
-    }
     console.print(
         f"relayed {result['upload_bytes_total'] / 1e6:.1f} MB under HE "
         f"({result['plaintext_bytes_total'] / 1e6:.1f} MB in plaintext); wall {result['wall_s']} s"
     )
-    console.print(f"audit: {verification.summary()}")
-    console.print(f"compliance report: {consortium.workdir / 'compliance-report.html'}")
+    result["audit"] = audit_epilogue(consortium, console)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
         console.print(f"JSON written to {json_path}")

@@ -78,7 +78,7 @@ class LocalConsortium:
         bundle = create_and_wrap(
             [pki.load_certificate(self.nodes[m].cert) for m in members], consortium=self.consortium
         )
-        write_secret(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
+        pki.write_secret_file(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
         node = self.nodes[custodian]
         log = AuditLog(
             node.dir / "state" / "audit.jsonl",
@@ -221,6 +221,16 @@ key = "{who}.key"
             self.write_node_config(name)
         return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)])
 
+    def start_all(self, node_keys: str | None = None, aggregator_extra: str = "") -> Any:
+        """Aggregator, then every node, then the coordinator's config; returns the coordinator's stub."""
+        self.write_aggregator_config(extra=aggregator_extra)
+        self.start_aggregator()
+        for name in self.silos:
+            self.write_node_config(name, keys=node_keys)
+            self.start_node(name)
+        self.write_admin_config()
+        return self.stub("coordinator")
+
     def kill(self, label: str, sig: int = 9) -> None:
         proc = self.processes.pop(label, None)
         if proc is not None and proc.poll() is None:
@@ -250,16 +260,6 @@ key = "{who}.key"
 
     def stub(self, who: str) -> Any:
         return consortium_stub(self.channel(who))
-
-
-def write_secret(path: Path, data: bytes) -> None:
-    """Secret key material: created 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def job_toml(

@@ -48,16 +48,22 @@ class Identity:
     not_after: dt.datetime
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """Write a PEM private key readable by its owner only (created 0600, never widened)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Secret material on disk (private keys, HE secret exports): created 0600, never widened."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, pem)
+        os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write a PEM private key readable by its owner only."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_secret_file(path, pem)
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -13,6 +13,7 @@ from pathlib import Path
 from audit.events import EventSink
 from crypto import pki
 from crypto.custody import create_and_wrap
+from crypto.pki import write_secret_file
 from protocol import cipherfed_pb2 as pb
 from silo_node.client import AggregatorClient
 from silo_node.config import NodeConfig
@@ -23,18 +24,6 @@ class CreatedKey:
     fingerprint: str
     secret_path: Path
     members: list[str]
-
-
-def write_secret_file(path: Path, data: bytes) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def create_key(

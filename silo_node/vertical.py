@@ -33,6 +33,7 @@ import numpy as np
 from audit.events import EventSink
 from crypto.errors import CryptoError
 from crypto.keys import generate_key_set, load_public_context, load_secret_key_set
+from crypto.pki import write_secret_file
 from crypto.psi import PsiError, PsiParty, match
 from crypto.vertical_codec import VectorCodec, columns_side_by_side, segment_sums, tile
 from protocol import cipherfed_pb2 as pb
@@ -164,8 +165,6 @@ class ActiveParty(Party):
             return VectorCodec(None)
         keys = generate_key_set("vertical")
         secret = self.directory / "vertical.key"
-        from silo_node.custody import write_secret_file
-
         write_secret_file(secret, keys.export_secret())
         self.client.stub.PutKeyMaterial(
             pb.KeyMaterial(scope=self.job_id, fingerprint=keys.fingerprint, public_context=keys.export_public()),
