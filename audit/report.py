@@ -181,10 +181,30 @@ def _egress(by_event: dict[str, list[dict[str, Any]]]) -> str:
         [silo, job, t["uploads"], f"{t['bytes']:,}", _yes_no(t["encrypted"]), ", ".join(sorted(t["profile"]))]
         for (silo, job), t in sorted(totals.items())
     ]
+    vertical = [
+        [
+            r["party"],
+            r["job"],
+            r["details"].get("to", ""),
+            r["details"].get("form", ""),
+            r["details"].get("messages", 0),
+            f"{int(r['details'].get('bytes', 0)):,}",
+            _yes_no(bool(r["details"].get("encrypted")))
+            if r["details"].get("kind") in ("u", "p", "d", "g")
+            else Markup('<span class="muted">n/a</span>'),
+        ]
+        for r in sorted(by_event.get("data_sent", []), key=lambda r: (r["party"], r["job"] or ""))
+    ]
     return (
         "<h2>5. What left each silo</h2><p class='muted'>Every byte that left a silo went to the aggregator as "
         "part of a signed upload; encrypted uploads are CKKS ciphertexts the aggregator cannot decrypt.</p>"
-        + _table(["silo", "job", "uploads", "bytes", "encrypted", "profile"], rows)
+        + (_table(["silo", "job", "uploads", "bytes", "encrypted", "profile"], rows) if rows or not vertical else "")
+        + (
+            "<h3>Vertical jobs: messages relayed through the aggregator</h3>"
+            + _table(["party", "job", "to", "what, in which form", "messages", "bytes", "encrypted"], vertical)
+            if vertical
+            else ""
+        )
     )
 
 

@@ -10,8 +10,10 @@ spent after each round is computed by the same accountant from the recorded hist
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -64,3 +66,14 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
     accountant = RDPAccountant()
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return float(accountant.get_epsilon(delta))
+
+
+def clip_update(update: dict[str, np.ndarray], max_norm: float) -> OrderedDict[str, np.ndarray]:
+    """Scale a whole update (all tensors together) down to L2 norm ``max_norm`` if it is larger.
+
+    Bounds any one silo's influence on the aggregate; with DP-SGD it is in addition to per-sample
+    clipping, not a replacement for it.
+    """
+    norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in update.values())))
+    factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    return OrderedDict((k, np.asarray(v) * factor) for k, v in update.items())

@@ -54,15 +54,24 @@ def _numeric(table: pa.Table, name: str, path: Path) -> np.ndarray:
         try:
             values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            sample = next((v for v in column.to_pylist() if v is not None), None)
+            row, bad = _first_non_numeric(column.to_pylist())
             raise DataError(
-                f"column {name!r} in {path} holds non-numeric values (for example {str(sample)[:20]!r}); "
+                f"column {name!r} in {path} holds non-numeric values (row {row + 1}: {str(bad)[:20]!r}); "
                 f"encode it numerically before training"
             ) from None
     if np.isnan(values).any():
         row = int(np.flatnonzero(np.isnan(values))[0])
         raise DataError(f"column {name!r} in {path} has a missing value at row {row + 1}")
     return values
+
+
+def _first_non_numeric(values: list[object]) -> tuple[int, object]:
+    for row, value in enumerate(values):
+        try:
+            float(str(value))
+        except ValueError:
+            return row, value
+    return 0, values[0] if values else None
 
 
 def load_columns(

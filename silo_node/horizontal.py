@@ -216,9 +216,7 @@ class HorizontalJob:
             new = self.model.get_weights()
             delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
             if self.spec.update_clip_norm:
-                norm = float(np.sqrt(sum(float((v**2).sum()) for v in delta.values())))
-                if norm > self.spec.update_clip_norm:
-                    delta = OrderedDict((k, v * (self.spec.update_clip_norm / norm)) for k, v in delta.items())
+                delta = dp.clip_update(delta, self.spec.update_clip_norm)
             batch = encrypt_weighted_update(self.encryptor, delta, weight)
         head = self._audit_head()
         digest = update_digest(self.job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), head)

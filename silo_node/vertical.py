@@ -47,6 +47,43 @@ MASK_BOUND = 2.0**12  # masks in [-4096, 4096]: far above |d * x|, far below CKK
 TEST_FRACTION = 0.2
 
 
+# What each kind of message carries, as the compliance report states it.
+MESSAGE_FORMS = {
+    "psi-a": "blinded ids (X25519)",
+    "psi-b": "blinded ids (X25519)",
+    "psi-ab": "blinded ids (X25519)",
+    "meta": "feature count",
+    "align": "aligned positions (alignment)",
+    "predict-req": "aligned positions (prediction request)",
+    "u": "partial scores",
+    "p": "partial scores",
+    "d": "residuals",
+    "g": "masked gradient products",
+    "m": "masked per-column sums",
+}
+ENCRYPTED_KINDS = {"u", "p", "d", "g"}
+
+
+def record_data_sent(events: EventSink, party: str, job_id: str, relay: Relay, encrypted: bool) -> None:
+    """One audit record per recipient and kind of message: what left this party, and in what form."""
+    for (to, kind), (messages, nbytes) in sorted(relay.sent.items()):
+        form = MESSAGE_FORMS.get(kind, kind)
+        is_encrypted = encrypted and kind in ENCRYPTED_KINDS
+        if kind in ENCRYPTED_KINDS:
+            form = f"{form} ({'CKKS ciphertext' if is_encrypted else 'plaintext comparison run'})"
+        events.record(
+            "data_sent",
+            party,
+            job=job_id,
+            to=to,
+            kind=kind,
+            form=form,
+            messages=messages,
+            bytes=nbytes,
+            encrypted=is_encrypted,
+        )
+
+
 class VerticalError(Exception):
     """The job cannot go on (alignment failed, a party went away); the reason goes to everyone."""
 
@@ -59,6 +96,7 @@ class Relay:
     ) -> None:
         self.client, self.job_id, self.should_stop, self.timeout_s = client, job_id, should_stop, timeout_s
         self.on_receive: Callable[[str, str, int, list[bytes]], None] | None = None  # tests record the wire here
+        self.sent: dict[tuple[str, str], list[int]] = {}  # (recipient, kind) -> [messages, bytes], for the audit
 
     def send(self, to: str, kind: str, seq: int, payloads: list[bytes]) -> None:
         if any(len(p) > MAX_PART for p in payloads):
@@ -68,6 +106,9 @@ class Relay:
             for i, p in enumerate(payloads)
         ]
         self.client.call(lambda: self.client.stub.Send(iter(messages), timeout=120), retries=5)
+        tally = self.sent.setdefault((to, kind), [0, 0])
+        tally[0] += 1
+        tally[1] += sum(len(p) for p in payloads)
 
     def send_blob(self, to: str, kind: str, seq: int, data: bytes) -> None:
         self.send(to, kind, seq, [data[i : i + MAX_PART] for i in range(0, max(len(data), 1), MAX_PART)])
@@ -142,6 +183,12 @@ class ActiveParty(Party):
 
     def run(self) -> dict[str, float]:
         try:
+            return self._run()
+        finally:
+            record_data_sent(self.events, self.name, self.job_id, self.relay, self.spec.he_profile != "none")
+
+    def _run(self) -> dict[str, float]:
+        try:
             codec = self._keys()
             rows_by_party = self._align()
             metrics = self._train(codec, rows_by_party)
@@ -150,8 +197,6 @@ class ActiveParty(Party):
             self.client.stub.FinishJob(pb.FinishJobRequest(job_id=self.job_id, ok=False, reason=reason), timeout=30)
             self.events.record("job_failed", self.name, job=self.job_id, reason=reason)
             raise VerticalError(reason) from None
-        for passive in self.vertical.passive:
-            self.relay.send_blob(passive, "done", 0, json.dumps({"ok": True}).encode())
         self.client.stub.FinishJob(
             pb.FinishJobRequest(
                 job_id=self.job_id, ok=True, metrics=metrics, reason=f"trained {self.spec.rounds} epochs"
@@ -246,7 +291,7 @@ class ActiveParty(Party):
                 losses.append(float(-np.mean(y[idx] * np.log(p + 1e-12) + (1 - y[idx]) * np.log(1 - p + 1e-12))))
                 correct += int(((p > 0.5) == (y[idx] > 0.5)).sum())
             metrics = {"loss": float(np.mean(losses)), "accuracy": correct / max(len(train), 1)}
-            self.client.report_metrics(self.job_id, epoch, metrics)
+            self.client.report_metrics(self.job_id, epoch, metrics, self.events.head)  # anchors our audit log
         self.weights, self.bias, self.mean, self.std = w, b, mean, std
         self.aligned_ids = [self.data.ids[r] for r in rows] if self.data.ids else []
         test_metrics = self._joint_test(codec, x, y, test, step)
@@ -301,9 +346,12 @@ class PassiveParty(Party):
     """A feature holder: aligns, trains its own weights, then answers prediction requests."""
 
     def run(self) -> None:
-        codec = self._codec()
-        rows = self._align()
-        self._train(codec, rows)
+        try:
+            codec = self._codec()
+            rows = self._align()
+            self._train(codec, rows)
+        finally:
+            record_data_sent(self.events, self.name, self.job_id, self.relay, self.spec.he_profile != "none")
         self.serve_predictions(codec)
 
     def _codec(self) -> VectorCodec:

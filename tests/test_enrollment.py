@@ -249,3 +249,62 @@ def test_revocation_takes_effect_for_a_running_consortium(installed, tmp_path):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
     agg_log = (installed["agg"] / "state" / "audit.jsonl").read_text()
     assert '"event":"rpc_refused"' in agg_log and "revoked" in agg_log
+
+
+def _job_file(installed, name, fingerprint, rounds=2):
+    cols = ", ".join(f'"{c}"' for c in installed["data"].columns)
+    path = installed["root"] / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nrounds = {rounds}\nmin_silos = 3\nround_timeout_s = 60\nhe_profile = "sum"\n'
+        f'key_fingerprint = "{fingerprint}"\nparticipants = ["h1", "h2", "h3"]\n[model]\ntype = "logreg"\n'
+        f'[dataset]\nfeatures = [{cols}]\nlabel = "label"\n'
+    )
+    return path
+
+
+def _wait_status(installed, job_id, timeout=120):
+    for _ in range(int(timeout / 0.3)):
+        status = json.loads(cf("job", "status", job_id, "--config", installed["admin"] / "admin.toml", "--json").stdout)
+        if status["status"] != "running":
+            return status
+        time.sleep(0.3)
+    raise AssertionError(status)
+
+
+def test_a_rotated_per_job_key_is_fetched_by_fingerprint(installed):
+    nodes = installed["nodes"]
+    out = cf(
+        "keys",
+        "create",
+        "--config",
+        nodes["h1"] / "node.toml",
+        "--scope",
+        "rotated-q4",
+        "--member-cert",
+        nodes["h2"] / "h2.crt",
+        "--member-cert",
+        nodes["h3"] / "h3.crt",
+    ).stdout
+    fingerprint = re.search(r'key_fingerprint = "([0-9a-f]+)"', out).group(1)
+    job_id = cf(
+        "job", "submit", _job_file(installed, "rotated", fingerprint), "--config", installed["admin"] / "admin.toml"
+    ).stdout.strip()
+    assert _wait_status(installed, job_id)["status"] == "completed"
+    log = (nodes["h3"] / "state" / "audit.jsonl").read_text()
+    unwraps = [json.loads(line) for line in log.splitlines() if '"event":"key_unwrapped"' in line]
+    assert {u["details"]["scope"] for u in unwraps} >= {"consortium", "rotated-q4"}
+
+
+def test_the_coordinator_can_abort_a_running_job(installed):
+    spec = _job_file(installed, "long", _current_key(installed), rounds=500)
+    job_id = cf("job", "submit", spec, "--config", installed["admin"] / "admin.toml").stdout.strip()
+    out = cf("job", "abort", job_id, "--config", installed["admin"] / "admin.toml", "--reason", "wrong cohort")
+    assert "aborted" in out.stdout
+    status = _wait_status(installed, job_id)
+    assert status["status"] == "aborted" and "aborted by coordinator: wrong cohort" in status["reason"]
+    again = cf("job", "abort", job_id, "--config", installed["admin"] / "admin.toml", check=False)
+    assert again.returncode == 1 and "already aborted" in again.stdout
+
+
+def _current_key(installed):
+    return next((installed["nodes"]["h1"] / "state" / "keys").glob("*.key")).stem

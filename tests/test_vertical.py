@@ -271,3 +271,22 @@ def test_vertical_demo_matches_centralized(tmp_path):
     assert result["partition"] == "vertical" and 250 < result["intersection_size"] < 569
     assert result["final"]["accuracy"] >= result["centralized"]["accuracy"] - 0.02
     assert result["audit"]["verified"]
+
+
+def test_vertical_egress_is_in_every_partys_audit_log_and_the_report(trained):
+    c, data, job_id, imaging = trained
+    for party in ("hospital", "lab"):
+        records = [json.loads(line) for line in (c.nodes[party].dir / "state" / "audit.jsonl").read_text().splitlines()]
+        sent = [r for r in records if r["event"] == "data_sent" and r["job"] == job_id]
+        assert sent, party
+        for r in sent:
+            assert r["details"]["bytes"] > 0 and r["details"]["form"]
+            if r["details"]["kind"] in ("u", "d", "g", "p"):
+                assert r["details"]["encrypted"] is True
+    from audit.report import build_report
+
+    logs = [c.agg_dir / "state" / "audit.jsonl"] + [c.nodes[p].dir / "state" / "audit.jsonl" for p in ("hospital", "lab")]
+    html, verification = build_report(logs)
+    assert verification.ok and verification.anchors_checked > 0  # the active party's epoch reports anchor its log
+    assert "messages relayed through the aggregator" in html and "residuals (CKKS ciphertext)" in html
+    assert "blinded ids (X25519)" in html
