@@ -133,12 +133,16 @@ def test_budget_exhausting_job_is_declined(governed):
         min_silos=2,
         scaling="local",
         extra=dp,
-        round_timeout_s=3,
+        round_timeout_s=300,
         max_round_retries=0,
     )
     job1 = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=first), timeout=10).job_id
-    _wait(stub, job1)  # fails at the threshold (h4 offline), but h1 accepted it and reserved epsilon 3 of 4
-    assert [e for e in _events(c, "h1", "dp_budget") if e["job"] == job1][0]["details"]["total_epsilon"] == 3.0
+    # h1 accepts the first job and reserves epsilon 3 of its budget of 4 (the job itself waits for offline h4)
+    deadline = time.time() + 60
+    while not (reserved := [e for e in _events(c, "h1", "dp_budget") if e["job"] == job1]):
+        assert time.time() < deadline, "h1 never accepted the first DP job"
+        time.sleep(0.2)
+    assert reserved[0]["details"]["total_epsilon"] == 3.0
     second = first.replace('name = "dp1"', 'name = "dp2"')
     job2 = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=second), timeout=10).job_id
     status = _wait(stub, job2)
@@ -146,3 +150,4 @@ def test_budget_exhausting_job_is_declined(governed):
     decline = [e for e in _events(c, "h1", "job_declined") if e["job"] == job2][0]
     assert "would exceed the dataset's budget" in " ".join(decline["details"]["reasons"])
     assert not [e for e in _events(c, "h1", "dataset_used") if e["job"] == job2]
+    stub.AbortJob(pb.AbortJobRequest(job_id=job1, reason="test done"), timeout=10)

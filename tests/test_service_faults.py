@@ -42,7 +42,7 @@ def test_one_of_four_silos_killed_mid_round_round_completes_with_quorum(tmp_path
             c.start_node(n)
         c.write_admin_config()
         stub = c.stub("coordinator")
-        spec = job_toml("drop", names, c.fingerprint, data.columns, rounds=4, min_silos=3, round_timeout_s=6)
+        spec = job_toml("drop", names, c.fingerprint, data.columns, rounds=4, min_silos=3, round_timeout_s=8)
         job = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=10).job_id
         _wait(stub, job, lambda s: s.current_round >= 2)
         c.kill("h4")  # SIGKILL mid-job: the node never finishes round 2 or later
