@@ -153,41 +153,35 @@ def verify_log(path: Path, ca_cert: x509.Certificate | None = None) -> LogResult
 
 def _check_anchors(logs: list[LogResult]) -> tuple[list[Problem], int]:
     by_party = {log.party: log for log in logs if log.party}
+    aggregators = [g for g in logs if g.role == "aggregator"]
     problems: list[Problem] = []
     checked = 0
     for log in logs:
         for line_no, record in enumerate(log.records, start=1):
             details = record.get("details") or {}
+            # (head recorded here, the logs that must hold it, whose head it is, where it should be)
+            anchor: tuple[str, list[LogResult], str, str] | None = None
             if log.role == "aggregator" and record.get("event") in ("upload_accepted", "metrics_reported"):
-                head, other = details.get("audit_head"), by_party.get(str(record.get("actor")))
-                if head and other is not None:
-                    checked += 1
-                    if head not in other.hashes:
-                        problems.append(
-                            Problem(
-                                log.path.name,
-                                line_no,
-                                record.get("seq"),
-                                "anchor mismatch",
-                                f"{other.party}'s audit head {head[:16]}... recorded here is not in "
-                                f"{other.path.name} (records deleted or rewritten there)",
-                            )
-                        )
-            if record.get("event") == "update_sent" and details.get("aggregator_head"):
-                aggregators = [g for g in logs if g.role == "aggregator"]
-                if aggregators:
-                    checked += 1
-                    if not any(details["aggregator_head"] in g.hashes for g in aggregators):
-                        problems.append(
-                            Problem(
-                                log.path.name,
-                                line_no,
-                                record.get("seq"),
-                                "anchor mismatch",
-                                f"aggregator audit head {details['aggregator_head'][:16]}... recorded "
-                                f"here is not in the aggregator's log (records deleted or rewritten)",
-                            )
-                        )
+                other = by_party.get(str(record.get("actor")))
+                if details.get("audit_head") and other is not None:
+                    anchor = (str(details["audit_head"]), [other], f"{other.party}'s", other.path.name)
+            elif record.get("event") == "update_sent" and details.get("aggregator_head") and aggregators:
+                anchor = (str(details["aggregator_head"]), aggregators, "the aggregator's", "the aggregator's log")
+            if anchor is None:
+                continue
+            head, holders, whose, where = anchor
+            checked += 1
+            if not any(head in holder.hashes for holder in holders):
+                problems.append(
+                    Problem(
+                        log.path.name,
+                        line_no,
+                        record.get("seq"),
+                        "anchor mismatch",
+                        f"{whose} audit head {head[:16]}... recorded here is not in "
+                        f"{where} (records deleted or rewritten there)",
+                    )
+                )
     return problems, checked
 
 

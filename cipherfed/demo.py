@@ -130,6 +130,22 @@ def _epsilon_spent(consortium: LocalConsortium, job_id: str | None) -> dict[str,
     return spent
 
 
+def show_results(console: Console, title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """The comparison table every demo ends with: accuracy and AUC on the same held-out entities."""
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "accuracy", "AUC"):
+        table.add_column(column)
+    for label, m in rows:
+        table.add_row(label, f"{m['accuracy']:.4f}", f"{m.get('auc', float('nan')):.4f}")
+    console.print(table)
+
+
+def write_json(result: dict[str, Any], json_path: Path | None, console: Console) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+        console.print(f"JSON written to {json_path}")
+
+
 def audit_epilogue(consortium: LocalConsortium, console: Console) -> dict[str, Any]:
     """Verify every party's audit log together, write the compliance report, and say so."""
     logs = [consortium.agg_dir / "state" / "audit.jsonl"] + [
@@ -248,25 +264,18 @@ def run_demo(
             "job": dp_job,
             "epsilon_spent": _epsilon_spent(consortium, dp_job),
         }
-    table = Table(title=f"{dataset}: held-out test set ({len(data.y_test)} records)", title_justify="left")
-    for column in ("model", "accuracy", "AUC"):
-        table.add_column(column)
-    table_rows: list[tuple[str, dict[str, float]]] = [
+    table_rows: list[tuple[str, dict[str, Any]]] = [
         ("federated, encrypted (HE sum)", final),
         ("federated, plaintext", plain),
         ("centralized (pooled data)", central),
     ]
     if dp_result is not None:
         table_rows.append((f"federated, encrypted + DP (epsilon {dp_epsilon})", dp_result))
-    for label, m in table_rows:
-        table.add_row(label, f"{m['accuracy']:.4f}", f"{m.get('auc', float('nan')):.4f}")
-    console.print(table)
+    show_results(console, f"{dataset}: held-out test set ({len(data.y_test)} records)", table_rows)
     console.print(
         f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {data.rounds + 1} rounds; "
         f"all silos hold the same model: {identical}; wall {result['wall_s']} s"
     )
     result["audit"] = audit_epilogue(consortium, console)
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        console.print(f"JSON written to {json_path}")
+    write_json(result, json_path, console)
     return result

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from cipherfed.cmd_job import watch_job
-from cipherfed.demo import audit_epilogue
+from cipherfed.demo import audit_epilogue, show_results, write_json
 from cipherfed.localconsortium import LocalConsortium
 from crypto.psi import normalize_id
 from protocol import cipherfed_pb2 as pb
@@ -178,28 +177,24 @@ def run_vertical_demo(
         "workdir": str(consortium.workdir),
         "wall_s": round(time.time() - started, 2),
     }
-    table = Table(
-        title=f"held-out aligned patients ({round(len(data['common']) * 0.2)} of "
-        f"{len(data['common'])} in the intersection)",
-        title_justify="left",
+    title = (
+        f"held-out aligned patients ({round(len(data['common']) * 0.2)} of {len(data['common'])} in the intersection)"
     )
-    for column in ("model", "accuracy", "AUC"):
-        table.add_column(column)
-    for label, m in (
-        ("vertical, encrypted (HE)", he),
-        ("vertical, plaintext protocol", plain),
-        ("centralized logistic regression", central),
-    ):
-        table.add_row(label, f"{m['accuracy']:.4f}", f"{m['auc']:.4f}")
-    console.print(table)
+    show_results(
+        console,
+        title,
+        [
+            ("vertical, encrypted (HE)", he),
+            ("vertical, plaintext protocol", plain),
+            ("centralized logistic regression", central),
+        ],
+    )
     console.print(
         f"relayed {result['upload_bytes_total'] / 1e6:.1f} MB under HE "
         f"({result['plaintext_bytes_total'] / 1e6:.1f} MB in plaintext); wall {result['wall_s']} s"
     )
     result["audit"] = audit_epilogue(consortium, console)
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        console.print(f"JSON written to {json_path}")
+    write_json(result, json_path, console)
     return result
 
 

@@ -24,7 +24,7 @@ from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
-from silo_node.data import DataError, load_columns
+from silo_node.data import DataError, LocalData, load_columns
 from silo_node.horizontal import HorizontalJob, SiloServices
 from silo_node.keys import NodeKeys
 from silo_node.peer import aggregator_certificate
@@ -153,20 +153,7 @@ class SiloNode:
         except (CryptoError, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             raise JobRefused([f"HE key: {detail}"]) from None
-        try:
-            data = load_columns(
-                self.config.data.path, spec.dataset.features, spec.dataset.label, None, self.config.data.format
-            )
-        except DataError as exc:
-            raise JobRefused([str(exc)]) from None
-        self.events.record(
-            "dataset_used",
-            self.config.name,
-            job=job_id,
-            dataset=data.source_fingerprint,
-            rows=data.rows,
-            columns=[*data.feature_names, spec.dataset.label],
-        )
+        data = self._load_for_job(job_id, spec.dataset.features, spec.dataset.label, None)
         if spec.dp is not None:
             self.ledger.reserve(self._dataset_key(), job_id, spec.dp.epsilon, spec.dp.delta)
             total = self.ledger.reserved(self._dataset_key())
@@ -203,27 +190,35 @@ class SiloNode:
             job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
         )
 
+    def _load_for_job(
+        self, job_id: str, features: list[str], label: str | None, id_column: str | None, role: str = "horizontal"
+    ) -> LocalData:
+        """Read exactly the columns a job uses; record names and counts (never values) in the audit log."""
+        try:
+            data = load_columns(self.config.data.path, features, label, id_column, self.config.data.format)
+        except DataError as exc:
+            raise JobRefused([str(exc)]) from None
+        columns = [*data.feature_names, *([label] if label else []), *([id_column] if id_column else [])]
+        self.events.record(
+            "dataset_used",
+            self.config.name,
+            job=job_id,
+            dataset=data.source_fingerprint,
+            rows=data.rows,
+            columns=columns,
+            role=role,
+        )
+        return data
+
     def _accept_vertical(self, job_id: str, spec: JobSpec) -> VerticalRunner:
         assert spec.vertical is not None
         me = self.config.name
         active = spec.vertical.active == me
-        try:
-            data = load_columns(
-                self.config.data.path,
-                spec.vertical.features[me],
-                spec.dataset.label if active else None,
-                spec.dataset.id,
-                self.config.data.format,
-            )
-        except DataError as exc:
-            raise JobRefused([str(exc)]) from None
-        self.events.record(
-            "dataset_used",
-            me,
-            job=job_id,
-            dataset=data.source_fingerprint,
-            rows=data.rows,
-            columns=spec.party_columns(me),
+        data = self._load_for_job(
+            job_id,
+            spec.vertical.features[me],
+            spec.dataset.label if active else None,
+            spec.dataset.id,
             role="active" if active else "passive",
         )
         self.events.record("job_accepted", me, job=job_id, he_profile=spec.he_profile, partition="vertical")

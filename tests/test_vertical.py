@@ -285,7 +285,9 @@ def test_vertical_egress_is_in_every_partys_audit_log_and_the_report(trained):
                 assert r["details"]["encrypted"] is True
     from audit.report import build_report
 
-    logs = [c.agg_dir / "state" / "audit.jsonl"] + [c.nodes[p].dir / "state" / "audit.jsonl" for p in ("hospital", "lab")]
+    logs = [c.agg_dir / "state" / "audit.jsonl"] + [
+        c.nodes[p].dir / "state" / "audit.jsonl" for p in ("hospital", "lab")
+    ]
     html, verification = build_report(logs)
     assert verification.ok and verification.anchors_checked > 0  # the active party's epoch reports anchor its log
     assert "messages relayed through the aggregator" in html and "residuals (CKKS ciphertext)" in html
