@@ -172,8 +172,18 @@ class WeightedMean:
     total_weight: float
 
 
-def decrypt_weighted_mean(encryptor: SumEncryptor, manifest: Manifest, chunks: Sequence[bytes]) -> WeightedMean:
-    """Decrypt an aggregate of weighted updates and divide by the decrypted total weight."""
+WHOLE_WEIGHT_TOLERANCE = 1e-3  # CKKS error on the total weight is ~1e-9; a foreign key gives noise of ~2^19
+
+
+def decrypt_weighted_mean(
+    encryptor: SumEncryptor, manifest: Manifest, chunks: Sequence[bytes], whole_weights: bool = True
+) -> WeightedMean:
+    """Decrypt an aggregate of weighted updates and divide by the decrypted total weight.
+
+    With ``whole_weights`` (sample counts), the total must decrypt to a whole number: a contribution
+    encrypted under another key — which the aggregator cannot notice — turns every value, the total
+    included, into noise, and is caught here with probability ~99.8% per aggregate.
+    """
     if manifest.fingerprint != encryptor.fingerprint:
         raise FingerprintMismatchError(
             f"aggregate is under key {manifest.fingerprint}, this silo holds {encryptor.fingerprint}"
@@ -182,8 +192,13 @@ def decrypt_weighted_mean(encryptor: SumEncryptor, manifest: Manifest, chunks: S
         raise ManifestError("aggregate carries no appended weight")
     vector = encryptor.decrypt(chunks, manifest.value_count)
     total = float(vector[-1])
-    if not total > 0.5:
-        raise CiphertextError(f"decrypted total weight {total:.4g} is not positive: aggregate is corrupt")
+    whole = not whole_weights or abs(total - round(total)) <= WHOLE_WEIGHT_TOLERANCE
+    if not total > 0.5 or not whole:
+        kind = "a positive whole number of samples" if whole_weights else "positive"
+        raise CiphertextError(
+            f"decrypted total weight {total:.6g} is not {kind}: a contribution was encrypted under another key "
+            f"or corrupted; this aggregate cannot be used"
+        )
     means = vector[:-1]
     means /= total
     return WeightedMean(unpack(means, manifest.layout), total)

@@ -168,3 +168,32 @@ def test_plaintext_profile_uses_the_same_path():
     result = decrypt_weighted_mean(enc, batches[0].manifest, acc.serialize())
     expected = sum(u["layer.bias"] * w for u, w in zip(ups, weights)) / sum(weights)
     assert np.allclose(result.tensors["layer.bias"], expected)
+
+
+def test_a_contribution_under_another_key_is_caught_when_silos_decrypt(keys, public):
+    """The aggregator cannot tell (it has no key); the decrypted total weight can.
+
+    Detection is probabilistic (noise lands on a positive near-whole number ~0.1% of the time), so this
+    checks ten independent foreign keys and requires at least nine to be caught."""
+    from crypto.packing import Manifest
+
+    rng = np.random.default_rng(9)
+    ups, weights = _updates(rng, 3)
+    enc = SumEncryptor(keys)
+    honest = [encrypt_weighted_update(enc, u, w) for u, w in zip(ups[:2], weights[:2])]
+    caught = 0
+    for _ in range(10):
+        rogue = encrypt_weighted_update(SumEncryptor(generate_key_set("sum")), ups[2], weights[2])
+        forged = Manifest(**{**rogue.manifest.__dict__, "fingerprint": keys.fingerprint})  # lies about its key
+        acc = _accumulate(public, keys.fingerprint, [*honest, type(rogue)(forged, rogue.chunks)])  # accepted
+        try:
+            decrypt_weighted_mean(enc, honest[0].manifest, acc.serialize())
+        except CiphertextError as exc:
+            assert "encrypted under another key" in str(exc)
+            caught += 1
+    assert caught >= 9
+    # honest aggregates of whole sample counts pass the same check
+    fine = _accumulate(public, keys.fingerprint, honest)
+    assert decrypt_weighted_mean(enc, honest[0].manifest, fine.serialize()).total_weight == pytest.approx(
+        sum(weights[:2]), abs=1e-6
+    )
