@@ -20,8 +20,6 @@ from torch import nn
 
 from protocol.jobspec import JobSpec
 
-Weights = "OrderedDict[str, np.ndarray]"
-
 
 class ModelAdapter(Protocol):
     def get_weights(self) -> OrderedDict[str, np.ndarray]: ...
