@@ -18,7 +18,7 @@ from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
 from tests.helpers import breast_cancer_parts, stub_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("enroll")]
+pytestmark = pytest.mark.slow
 CONSORTIUM = "Test Consortium"
 
 

@@ -1,13 +1,10 @@
 import filecmp
 
 import numpy as np
-import pytest
 
 from protocol import cipherfed_pb2 as pb
 from protocol import codegen
 from tests.helpers import HandSilo
-
-pytestmark = pytest.mark.xdist_group("security")
 
 
 def test_generated_stubs_are_in_sync_with_the_proto(tmp_path):

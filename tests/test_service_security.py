@@ -12,8 +12,6 @@ from crypto import pki
 from protocol import cipherfed_pb2 as pb
 from tests.helpers import HandSilo, rpc_code, stub_for, tiny_update
 
-pytestmark = pytest.mark.xdist_group("security")
-
 
 def _submit(c, name, **kw):
     spec = job_toml(name, ["silo-a", "silo-b", "silo-c"], c.fingerprint, ["x"], **kw)

@@ -21,7 +21,7 @@ from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, load_columns
 from silo_node.vertical import PassiveParty, Relay, VerticalRunner
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vertical")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
