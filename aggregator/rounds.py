@@ -162,6 +162,8 @@ class JobEngine:
         now = time.time()
         for job in self.store.jobs(RUNNING):
             spec = self.spec(job.job_id)
+            if spec.partition != "horizontal":  # vertical jobs have no rounds: their parties drive them
+                continue
             self.store.clear_contributions(job.job_id, job.current_round)
             row = self.store.round(job.job_id, job.current_round)
             attempt = row.attempt if row else 1

@@ -1,0 +1,33 @@
+"""The job engine's restart behaviour, on a real SQLite file (no network needed for this part)."""
+
+from aggregator.keyring import PublicKeyring
+from aggregator.rounds import JobEngine
+from aggregator.store import StateStore
+from audit.events import LogSink
+from cipherfed.demo_vertical import PARTIES, vertical_job_toml
+from cipherfed.localconsortium import job_toml
+from crypto.keys import generate_key_set
+from crypto.pki import Identity
+
+
+def _engine(tmp_path, keyring):
+    return JobEngine(StateStore(tmp_path / "state.sqlite"), keyring, tmp_path, LogSink("test"))
+
+
+def test_restart_reopens_horizontal_rounds_but_leaves_vertical_jobs_alone(tmp_path):
+    keys = generate_key_set("sum")
+    keyring = PublicKeyring()
+    keyring.add(keys.export_public())
+    admin = Identity("coordinator", "admin", 1, "f" * 64, None)  # type: ignore[arg-type]
+    engine = _engine(tmp_path, keyring)
+    horizontal = engine.submit(job_toml("h", ["a", "b"], keys.fingerprint, ["x"], round_timeout_s=600), admin)
+    columns = {p: [f"{p}_x"] for p in PARTIES}
+    vertical = engine.submit(vertical_job_toml("v", "vertical", columns, epochs=2), admin)
+    assert set(engine._open) == {horizontal}
+    engine.store.close()
+
+    restarted = _engine(tmp_path, keyring)  # same SQLite file, as after a crash
+    assert set(restarted._open) == {horizontal}  # a vertical job has no rounds to reopen
+    restarted.tick(now=10**12)  # far past every deadline
+    assert restarted.store.job(vertical).status == "running"
+    assert restarted.store.rounds(vertical) == []
