@@ -123,13 +123,15 @@ class TorchAdapter:
         self.last_noise_multiplier = float(private_optimizer.noise_multiplier)
         private.train()
         steps = 0
-        for _ in range(self.spec.local_epochs):
-            for xb, yb in private_loader:
-                private_optimizer.zero_grad()
-                if len(xb):
-                    self._loss(private(xb), yb).backward()
-                private_optimizer.step()
-                steps += 1
+        with warnings.catch_warnings():  # a harmless torch notice about opacus' per-sample gradient hooks
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            for _ in range(self.spec.local_epochs):
+                for xb, yb in private_loader:
+                    private_optimizer.zero_grad()
+                    if len(xb):
+                        self._loss(private(xb), yb).backward()
+                    private_optimizer.step()
+                    steps += 1
         self.module.load_state_dict(module.state_dict())
         return steps, float(private_loader.sample_rate)
 
