@@ -49,18 +49,6 @@ class Profile:
             return 8192
         return self.poly_modulus_degree // 2
 
-    @property
-    def max_abs_value(self) -> float:
-        """Largest magnitude an encrypted (accumulated) value may reach before it wraps.
-
-        Ciphertexts at the data level carry only the first prime (the last one is the
-        key-switching prime), and a value v is stored as v * 2^scale modulo that prime, centred.
-        """
-        if self.engine == "plain":
-            return float("inf")
-        data_bits = self.coeff_modulus_bits[0]
-        return float(2 ** (data_bits - self.scale_bits - 1))
-
 
 def validate_parameters(profile: Profile) -> None:
     """Raise :class:`InsecureParametersError` unless the profile is usable at 128-bit security."""

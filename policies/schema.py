@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.tomlconfig import ConfigError, load_toml, parse_toml_text, validate_model
+from protocol.tomlconfig import ConfigError, load_toml, validate_model
 
 HE_ORDER = {"none": 0, "sum": 1, "vertical": 1}
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -161,7 +161,3 @@ def load_site_policy(path: Path | str) -> SitePolicy:
 
 def load_consortium_policy(path: Path | str) -> ConsortiumPolicy:
     return load_toml(ConsortiumPolicy, path)
-
-
-def parse_site_policy(text: str) -> SitePolicy:
-    return parse_toml_text(SitePolicy, text, "site policy")

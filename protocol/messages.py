@@ -47,12 +47,6 @@ def upload_messages(header: pb.UploadHeader, chunks: Iterable[bytes]) -> Iterato
         yield pb.UploadMessage(chunk=chunk)
 
 
-def aggregate_messages(header: pb.AggregateHeader, chunks: Iterable[bytes]) -> Iterator[pb.AggregateMessage]:
-    yield pb.AggregateMessage(header=header)
-    for chunk in chunks:
-        yield pb.AggregateMessage(chunk=chunk)
-
-
 def read_aggregate(stream: Iterable[pb.AggregateMessage]) -> tuple[pb.AggregateHeader, Manifest, list[bytes]]:
     """Collect an aggregate stream, checking it against its manifest as it arrives."""
     iterator = iter(stream)

@@ -72,6 +72,3 @@ class AggregatorClient:
 
     def decline(self, job_id: str, round_index: int, reasons: list[str]) -> None:
         self.stub.Decline(pb.DeclineRequest(job_id=job_id, round=round_index, reasons=reasons), timeout=30)
-
-    def server_info(self, timeout: float = 10) -> pb.ServerInfoReply:
-        return self.stub.ServerInfo(pb.ServerInfoRequest(), timeout=timeout)
