@@ -69,6 +69,7 @@ class SiloNode:
         self.ledger = PrivacyLedger(config.state_dir / "privacy.sqlite")
         self.jobs: dict[str, HorizontalJob | VerticalRunner] = {}
         self.failures: dict[str, int] = {}
+        self._aggregator_fp: str | None = None
         self.ignored: set[str] = set()
         self.stop_event = threading.Event()
         self.version = 0
@@ -112,7 +113,15 @@ class SiloNode:
     def _dataset_key(self) -> str:
         return str(self.config.data.path.resolve())
 
-    def _aggregator_fingerprint(self) -> str | None:
+    def _aggregator_fingerprint(self, refresh: bool) -> str:
+        """The aggregator's certificate fingerprint, read from a TLS handshake when a job is offered and
+        reused for that job's per-round checks (one extra handshake per job, not per round)."""
+        if not refresh and self._aggregator_fp is not None:
+            return self._aggregator_fp
+        self._aggregator_fp = self._read_aggregator_fingerprint()
+        return self._aggregator_fp
+
+    def _read_aggregator_fingerprint(self) -> str:
         try:
             cert = aggregator_certificate(self.config.aggregator, self.config.tls.files(), self.config.server_name)
         except (OSError, ssl.SSLError) as exc:
@@ -127,7 +136,7 @@ class SiloNode:
         decision = evaluate_site(
             self.site_policy,
             spec,
-            aggregator_fingerprint=self._aggregator_fingerprint(),
+            aggregator_fingerprint=self._aggregator_fingerprint(refresh=round_index is None),
             consortium=self.config.consortium,
             budget_spent=spent,
             stage=stage,
