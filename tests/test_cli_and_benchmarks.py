@@ -13,6 +13,19 @@ def run(*args, **kw):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, **kw)
 
 
+def run_benchmark(module, args, tmp_path):
+    """Run a benchmark script as a user would, and return the JSON it wrote."""
+    out_path = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args), "--json", str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out_path.read_text())
+
+
 def test_help_lists_the_role_commands():
     out = run("--help")
     assert out.returncode == 0
@@ -38,25 +51,7 @@ def test_ca_commands_end_to_end(tmp_path):
 
 
 def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
-    out_path = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.crypto_throughput",
-            "--params",
-            "20000",
-            "--silos",
-            "2",
-            "--json",
-            str(out_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out_path.read_text())
+    result = run_benchmark("benchmarks.crypto_throughput", ["--params", 20000, "--silos", 2], tmp_path)
     for key in (
         "upload_bytes_per_param",
         "aggregate_bytes_per_param",
@@ -73,33 +68,11 @@ def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
 
 
 def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
-    out_path = tmp_path / "ro.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.round_overhead",
-            "--silos",
-            "2",
-            "--rounds",
-            "2",
-            "--features",
-            "5",
-            "--hidden",
-            "8",
-            "--rows",
-            "60",
-            "--workdir",
-            str(tmp_path / "w"),
-            "--json",
-            str(out_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_benchmark(
+        "benchmarks.round_overhead",
+        ["--silos", 2, "--rounds", 2, "--features", 5, "--hidden", 8, "--rows", 60, "--workdir", tmp_path / "w"],
+        tmp_path,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out_path.read_text())
     assert result["plain_round_s"] > 0 and result["he_round_s"] > 0
     assert result["ratio"] == result["he_round_s"] / result["plain_round_s"]
     assert result["model_parameters"] == 5 * 8 + 8 + 8 + 1
@@ -107,33 +80,24 @@ def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
 
 
 def test_vertical_benchmark_runs_on_a_tiny_size(tmp_path):
-    out_path = tmp_path / "v.json"
-    proc = subprocess.run(
+    result = run_benchmark(
+        "benchmarks.vertical",
         [
-            sys.executable,
-            "-m",
-            "benchmarks.vertical",
             "--entities",
-            "200",
+            200,
             "--features",
-            "3",
+            3,
             "--epochs",
-            "2",
+            2,
             "--batch-size",
-            "32",
+            32,
             "--psi-ids",
-            "500",
+            500,
             "--workdir",
-            str(tmp_path / "w"),
-            "--json",
-            str(out_path),
+            tmp_path / "w",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out_path.read_text())
     for key in ("psi_ids_per_s", "epoch_s_he", "epoch_s_plain", "ratio"):
         assert result[key] > 0
     assert result["ratio"] == result["epoch_s_he"] / result["epoch_s_plain"]

@@ -88,6 +88,12 @@ def lines(path):
     return path.read_text().splitlines(keepends=True)
 
 
+def write_record(path, content, i, record):
+    """Put an edited record back at line i, encoded the way the log writes records."""
+    content[i] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    path.write_text("".join(content))
+
+
 def first_problem(paths, ca=None):
     result = verify_logs(list(paths), ca)
     assert not result.ok
@@ -135,8 +141,7 @@ def test_edited_field_is_detected(logs):
     i = index_of(path, "update_sent")
     record = json.loads(content[i])
     record["details"]["bytes"] = 1  # pretend less left the silo
-    content[i] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-    path.write_text("".join(content))
+    write_record(path, content, i, record)
     problem = first_problem([path])
     assert (problem.kind, problem.line) == ("hash mismatch", i + 1)
 
@@ -171,8 +176,7 @@ def test_forged_signature_is_detected(logs):
     record["hash"] = record_hash(record)  # the forger can rehash, but must sign with a key of their own
     other = pki.load_private_key(w / "hospital-3" / "hospital-3.key")
     record["sig"] = base64.b64encode(other.sign(bytes.fromhex(record["hash"]), ec.ECDSA(hashes.SHA256()))).decode()
-    content[i] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-    path.write_text("".join(content))
+    write_record(path, content, i, record)
     problem = first_problem([path])
     assert (problem.kind, problem.line) == ("bad signature", i + 1)
 
