@@ -6,6 +6,13 @@ opens to the moment its aggregate is released, so it includes each silo's downlo
 application of the previous aggregate, local training, encryption and upload. Round 0 is left out
 of the averages (it includes process warm-up).
 
+HE adds a near-constant amount of work per round (it depends on the model size, not on the data),
+so the ratio depends on how much local training a round holds. ``--rows`` takes several record
+counts per silo and runs the comparison once per count; the headline figures are those of the
+first (lightest) one. ``crypto_cpu_s_per_round`` measures, in this process with the real engine and
+no network, the CPU the HE arithmetic of one round needs: when it exceeds the CPU the target leaves
+room for, no transport or protocol change can meet the target at that workload on this machine.
+
     python -m benchmarks.round_overhead --json OUT
 """
 
@@ -21,10 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tenseal.sealapi as seal
 
 from benchmarks.common import emit, machine
 from cipherfed.localconsortium import LocalConsortium, job_toml
+from crypto.engine import Accumulator, ChunkVerifier, SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.keys import generate_key_set, load_public_context
 from protocol import cipherfed_pb2 as pb
+
+TARGET_RATIO = 1.3
 
 
 def _cpu_seconds(c: LocalConsortium) -> dict[str, float]:
@@ -62,14 +74,143 @@ def _measure(c: LocalConsortium, stub: Any, spec: str, params: int, silos: int) 
     steady = walls[1:] if len(walls) > 1 else walls
     upload = statistics.mean(r.bytes_in for r in status.rounds) / silos
     silo_cpu = sum(after[k] - before[k] for k in after if k != "aggregator") / silos / rounds
+    aggregator_cpu = (after["aggregator"] - before["aggregator"]) / rounds
     return {
         "round_s": statistics.mean(steady),
         "round_s_each": [round(w, 3) for w in walls],
         "upload_bytes_per_param": upload / params,
-        "cpu_s_per_round": {
-            "per_silo": round(silo_cpu, 3),
-            "aggregator": round((after["aggregator"] - before["aggregator"]) / rounds, 3),
-        },
+        "cpu_s_per_round": {"per_silo": round(silo_cpu, 3), "aggregator": round(aggregator_cpu, 3)},
+        "total_cpu_s_per_round": silo_cpu * silos + aggregator_cpu,
+    }
+
+
+def crypto_cpu_per_round(params: int, silos: int, repeats: int = 3) -> dict[str, float]:
+    """CPU seconds of one round's HE arithmetic, with the engine the nodes use, in this process.
+
+    Per silo: encrypt its weighted update, and decrypt the aggregate. At the aggregator: verify,
+    load and add every silo's upload, and serialize the sum. No network, disk or gRPC. The least of
+    ``repeats`` runs is reported (the first pays SEAL's memory-pool allocations): a lower bound.
+    """
+    keys = generate_key_set("sum")
+    public = load_public_context(keys.export_public())
+    encryptor = SumEncryptor(keys)
+    update = np.random.default_rng(1).normal(0, 0.01, params)
+    best = {"silo_encrypt_s": float("inf"), "aggregator_s": float("inf"), "silo_decrypt_s": float("inf")}
+    for _ in range(repeats):
+        t0 = time.process_time()
+        batch = encrypt_weighted_update(encryptor, {"update": update}, 2000.0)
+        t1 = time.process_time()
+        accumulator = Accumulator(public, batch.manifest.chunk_count)
+        for _ in range(silos):
+            verifier = ChunkVerifier(public, batch.manifest, keys.fingerprint)
+            for index, chunk in enumerate(batch.chunks):
+                accumulator.add(index, verifier.load(index, chunk))
+            verifier.finish()
+        chunks = accumulator.serialize()
+        t2 = time.process_time()
+        decrypt_weighted_mean(encryptor, batch.manifest, chunks)
+        t3 = time.process_time()
+        for label, seconds in (("silo_encrypt_s", t1 - t0), ("aggregator_s", t2 - t1), ("silo_decrypt_s", t3 - t2)):
+            best[label] = min(best[label], seconds)
+    total = silos * (best["silo_encrypt_s"] + best["silo_decrypt_s"]) + best["aggregator_s"]
+    return {**{k: round(v, 4) for k, v in best.items()}, "total_s": round(total, 4)}
+
+
+def seal_arithmetic_per_round(params: int, silos: int, repeats: int = 3) -> dict[str, Any]:
+    """CPU seconds of the SEAL calls alone that one round cannot do without: a floor under any engine.
+
+    Per silo and 8,192 values: encode, encrypt, decrypt, decode; at the aggregator one addition
+    per upload. No serialization, hashing, Python packing or network. Least of ``repeats`` runs.
+    """
+    keys = generate_key_set("sum")
+    context = keys.public.seal_context
+    encoder = seal.CKKSEncoder(context)
+    encryptor = seal.Encryptor(context, keys.secret_key)
+    decryptor = seal.Decryptor(context, keys.secret_key)
+    evaluator = seal.Evaluator(context)
+    per = keys.profile.values_per_ciphertext
+    count = -(-params // per)
+    slots = (np.random.default_rng(2).normal(0, 0.01, per // 2) * (1 + 1j)).tolist()
+    scale = 2.0**keys.profile.scale_bits
+    plain, total, ciphertext = seal.Plaintext(), seal.Ciphertext(), seal.Ciphertext()
+    steps = {
+        "encode": lambda: encoder.encode(slots, scale, plain),
+        "encrypt": lambda: encryptor.encrypt_symmetric(plain, ciphertext),
+        "decrypt": lambda: decryptor.decrypt(ciphertext, plain),
+        "decode": lambda: encoder.decode_complex(plain),
+    }
+    best = dict.fromkeys(steps, float("inf"))
+    best_add = float("inf")
+    for _ in range(repeats):
+        for name, step in steps.items():  # in order: each step feeds the next
+            t0 = time.process_time()
+            for _ in range(count):
+                step()
+            best[name] = min(best[name], time.process_time() - t0)
+        encryptor.encrypt_symmetric(plain, total)
+        t0 = time.process_time()
+        for _ in range(count * silos):
+            evaluator.add_inplace(total, ciphertext)
+        best_add = min(best_add, time.process_time() - t0)
+    silo_s = sum(best.values())
+    return {
+        "ns_per_value": {name: round(seconds / (count * per) * 1e9, 1) for name, seconds in best.items()},
+        "silo_s": round(silo_s, 4),
+        "aggregator_add_s": round(best_add, 4),
+        "total_s": round(silos * silo_s + best_add, 4),
+    }
+
+
+def _compare(args: argparse.Namespace, rows: int, hidden: list[int], params: int) -> dict[str, Any]:
+    """One consortium with ``rows`` records per silo: a warm-up job, then the plaintext and HE jobs."""
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))) / f"rows-{rows}"
+    names = [f"silo-{i + 1}" for i in range(args.silos)]
+    c = LocalConsortium(workdir, names)
+    c.provision()
+    rng = np.random.default_rng(0)
+    true_w = rng.normal(size=args.features)
+    columns = [f"x{i}" for i in range(args.features)]
+    for name in names:
+        x = rng.normal(size=(rows, args.features))
+        y = (x @ true_w + rng.normal(size=rows) > 0).astype(np.int64)
+        c.write_data(name, x, y, columns)
+    model = f'type = "mlp"\nhidden = [{", ".join(map(str, hidden))}]'
+    common: dict[str, Any] = dict(
+        model=model,
+        local_epochs=args.local_epochs,
+        batch_size=64,
+        lr=0.05,
+        min_silos=args.silos,
+        round_timeout_s=600,
+    )
+
+    def spec_for(name: str, profile: str, rounds: int) -> str:
+        spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, rounds=rounds, **common)
+        return spec.replace('scaling = "federated"', 'scaling = "none"')
+
+    try:
+        stub = c.start_all()
+        # Warm-up (excluded): process start-up, imports and first allocations in every node.
+        _run_job(c, stub, spec_for("bench-warmup", "none", 1))
+        plain = _measure(c, stub, spec_for("bench-none", "none", args.rounds), params, args.silos)
+        he = _measure(c, stub, spec_for("bench-sum", "sum", args.rounds), params, args.silos)
+    finally:
+        c.stop_all()
+    ratio = he["round_s"] / plain["round_s"]
+    cpus = os.cpu_count() or 1
+    return {
+        "rows_per_silo": rows,
+        "plain_round_s": plain["round_s"],
+        "he_round_s": he["round_s"],
+        "ratio": ratio,
+        "target_met": ratio <= TARGET_RATIO,
+        "he_added_s_per_round": he["round_s"] - plain["round_s"],
+        "he_added_cpu_s_per_round": he["total_cpu_s_per_round"] - plain["total_cpu_s_per_round"],
+        # With every core busy, wall time ~ CPU / cores: the CPU the target leaves room for.
+        "cpu_s_the_target_allows": (TARGET_RATIO - 1) * plain["round_s"] * cpus,
+        "upload_bytes_per_param": {"he": he["upload_bytes_per_param"], "plain": plain["upload_bytes_per_param"]},
+        "rounds_s": {"he": he["round_s_each"], "plain": plain["round_s_each"]},
+        "cpu_s_per_round": {"he": he["cpu_s_per_round"], "plain": plain["cpu_s_per_round"]},
     }
 
 
@@ -79,73 +220,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--hidden", default="2048,400", help="hidden layer sizes, comma separated")
-    parser.add_argument("--rows", type=int, default=2000, help="records per silo")
+    parser.add_argument(
+        "--rows", default="2000,5000,10000", help="records per silo, comma separated: one comparison per value"
+    )
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     hidden = [int(h) for h in args.hidden.split(",")]
+    row_counts = [int(r) for r in args.rows.split(",")]
     sizes = [args.features, *hidden, 1]
     params = sum(a * b + b for a, b in itertools.pairwise(sizes))
     # One torch thread per process: 5 processes share the machine's cores in both modes alike.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))
-    names = [f"silo-{i + 1}" for i in range(args.silos)]
-    c = LocalConsortium(workdir, names)
-    c.provision()
-    rng = np.random.default_rng(0)
-    true_w = rng.normal(size=args.features)
-    columns = [f"x{i}" for i in range(args.features)]
-    for name in names:
-        x = rng.normal(size=(args.rows, args.features))
-        y = (x @ true_w + rng.normal(size=args.rows) > 0).astype(np.int64)
-        c.write_data(name, x, y, columns)
-    model = f'type = "mlp"\nhidden = [{", ".join(map(str, hidden))}]'
-    common: dict[str, Any] = dict(
-        rounds=args.rounds,
-        model=model,
-        local_epochs=args.local_epochs,
-        batch_size=64,
-        lr=0.05,
-        min_silos=args.silos,
-        round_timeout_s=600,
-    )
-    try:
-        stub = c.start_all()
-
-        def spec_for(name: str, profile: str, rounds: int) -> str:
-            spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, **{**common, "rounds": rounds})
-            return spec.replace('scaling = "federated"', 'scaling = "none"')
-
-        # Warm-up (excluded): process start-up, imports and first allocations in every node.
-        _run_job(c, stub, spec_for("bench-warmup", "none", 1))
-        results = {}
-        for profile in ("none", "sum"):
-            results[profile] = _measure(c, stub, spec_for(f"bench-{profile}", profile, args.rounds), params, args.silos)
-    finally:
-        c.stop_all()
+    crypto = crypto_cpu_per_round(params + 1, args.silos)  # +1: the appended sample weight
+    floor = seal_arithmetic_per_round(params + 1, args.silos)
+    sweep = [_compare(args, rows, hidden, params) for rows in row_counts]
+    headline = sweep[0]
     result = {
         "benchmark": "round_overhead",
         "silos": args.silos,
         "rounds": args.rounds,
         "model_parameters": params,
         "model": f"mlp {sizes}",
-        "rows_per_silo": args.rows,
+        "rows_per_silo": headline["rows_per_silo"],
         "local_epochs": args.local_epochs,
         "machine": machine(),
-        "plain_round_s": results["none"]["round_s"],
-        "he_round_s": results["sum"]["round_s"],
-        "ratio": results["sum"]["round_s"] / results["none"]["round_s"],
-        "upload_bytes_per_param": {
-            "he": results["sum"]["upload_bytes_per_param"],
-            "plain": results["none"]["upload_bytes_per_param"],
-        },
-        "rounds_s": {"he": results["sum"]["round_s_each"], "plain": results["none"]["round_s_each"]},
-        "cpu_s_per_round": {"he": results["sum"]["cpu_s_per_round"], "plain": results["none"]["cpu_s_per_round"]},
+        "target_ratio": TARGET_RATIO,
+        "plain_round_s": headline["plain_round_s"],
+        "he_round_s": headline["he_round_s"],
+        "ratio": headline["ratio"],
+        "upload_bytes_per_param": headline["upload_bytes_per_param"],
+        "rounds_s": headline["rounds_s"],
+        "cpu_s_per_round": headline["cpu_s_per_round"],
+        "crypto_cpu_s_per_round": crypto,
+        "seal_arithmetic_cpu_s_per_round": floor,
+        "sweep": sweep,
+        "target_met_at_rows": [s["rows_per_silo"] for s in sweep if s["target_met"]],
         "note": (
-            "a warm-up job runs first; round 0 of each job is excluded from the means; all silos and the "
-            "aggregator share this machine's cores, so every silo's crypto CPU adds up; the plaintext "
-            "profile sends float64 (8 B/param)"
+            "headline figures are the first --rows value; a warm-up job runs first; round 0 of each job is "
+            "excluded from the means; all silos and the aggregator share this machine's cores, so every silo's "
+            "crypto CPU adds up; the plaintext profile sends float64 (8 B/param); crypto_cpu_s_per_round is the "
+            "HE work of the engine alone (no network) and seal_arithmetic_cpu_s_per_round the SEAL calls alone "
+            "(no serialization either), to compare with each workload's cpu_s_the_target_allows"
         ),
     }
     emit(result, args.json_path)

@@ -70,13 +70,29 @@ def test_crypto_benchmark_runs_on_a_tiny_size(tmp_path):
 def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
     result = run_benchmark(
         "benchmarks.round_overhead",
-        ["--silos", 2, "--rounds", 2, "--features", 5, "--hidden", 8, "--rows", 60, "--workdir", tmp_path / "w"],
+        ["--silos", 2, "--rounds", 2, "--features", 5, "--hidden", 8, "--rows", "60,90", "--workdir", tmp_path / "w"],
         tmp_path,
     )
     assert result["plain_round_s"] > 0 and result["he_round_s"] > 0
     assert result["ratio"] == result["he_round_s"] / result["plain_round_s"]
     assert result["model_parameters"] == 5 * 8 + 8 + 8 + 1
     assert result["upload_bytes_per_param"]["he"] > result["upload_bytes_per_param"]["plain"] > 0
+    # one comparison per record count, in the order given; the headline is the first
+    assert [s["rows_per_silo"] for s in result["sweep"]] == [60, 90]
+    assert result["sweep"][0]["ratio"] == result["ratio"]
+    for point in result["sweep"]:
+        assert point["target_met"] == (point["ratio"] <= result["target_ratio"])
+        assert point["he_added_s_per_round"] == point["he_round_s"] - point["plain_round_s"]
+        assert point["cpu_s_the_target_allows"] > 0
+    assert result["target_met_at_rows"] == [s["rows_per_silo"] for s in result["sweep"] if s["target_met"]]
+    crypto = result["crypto_cpu_s_per_round"]
+    assert crypto["silo_encrypt_s"] > 0 and crypto["silo_decrypt_s"] > 0 and crypto["aggregator_s"] > 0
+    expected_total = 2 * (crypto["silo_encrypt_s"] + crypto["silo_decrypt_s"]) + crypto["aggregator_s"]
+    assert abs(crypto["total_s"] - expected_total) < 1e-3
+    floor = result["seal_arithmetic_cpu_s_per_round"]
+    assert set(floor["ns_per_value"]) == {"encode", "encrypt", "decrypt", "decode"}
+    assert all(ns > 0 for ns in floor["ns_per_value"].values())
+    assert abs(floor["total_s"] - (2 * floor["silo_s"] + floor["aggregator_add_s"])) < 1e-3
 
 
 def test_vertical_benchmark_runs_on_a_tiny_size(tmp_path):
