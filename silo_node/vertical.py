@@ -20,6 +20,7 @@ on the split without exchanging anything.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -40,6 +41,8 @@ from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData
+
+_log = logging.getLogger(__name__)
 
 AGGREGATOR = "aggregator"
 MAX_PART = 1 << 20  # relay messages stay far below gRPC's 4 MiB default
@@ -461,13 +464,20 @@ class VerticalRunner:
         try:
             self.party.run()
             self.status = "done"
-        except VerticalError as exc:
+        except Exception as exc:  # any failure is reported, never fatal for the node
             self.status = "failed"
-            if not self.stopped.is_set():
-                self._on_error(str(exc))
-        except Exception as exc:  # any other failure is reported, never fatal for the node
-            self.status = "failed"
-            self._on_error(f"{type(exc).__name__}: {exc}")
+            if self.stopped.is_set():
+                return  # the job already ended elsewhere (failed, aborted): nothing left to tell
+            reason = str(exc) if isinstance(exc, VerticalError) else f"{type(exc).__name__}: {exc}"
+            try:
+                self._on_error(reason)
+            except Exception as report_exc:  # e.g. the aggregator is unreachable: keep the node alive
+                _log.warning(
+                    "vertical job %s failed (%s) and the failure could not be reported: %s",
+                    self.party.job_id,
+                    reason,
+                    report_exc,
+                )
 
     def step(self, task: pb.Task) -> None:
         if not self._thread.is_alive() and self.status == "running":

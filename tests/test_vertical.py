@@ -292,3 +292,44 @@ def test_vertical_egress_is_in_every_partys_audit_log_and_the_report(trained):
     assert verification.ok and verification.anchors_checked > 0  # the active party's epoch reports anchor its log
     assert "messages relayed through the aggregator" in html and "residuals (CKKS ciphertext)" in html
     assert "blinded ids (X25519)" in html
+
+
+class _PartyThatLostTheAggregator:
+    """Stands in for a party whose relay could not reach the aggregator (a process we cannot fake)."""
+
+    job_id = "job-unreachable"
+
+    def run(self):
+        raise ConnectionError("failed to connect to all addresses")
+
+
+def _run_to_end(runner):
+    runner.step(pb.Task(job_id=runner.party.job_id, job_status="running"))
+    runner._thread.join(10)
+    assert not runner._thread.is_alive()
+
+
+def test_a_failure_that_cannot_be_reported_stays_inside_the_party_thread(monkeypatch, caplog):
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    reported = []
+
+    def report(reason):  # the node's callback: audit, then Decline over gRPC, which fails too
+        reported.append(reason)
+        raise ConnectionError("aggregator still unreachable")
+
+    runner = VerticalRunner(_PartyThatLostTheAggregator(), report)
+    with caplog.at_level("WARNING", logger="silo_node.vertical"):
+        _run_to_end(runner)
+    assert escaped == []
+    assert runner.status == "failed"
+    assert reported == ["ConnectionError: failed to connect to all addresses"]
+    assert "job-unreachable" in caplog.text and "could not be reported" in caplog.text
+
+
+def test_a_party_that_fails_after_its_job_ended_reports_nothing(monkeypatch):
+    reported = []
+    runner = VerticalRunner(_PartyThatLostTheAggregator(), reported.append)
+    runner.stopped.set()  # the job was aborted or failed elsewhere
+    _run_to_end(runner)
+    assert runner.status == "failed" and reported == []
