@@ -17,7 +17,7 @@ import numpy as np
 import tenseal as ts
 
 from benchmarks.common import emit, machine
-from crypto.engine import Accumulator, ChunkVerifier, SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.engine import SumEncryptor, accumulate_batches, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.keys import generate_key_set, load_public_context
 
 DECRYPT_REPEATS = 5  # decryption of one aggregate is short; report the median of a few runs
@@ -49,12 +49,7 @@ def bench_engine(updates: list[np.ndarray], weights: list[float], mean: np.ndarr
     batches = [encrypt_weighted_update(encryptor, {"update": u}, w) for u, w in zip(updates, weights, strict=True)]
     encrypt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    acc = Accumulator(public, batches[0].manifest.chunk_count)
-    for batch in batches:
-        verifier = ChunkVerifier(public, batch.manifest, keys.fingerprint)
-        for i, chunk in enumerate(batch.chunks):
-            acc.add(i, verifier.load(i, chunk))
-        verifier.finish()
+    acc = accumulate_batches(public, keys.fingerprint, batches)
     aggregate_s = time.perf_counter() - t0
     aggregate = acc.serialize()
     manifest, upload_bytes = batches[0].manifest, batches[0].nbytes

@@ -32,7 +32,7 @@ import tenseal.sealapi as seal
 
 from benchmarks.common import emit, machine
 from cipherfed.localconsortium import LocalConsortium, job_toml
-from crypto.engine import Accumulator, ChunkVerifier, SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.engine import SumEncryptor, accumulate_batches, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.keys import generate_key_set, load_public_context
 from protocol import cipherfed_pb2 as pb
 
@@ -100,13 +100,7 @@ def crypto_cpu_per_round(params: int, silos: int, repeats: int = 3) -> dict[str,
         t0 = time.process_time()
         batch = encrypt_weighted_update(encryptor, {"update": update}, 2000.0)
         t1 = time.process_time()
-        accumulator = Accumulator(public, batch.manifest.chunk_count)
-        for _ in range(silos):
-            verifier = ChunkVerifier(public, batch.manifest, keys.fingerprint)
-            for index, chunk in enumerate(batch.chunks):
-                accumulator.add(index, verifier.load(index, chunk))
-            verifier.finish()
-        chunks = accumulator.serialize()
+        chunks = accumulate_batches(public, keys.fingerprint, [batch] * silos).serialize()
         t2 = time.process_time()
         decrypt_weighted_mean(encryptor, batch.manifest, chunks)
         t3 = time.process_time()

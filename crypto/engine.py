@@ -293,3 +293,20 @@ class Accumulator:
         if self._evaluator is None:
             return [np.ascontiguousarray(s, dtype="<f8").tobytes() for s in self._sums]
         return [save_bytes(s) for s in self._sums]
+
+
+def accumulate_batches(
+    public: PublicContext | None, fingerprint: str, batches: Sequence[EncryptedBatch]
+) -> Accumulator:
+    """Sum whole in-memory batches, each chunk verified against its batch's manifest first.
+
+    The aggregator does the same chunk by chunk as an upload streams in (with rollback); this is
+    the form for callers that already hold every batch: benchmarks and tests.
+    """
+    accumulator = Accumulator(public, batches[0].manifest.chunk_count)
+    for batch in batches:
+        verifier = ChunkVerifier(public, batch.manifest, fingerprint)
+        for index, chunk in enumerate(batch.chunks):
+            accumulator.add(index, verifier.load(index, chunk))
+        verifier.finish()
+    return accumulator

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from crypto.engine import (
-    Accumulator,
     ChunkVerifier,
     SumEncryptor,
+    accumulate_batches,
     decrypt_weighted_mean,
     encrypt_weighted_update,
 )
@@ -35,22 +35,12 @@ def _updates(rng, silos=8):
     return ups, weights
 
 
-def _accumulate(public, fingerprint, batches):
-    acc = Accumulator(public, batches[0].manifest.chunk_count)
-    for b in batches:
-        verifier = ChunkVerifier(public, b.manifest, fingerprint)
-        for i, c in enumerate(b.chunks):
-            acc.add(i, verifier.load(i, c))
-        verifier.finish()
-    return acc
-
-
 def test_weighted_mean_of_8_silos_matches_plaintext(keys, public):
     rng = np.random.default_rng(7)
     ups, weights = _updates(rng)
     enc = SumEncryptor(keys)
     batches = [encrypt_weighted_update(enc, u, w) for u, w in zip(ups, weights)]
-    acc = _accumulate(public, keys.fingerprint, batches)
+    acc = accumulate_batches(public, keys.fingerprint, batches)
     result = decrypt_weighted_mean(enc, batches[0].manifest, acc.serialize())
     assert result.total_weight == pytest.approx(sum(weights), abs=1e-6)
     for name in ups[0]:
@@ -71,7 +61,7 @@ def test_subtract_rolls_back_exactly(keys, public):
     ups, weights = _updates(rng, 3)
     enc = SumEncryptor(keys)
     batches = [encrypt_weighted_update(enc, u, w) for u, w in zip(ups, weights)]
-    acc = _accumulate(public, keys.fingerprint, batches[:2])
+    acc = accumulate_batches(public, keys.fingerprint, batches[:2])
     # third upload fails half way: the chunks it added are removed again (reloaded from bytes)
     verifier = ChunkVerifier(public, batches[2].manifest, keys.fingerprint)
     half = batches[2].manifest.chunk_count // 2
@@ -164,7 +154,7 @@ def test_plaintext_profile_uses_the_same_path():
     rng = np.random.default_rng(5)
     ups, weights = _updates(rng, 3)
     batches = [encrypt_weighted_update(enc, u, w) for u, w in zip(ups, weights)]
-    acc = _accumulate(None, "plaintext", batches)
+    acc = accumulate_batches(None, "plaintext", batches)
     result = decrypt_weighted_mean(enc, batches[0].manifest, acc.serialize())
     expected = sum(u["layer.bias"] * w for u, w in zip(ups, weights)) / sum(weights)
     assert np.allclose(result.tensors["layer.bias"], expected)
@@ -185,7 +175,7 @@ def test_a_contribution_under_another_key_is_caught_when_silos_decrypt(keys, pub
     for _ in range(10):
         rogue = encrypt_weighted_update(SumEncryptor(generate_key_set("sum")), ups[2], weights[2])
         forged = Manifest(**{**rogue.manifest.__dict__, "fingerprint": keys.fingerprint})  # lies about its key
-        acc = _accumulate(public, keys.fingerprint, [*honest, type(rogue)(forged, rogue.chunks)])  # accepted
+        acc = accumulate_batches(public, keys.fingerprint, [*honest, type(rogue)(forged, rogue.chunks)])  # accepted
         try:
             decrypt_weighted_mean(enc, honest[0].manifest, acc.serialize())
         except CiphertextError as exc:
@@ -193,7 +183,7 @@ def test_a_contribution_under_another_key_is_caught_when_silos_decrypt(keys, pub
             caught += 1
     assert caught >= 9
     # honest aggregates of whole sample counts pass the same check
-    fine = _accumulate(public, keys.fingerprint, honest)
+    fine = accumulate_batches(public, keys.fingerprint, honest)
     assert decrypt_weighted_mean(enc, honest[0].manifest, fine.serialize()).total_weight == pytest.approx(
         sum(weights[:2]), abs=1e-6
     )

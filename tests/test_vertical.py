@@ -144,25 +144,7 @@ def test_joint_prediction_matches_every_partys_partial_scores(trained, tmp_path)
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("patient_id\n" + "\n".join(chosen) + "\n")
     out = tmp_path / "scores.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cipherfed",
-            "job",
-            "predict",
-            job_id,
-            "--ids",
-            str(ids_file),
-            "--config",
-            str(c.nodes["hospital"].config),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _predict(c, job_id, ids_file, "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     scores = [float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
     # recompute from each party's own weights and own standardised columns
@@ -176,24 +158,16 @@ def test_joint_prediction_matches_every_partys_partial_scores(trained, tmp_path)
     z += imaging.party.x[positions] @ imaging.party.weights
     assert np.abs(np.asarray(scores) - 1 / (1 + np.exp(-z))).max() < 1e-4
     ids_file.write_text("P-99999\n")
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cipherfed",
-            "job",
-            "predict",
-            job_id,
-            "--ids",
-            str(ids_file),
-            "--config",
-            str(c.nodes["hospital"].config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = _predict(c, job_id, ids_file)
     assert bad.returncode == 1 and "not among the job's aligned entities" in bad.stdout
+
+
+def _predict(c, job_id, ids_file, *extra):
+    """`cipherfed job predict` at the active party (the hospital), as its operator would run it."""
+    command = ["job", "predict", job_id, "--ids", str(ids_file), "--config", str(c.nodes["hospital"].config)]
+    return subprocess.run(
+        [sys.executable, "-m", "cipherfed", *command, *extra], capture_output=True, text=True, timeout=120
+    )
 
 
 def _failing_job(c, data, name, passive_data=None, min_entities=50):
