@@ -16,6 +16,19 @@ from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
 from protocol.messages import manifest_to_proto, read_aggregate, upload_messages
 
+# What `cipherfed demo --json` must always write (issue #3), whichever partition ran.
+DEMO_JSON_KEYS = (
+    "partition",
+    "dataset",
+    "silos",
+    "rounds",
+    "final",
+    "centralized",
+    "plaintext_federated",
+    "upload_bytes_total",
+    "wall_s",
+)
+
 
 def silo_encryptor(consortium, name: str) -> SumEncryptor:
     node = consortium.nodes[name]

@@ -16,23 +16,14 @@ from audit.log import AuditLog
 from audit.records import record_hash
 from audit.verify import verify_logs
 from crypto import pki
+from tests.helpers import DEMO_JSON_KEYS
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_three_hospitals_end_to_end(demo_run):
     w, result, stdout = demo_run
-    for key in (
-        "partition",
-        "dataset",
-        "silos",
-        "rounds",
-        "final",
-        "centralized",
-        "plaintext_federated",
-        "upload_bytes_total",
-        "wall_s",
-    ):
+    for key in DEMO_JSON_KEYS:
         assert key in result
     assert result["silos"] == 3 and result["partition"] == "horizontal"
     assert result["final"]["accuracy"] >= result["centralized"]["accuracy"] - 0.02

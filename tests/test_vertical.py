@@ -20,6 +20,7 @@ from protocol import cipherfed_pb2 as pb
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, load_columns
 from silo_node.vertical import PassiveParty, Relay, VerticalRunner
+from tests.helpers import DEMO_JSON_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -229,18 +230,7 @@ def test_vertical_demo_matches_centralized(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    for key in (
-        "partition",
-        "dataset",
-        "silos",
-        "rounds",
-        "final",
-        "centralized",
-        "plaintext_federated",
-        "upload_bytes_total",
-        "wall_s",
-        "intersection_size",
-    ):
+    for key in (*DEMO_JSON_KEYS, "intersection_size"):
         assert key in result
     assert result["partition"] == "vertical" and 250 < result["intersection_size"] < 569
     assert result["final"]["accuracy"] >= result["centralized"]["accuracy"] - 0.02
