@@ -155,11 +155,10 @@ def seal_arithmetic_per_round(params: int, silos: int, repeats: int = 3) -> dict
     }
 
 
-def _compare(args: argparse.Namespace, rows: int, hidden: list[int], params: int) -> dict[str, Any]:
+def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[int], params: int) -> dict[str, Any]:
     """One consortium with ``rows`` records per silo: a warm-up job, then the plaintext and HE jobs."""
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))) / f"rows-{rows}"
     names = [f"silo-{i + 1}" for i in range(args.silos)]
-    c = LocalConsortium(workdir, names)
+    c = LocalConsortium(workdir / f"rows-{rows}", names)
     c.provision()
     rng = np.random.default_rng(0)
     true_w = rng.normal(size=args.features)
@@ -229,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     crypto = crypto_cpu_per_round(params + 1, args.silos)  # +1: the appended sample weight
     floor = seal_arithmetic_per_round(params + 1, args.silos)
-    sweep = [_compare(args, rows, hidden, params) for rows in row_counts]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))
+    sweep = [_compare(args, workdir, rows, hidden, params) for rows in row_counts]
     headline = sweep[0]
     result = {
         "benchmark": "round_overhead",
