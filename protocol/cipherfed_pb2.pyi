@@ -387,3 +387,43 @@ class ServerInfoReply(_message.Message):
     caller_role: str
     key_fingerprints: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, server_time_unix_ms: _Optional[int] = ..., consortium: _Optional[str] = ..., version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ..., key_fingerprints: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MemberInfo(_message.Message):
+    __slots__ = ("name", "role", "fingerprint", "serial", "not_after_unix", "revoked", "last_seen_unix_ms", "last_method", "last_poll_unix_ms", "in_policy", "policy_fingerprint", "policy_role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_METHOD_FIELD_NUMBER: _ClassVar[int]
+    LAST_POLL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    IN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    fingerprint: str
+    serial: str
+    not_after_unix: int
+    revoked: bool
+    last_seen_unix_ms: int
+    last_method: str
+    last_poll_unix_ms: int
+    in_policy: bool
+    policy_fingerprint: str
+    policy_role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., fingerprint: _Optional[str] = ..., serial: _Optional[str] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., last_method: _Optional[str] = ..., last_poll_unix_ms: _Optional[int] = ..., in_policy: _Optional[bool] = ..., policy_fingerprint: _Optional[str] = ..., policy_role: _Optional[str] = ...) -> None: ...
+
+class MemberList(_message.Message):
+    __slots__ = ("members", "policy_loaded")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_LOADED_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    policy_loaded: bool
+    def __init__(self, members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., policy_loaded: _Optional[bool] = ...) -> None: ...
