@@ -273,7 +273,12 @@ class ConsortiumService(pbg.ConsortiumServicer):
         return pb.Ack(message=f"job {request.job_id} aborted")
 
     def GetJobStatus(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._guard(context, "GetJobStatus", lambda: self.engine.status(request.job_id))
+        status = self._guard(context, "GetJobStatus", lambda: self.engine.status(request.job_id))
+        status.declines.extend(
+            pb.DeclineInfo(silo=silo, round=round_index, reasons=reasons)
+            for silo, round_index, reasons in self.engine.store.all_declines(request.job_id)
+        )
+        return status
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.JobList:
         return pb.JobList(jobs=self.engine.list_jobs())

@@ -315,7 +315,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., status: _Optional[str] = ..., attempt: _Optional[int] = ..., contributors: _Optional[_Iterable[str]] = ..., bytes_in: _Optional[int] = ..., wall_s: _Optional[float] = ..., metrics: _Optional[_Iterable[_Union[SiloMetrics, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined", "relay_bytes")
+    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined", "relay_bytes", "declines")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +328,7 @@ class JobStatus(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     RELAY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECLINES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     status: str
@@ -340,7 +341,18 @@ class JobStatus(_message.Message):
     submitted_by: str
     declined: _containers.RepeatedScalarFieldContainer[str]
     relay_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ..., relay_bytes: _Optional[int] = ...) -> None: ...
+    declines: _containers.RepeatedCompositeFieldContainer[DeclineInfo]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ..., relay_bytes: _Optional[int] = ..., declines: _Optional[_Iterable[_Union[DeclineInfo, _Mapping]]] = ...) -> None: ...
+
+class DeclineInfo(_message.Message):
+    __slots__ = ("silo", "round", "reasons")
+    SILO_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    silo: str
+    round: int
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, silo: _Optional[str] = ..., round: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()
