@@ -1,8 +1,10 @@
 """Prometheus metrics and the ListMembers RPC of a real aggregator process (mTLS on 127.0.0.1)."""
 
+import json
 import re
 import socket
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -125,3 +127,18 @@ def test_list_members_shows_certificates_seen_revocation_and_roles(metered, tmp_
 
     code, _ = rpc_code(lambda: c.stub("silo-a").ListMembers(pb.ListMembersRequest(), timeout=5))
     assert code == grpc.StatusCode.PERMISSION_DENIED  # members' details are for admins and auditors only
+
+
+def test_grafana_dashboard_queries_only_metrics_the_aggregator_exposes(metered):
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "deploy/grafana/cipherfed.json").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{metered.metrics_port}/metrics", timeout=10) as response:
+        types = re.findall(r"^# TYPE (\w+) (\w+)$", response.read().decode(), re.M)
+    suffixes = {"counter": ["", "_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    exposed = {name + suffix for name, kind in types for suffix in suffixes.get(kind, [""])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"cipherfed_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exposed, queried - exposed
