@@ -96,9 +96,11 @@ def test_console_listens_on_loopback_only_and_requires_its_token(console):
     ]
     assert listening == [f"0100007F:{port:04X}"]  # 127.0.0.1 only
     assert _get(port, "/jobs")[0] == 401
-    assert _get(port, "/static/console.js")[0] == 401
+    for path in ("/static/console.js", "/jobs/live", "/members", "/audit", "/audit/report", "/jobs/x"):
+        assert _get(port, path)[0] == 401, path  # every route, live streams and the report included
     assert _get(port, "/jobs?token=" + "x" * len(token))[0] == 401
     assert _get(port, f"/jobs?token={token}", host="evil.example:80")[0] == 403  # DNS rebinding
+    assert _get(port, f"/jobs?token={token}", host=f"127.0.0.1.evil.example:{port}")[0] == 403
     assert _get(port, f"/jobs?token={token}", method="POST")[0] == 405  # read-only
     status, headers, _ = _get(port, f"/jobs?token={token}")
     assert status == 303 and headers["location"] == "/jobs"  # the token leaves the address bar

@@ -14,6 +14,7 @@ Why it is safe to run on a coordinator's or auditor's workstation:
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ CSP = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+# A loopback name in the Host header, any port (an SSH port forward changes it); any other name
+# means a page elsewhere is reaching the console through DNS rebinding.
+LOOPBACK_HOST = re.compile(r"^(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?$")
 KEEPALIVE_EVERY = 15  # SSE comment lines keep proxies and the browser from timing out
 
 
@@ -73,7 +77,6 @@ class Guard:
     def __init__(self, app: ASGIApp, settings: ConsoleSettings) -> None:
         self.app = app
         self.settings = settings
-        self.hosts = {f"127.0.0.1:{settings.port}", f"localhost:{settings.port}"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,7 +98,7 @@ class Guard:
 
     def refusal(self, request: Request) -> Response | None:
         """The response that ends this request here, or None to let it through."""
-        if request.headers.get("host", "") not in self.hosts:
+        if not LOOPBACK_HOST.match(request.headers.get("host", "")):
             return _plain(403, "forbidden: the console answers only to 127.0.0.1")
         if request.method not in ("GET", "HEAD"):
             return _plain(405, "the console is read-only")
