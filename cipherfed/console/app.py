@@ -133,8 +133,8 @@ def build_app(settings: ConsoleSettings) -> Starlette:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # escape everything
     stub = settings.stub
 
-    def page(name: str, **values: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(**values))
+    def page(name: str, status_code: int = 200, **values: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**values), status_code=status_code)
 
     def fragment(name: str, **values: Any) -> Markup:
         return Markup(env.get_template(name).render(**values))  # noqa: S704 - output of an autoescaping template
@@ -192,7 +192,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
     def job_page(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         if not views.JOB_ID.match(job_id):
-            return page("error_page.html", active="jobs", info=None, message="not a job id")
+            return page("error_page.html", 404, active="jobs", info=None, message="not a job id")
         return page("job.html", active="jobs", info=server_info(), job_id=job_id, body=render_job(job_id))
 
     async def job_live(request: Request) -> Response:
@@ -205,7 +205,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         try:
             reply = stub.ListMembers(pb.ListMembersRequest(), timeout=views.RPC_TIMEOUT_S)
         except grpc.RpcError as exc:
-            return page("error_page.html", active="members", info=server_info(), message=rpc_error(exc))
+            return page("error_page.html", 502, active="members", info=server_info(), message=rpc_error(exc))
         return page(
             "members.html",
             active="members",

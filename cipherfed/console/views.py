@@ -141,7 +141,7 @@ def job_view(status: pb.JobStatus) -> JobView:
             status=r.status,
             attempt=int(r.attempt),
             contributors=list(r.contributors),
-            expected=expected,
+            expected=expected - len({silo for silo, _ in by_round.get(int(r.round), [])} - set(status.declined)),
             declines=by_round.get(int(r.round), []),
             kbytes=r.bytes_in / 1e3,
             wall_s=r.wall_s,
@@ -175,7 +175,7 @@ def job_view(status: pb.JobStatus) -> JobView:
 def curves(status: pb.JobStatus) -> list[Markup]:
     """Inline SVG: each silo's validation metric per round (no chart library, no script)."""
     charts = []
-    for metric in ("accuracy", "auc", "loss"):
+    for metric, label in (("accuracy", "accuracy"), ("auc", "AUC"), ("loss", "loss")):
         series: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for r in status.rounds:
             for m in r.metrics:
@@ -183,7 +183,7 @@ def curves(status: pb.JobStatus) -> list[Markup]:
                 if value is not None and value == value and abs(value) < 1e12:  # finite only
                     series[m.silo].append((float(r.round), float(value)))
         if series:
-            chart = line_chart(dict(series), f"validation {metric} at each silo", "round", metric)
+            chart = line_chart(dict(series), f"validation {label} at each silo", "round", label)
             charts.append(Markup(chart))  # noqa: S704 - line_chart escapes every text it draws
     return charts
 
