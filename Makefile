@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # --dist loadscope keeps each test module, and the processes its fixtures start, on one worker.
 # (pytest 9 with pytest-xdist 3.8 ignores xdist_group marks, so --dist loadgroup would split modules.)
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -n 2 --dist loadscope -q
 
 lint: $(STAMP)

@@ -51,7 +51,11 @@ def _console(args: argparse.Namespace) -> int:
         return 1
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, args.port))
+    try:
+        sock.bind((HOST, args.port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"--port: cannot listen on {HOST}:{args.port} ({exc.strerror}); pick another port") from None
     sock.listen(128)  # listening before the URL is printed: whoever reads it can connect at once
     port = sock.getsockname()[1]
     settings = ConsoleSettings(
