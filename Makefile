@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench clean
+.PHONY: demo test lint protos bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # --dist loadscope keeps each test module, and the processes its fixtures start, on one worker.
 # (pytest 9 with pytest-xdist 3.8 ignores xdist_group marks, so --dist loadgroup would split modules.)
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -n 2 --dist loadscope -q
 
 lint: $(STAMP)
@@ -32,6 +32,11 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.crypto_throughput --params 1000000 --silos 8 --json benchmarks/results/crypto_throughput.json
+
+# The console test drives a real headless Chromium (Debian's package); install it when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from aggregator.members import Presence
 from crypto import pki
 from crypto.errors import PKIError, RevokedCertificateError, WrongRoleError
 
@@ -44,6 +45,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     SERVICE + "AbortJob": ADMIN,
     SERVICE + "GetJobStatus": READERS,
     SERVICE + "ListJobs": READERS,
+    SERVICE + "ListMembers": READERS,
     SERVICE + "ServerInfo": ANYONE,
     "/grpc.health.v1.Health/Check": ANYONE,
     "/grpc.health.v1.Health/Watch": ANYONE,
@@ -57,6 +59,7 @@ class Authenticator:
         self.ca_cert = pki.load_certificate(ca_cert_path)
         self.revocation = pki.RevocationList(crl_path, self.ca_cert)
         self._cache: dict[bytes, pki.Identity] = {}
+        self.presence = Presence()  # last authenticated call per certificate (console, metrics)
         self._lock = threading.Lock()
 
     def identity(self, context: grpc.ServicerContext) -> pki.Identity:
@@ -104,6 +107,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 need = " or ".join(sorted(allowed)) if allowed else "nobody"
                 reason = str(WrongRoleError(f"{ident.name} has role {ident.role!r}; {method} needs {need}"))
                 self._refuse(context, ident.name, method, grpc.StatusCode.PERMISSION_DENIED, reason)
+                return
+            self._auth.presence.saw(ident, method)
 
         return _wrap(handler, check)
 

@@ -30,6 +30,12 @@ class AggregatorConfig(BaseModel):
     max_workers: int = Field(32, ge=4)
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
+    metrics_listen: str | None = Field(
+        None,
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="host:port of a plain-HTTP Prometheus /metrics endpoint (off when unset); "
+        "keep it on 127.0.0.1 or a monitoring network",
+    )
 
 
 def load_aggregator_config(path: Path | str) -> AggregatorConfig:

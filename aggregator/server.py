@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from aggregator.auth import Authenticator, AuthInterceptor
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.keyring import PublicKeyring
+from aggregator.metrics import AggregatorMetrics
 from aggregator.rounds import JobEngine
 from aggregator.service import ConsortiumService
 from aggregator.store import StateStore
@@ -30,6 +31,9 @@ class AggregatorServer:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.events: EventSink = events or _audit_sink(config)
+        self.metrics = AggregatorMetrics() if config.metrics_listen else None
+        if self.metrics is not None:
+            self.events = self.metrics.observe(self.events)
         self.store = StateStore(config.state_dir / "aggregator.sqlite")
         self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
         self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
@@ -38,6 +42,8 @@ class AggregatorServer:
             self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
+        if self.metrics is not None:
+            self.metrics.watch(lambda: len(self.store.jobs("running")), self.auth.presence.last_polls)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers),
@@ -62,6 +68,7 @@ class AggregatorServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         self._stop = threading.Event()
+        self.metrics_port: int | None = None
         self._ticker = threading.Thread(target=self._tick_loop, name="deadline-ticker", daemon=True)
 
     def _on_refusal(self, caller: str, method: str, reason: str) -> None:
@@ -79,6 +86,7 @@ class AggregatorServer:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("cipherfed.v1.Consortium", health_pb2.HealthCheckResponse.SERVING)
         self._ticker.start()
+        self.metrics_port = self.metrics.serve(self.config.metrics_listen or "") if self.metrics else None
         if self.config.port_file:
             tmp = Path(str(self.config.port_file) + ".tmp")
             tmp.write_text(str(self.port))
@@ -91,6 +99,7 @@ class AggregatorServer:
             version=__version__,
             consortium=self.config.consortium,
             cert_fingerprint=certificate_fingerprint(own_cert),
+            metrics_port=self.metrics_port,
         )
         return self.port
 
@@ -98,6 +107,8 @@ class AggregatorServer:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.events.record("aggregator_stopped", "aggregator")
         self.store.close()
 
@@ -121,6 +132,8 @@ def run(config_path: Path) -> int:
     signal.signal(signal.SIGINT, stop)
     port = server.start()
     print(f"aggregator listening on port {port} (mTLS); Ctrl-C to stop", flush=True)
+    if server.metrics_port is not None:
+        print(f"Prometheus metrics on http://{server.config.metrics_listen}/metrics (plain HTTP)", flush=True)
     done.wait()
     server.stop()
     return 0

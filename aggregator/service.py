@@ -15,6 +15,7 @@ import grpc
 from aggregator.aggregate_files import read_aggregate
 from aggregator.auth import Authenticator
 from aggregator.errors import Refusal
+from aggregator.members import member_list
 from aggregator.rounds import JobEngine, UploadSession
 from aggregator.vertical_relay import AGGREGATOR, SUMMED, VerticalRelay
 from audit.events import EventSink
@@ -272,10 +273,18 @@ class ConsortiumService(pbg.ConsortiumServicer):
         return pb.Ack(message=f"job {request.job_id} aborted")
 
     def GetJobStatus(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:
-        return self._guard(context, "GetJobStatus", lambda: self.engine.status(request.job_id))
+        status = self._guard(context, "GetJobStatus", lambda: self.engine.status(request.job_id))
+        status.declines.extend(
+            pb.DeclineInfo(silo=silo, round=round_index, reasons=reasons)
+            for silo, round_index, reasons in self.engine.store.all_declines(request.job_id)
+        )
+        return status
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.JobList:
         return pb.JobList(jobs=self.engine.list_jobs())
+
+    def ListMembers(self, request: pb.ListMembersRequest, context: grpc.ServicerContext) -> pb.MemberList:
+        return member_list(self.auth.presence, self.auth.revocation, self.engine.policy)
 
     def ServerInfo(self, request: pb.ServerInfoRequest, context: grpc.ServicerContext) -> pb.ServerInfoReply:
         ident = self.auth.identity(context)

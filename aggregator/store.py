@@ -223,6 +223,13 @@ class StateStore:
         )
         return {silo: json.loads(reasons) for silo, reasons in rows}
 
+    def all_declines(self, job_id: str) -> list[tuple[str, int, list[str]]]:
+        """Every decline of a job as (silo, round, reasons), in round order (round -1: the whole job)."""
+        rows = self._exec(
+            "SELECT silo, round, reasons_json FROM declines WHERE job_id = ? ORDER BY round, silo", (job_id,)
+        )
+        return [(silo, int(round_index), json.loads(reasons)) for silo, round_index, reasons in rows]
+
     # --- key material (opaque) ---
     def put_key_material(
         self, scope: str, fingerprint: str, public_context: bytes, custodian: str, wrapped: dict[str, bytes]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from cipherfed import __version__, cmd_audit, cmd_ca, cmd_job, cmd_keys, cmd_policy, cmd_roles
+from cipherfed import __version__, cmd_audit, cmd_ca, cmd_console, cmd_job, cmd_keys, cmd_policy, cmd_roles
 from crypto.errors import CryptoError
 from protocol.tomlconfig import ConfigError
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_audit.register(sub)
     cmd_policy.register(sub)
     cmd_keys.register(sub)
+    cmd_console.register(sub)
     from cipherfed import cmd_demo
 
     cmd_demo.register(sub)

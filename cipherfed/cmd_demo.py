@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
         default=None,
         help="also train with record-level differential privacy (DP-SGD) at this epsilon, delta 1e-5",
     )
+    demo.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the aggregator's Prometheus metrics here during the demo (e.g. 127.0.0.1:9464)",
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -46,5 +52,13 @@ def _run(args: argparse.Namespace) -> int:
 
         run_vertical_demo(workdir, args.rounds, args.json)
         return 0
-    run_demo(workdir, args.silos, args.rounds, args.dataset, args.json, dp_epsilon=args.dp_epsilon)
+    run_demo(
+        workdir,
+        args.silos,
+        args.rounds,
+        args.dataset,
+        args.json,
+        dp_epsilon=args.dp_epsilon,
+        metrics_listen=args.metrics_listen,
+    )
     return 0

@@ -172,6 +172,7 @@ def run_demo(
     console: Console | None = None,
     after_provision: Callable[[LocalConsortium], None] | None = None,
     dp_epsilon: float | None = None,
+    metrics_listen: str | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     started = time.time()
@@ -193,7 +194,9 @@ def run_demo(
     if after_provision:
         after_provision(consortium)
     try:
-        stub = consortium.start_all()
+        stub = consortium.start_all(aggregator_extra=f'metrics_listen = "{metrics_listen}"' if metrics_listen else "")
+        if metrics_listen:
+            console.print(f"aggregator metrics: http://{metrics_listen}/metrics")
         common: dict[str, Any] = dict(
             rounds=data.rounds,
             model=data.model,

@@ -315,7 +315,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., status: _Optional[str] = ..., attempt: _Optional[int] = ..., contributors: _Optional[_Iterable[str]] = ..., bytes_in: _Optional[int] = ..., wall_s: _Optional[float] = ..., metrics: _Optional[_Iterable[_Union[SiloMetrics, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined", "relay_bytes")
+    __slots__ = ("job_id", "name", "status", "reason", "rounds_total", "current_round", "rounds", "spec_json", "participants", "submitted_by", "declined", "relay_bytes", "declines")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +328,7 @@ class JobStatus(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     RELAY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECLINES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     status: str
@@ -340,7 +341,18 @@ class JobStatus(_message.Message):
     submitted_by: str
     declined: _containers.RepeatedScalarFieldContainer[str]
     relay_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ..., relay_bytes: _Optional[int] = ...) -> None: ...
+    declines: _containers.RepeatedCompositeFieldContainer[DeclineInfo]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., spec_json: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., declined: _Optional[_Iterable[str]] = ..., relay_bytes: _Optional[int] = ..., declines: _Optional[_Iterable[_Union[DeclineInfo, _Mapping]]] = ...) -> None: ...
+
+class DeclineInfo(_message.Message):
+    __slots__ = ("silo", "round", "reasons")
+    SILO_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    silo: str
+    round: int
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, silo: _Optional[str] = ..., round: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()
@@ -387,3 +399,43 @@ class ServerInfoReply(_message.Message):
     caller_role: str
     key_fingerprints: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, server_time_unix_ms: _Optional[int] = ..., consortium: _Optional[str] = ..., version: _Optional[str] = ..., caller: _Optional[str] = ..., caller_role: _Optional[str] = ..., key_fingerprints: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MemberInfo(_message.Message):
+    __slots__ = ("name", "role", "fingerprint", "serial", "not_after_unix", "revoked", "last_seen_unix_ms", "last_method", "last_poll_unix_ms", "in_policy", "policy_fingerprint", "policy_role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_METHOD_FIELD_NUMBER: _ClassVar[int]
+    LAST_POLL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    IN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    fingerprint: str
+    serial: str
+    not_after_unix: int
+    revoked: bool
+    last_seen_unix_ms: int
+    last_method: str
+    last_poll_unix_ms: int
+    in_policy: bool
+    policy_fingerprint: str
+    policy_role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., fingerprint: _Optional[str] = ..., serial: _Optional[str] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., last_method: _Optional[str] = ..., last_poll_unix_ms: _Optional[int] = ..., in_policy: _Optional[bool] = ..., policy_fingerprint: _Optional[str] = ..., policy_role: _Optional[str] = ...) -> None: ...
+
+class MemberList(_message.Message):
+    __slots__ = ("members", "policy_loaded")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_LOADED_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    policy_loaded: bool
+    def __init__(self, members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., policy_loaded: _Optional[bool] = ...) -> None: ...

@@ -104,6 +104,11 @@ class ConsortiumStub:
                 request_serializer=protocol_dot_cipherfed__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=protocol_dot_cipherfed__pb2.JobList.FromString,
                 _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/cipherfed.v1.Consortium/ListMembers',
+                request_serializer=protocol_dot_cipherfed__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=protocol_dot_cipherfed__pb2.MemberList.FromString,
+                _registered_method=True)
         self.ServerInfo = channel.unary_unary(
                 '/cipherfed.v1.Consortium/ServerInfo',
                 request_serializer=protocol_dot_cipherfed__pb2.ServerInfoRequest.SerializeToString,
@@ -207,6 +212,13 @@ class ConsortiumServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMembers(self, request, context):
+        """Members the aggregator knows: from the consortium policy and from certificates it has verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ServerInfo(self, request, context):
         """--- anyone authenticated ---
         """
@@ -286,6 +298,11 @@ def add_ConsortiumServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=protocol_dot_cipherfed__pb2.ListJobsRequest.FromString,
                     response_serializer=protocol_dot_cipherfed__pb2.JobList.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=protocol_dot_cipherfed__pb2.ListMembersRequest.FromString,
+                    response_serializer=protocol_dot_cipherfed__pb2.MemberList.SerializeToString,
             ),
             'ServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerInfo,
@@ -671,6 +688,33 @@ class Consortium:
             '/cipherfed.v1.Consortium/ListJobs',
             protocol_dot_cipherfed__pb2.ListJobsRequest.SerializeToString,
             protocol_dot_cipherfed__pb2.JobList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cipherfed.v1.Consortium/ListMembers',
+            protocol_dot_cipherfed__pb2.ListMembersRequest.SerializeToString,
+            protocol_dot_cipherfed__pb2.MemberList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,94 @@
+"""Who has talked to the aggregator, and when: the members page of the console and the
+"seconds since last poll" metric read this.
+
+Only identities that passed certificate verification are remembered, so the table is bounded
+by the certificates the consortium CA issued; nothing a caller sends can add a row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from crypto.pki import Identity, RevocationList
+from policies.schema import ConsortiumPolicy
+from protocol import cipherfed_pb2 as pb
+
+SERVICE_PREFIX = "/cipherfed.v1.Consortium/"
+
+
+@dataclass
+class Seen:
+    identity: Identity
+    last_seen: float = 0.0
+    last_method: str = ""
+    last_poll: float = 0.0
+
+
+class Presence:
+    """Last authenticated call per certificate fingerprint (thread-safe; called on every RPC)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, Seen] = {}
+
+    def saw(self, identity: Identity, method: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        short = method.removeprefix(SERVICE_PREFIX)
+        with self._lock:
+            entry = self._seen.get(identity.fingerprint)
+            if entry is None:
+                entry = self._seen[identity.fingerprint] = Seen(identity)
+            entry.last_seen, entry.last_method = now, short
+            if short == "Poll":
+                entry.last_poll = now
+
+    def snapshot(self) -> list[Seen]:
+        with self._lock:
+            return [Seen(s.identity, s.last_seen, s.last_method, s.last_poll) for s in self._seen.values()]
+
+    def last_polls(self) -> dict[str, float]:
+        """Member name -> time of its latest poll (over all of its certificates)."""
+        polls: dict[str, float] = {}
+        for s in self.snapshot():
+            if s.last_poll:
+                polls[s.identity.name] = max(polls.get(s.identity.name, 0.0), s.last_poll)
+        return polls
+
+
+def member_list(presence: Presence, revocation: RevocationList, policy: ConsortiumPolicy | None) -> pb.MemberList:
+    """One row per certificate seen, plus one per policy member never seen; sorted by name."""
+    pinned = {m.name: m for m in policy.members} if policy else {}
+    revoked = revocation.serials()
+    rows: list[pb.MemberInfo] = []
+    seen_names: set[str] = set()
+    for s in presence.snapshot():
+        ident = s.identity
+        seen_names.add(ident.name)
+        member = pinned.get(ident.name)
+        rows.append(
+            pb.MemberInfo(
+                name=ident.name,
+                role=ident.role,
+                fingerprint=ident.fingerprint,
+                serial=f"{ident.serial:x}",
+                not_after_unix=int(ident.not_after.timestamp()),
+                revoked=ident.serial in revoked,
+                last_seen_unix_ms=int(s.last_seen * 1000),
+                last_method=s.last_method,
+                last_poll_unix_ms=int(s.last_poll * 1000),
+                in_policy=member is not None,
+                policy_fingerprint=member.cert_fingerprint if member else "",
+                policy_role=member.role if member else "",
+            )
+        )
+    for name, member in pinned.items():
+        if name not in seen_names:
+            rows.append(
+                pb.MemberInfo(
+                    name=name, in_policy=True, policy_fingerprint=member.cert_fingerprint, policy_role=member.role
+                )
+            )
+    rows.sort(key=lambda r: (r.name, -r.last_seen_unix_ms))
+    return pb.MemberList(members=rows, policy_loaded=policy is not None)
