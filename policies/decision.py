@@ -1,4 +1,8 @@
-"""A policy decision: allowed or not, and why — every rule that was checked, in words."""
+"""A policy decision: allowed or not, and why — every rule that was checked, in words.
+
+Fail closed: a decision that checked no rule refuses. An evaluator that forgot to add its rules, or a
+policy whose rule list came out empty, must never read as "everything allowed" (``all([])`` is True).
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ class Decision:
 
     @property
     def allowed(self) -> bool:
-        return all(r.passed for r in self.rules)
+        return bool(self.rules) and all(r.passed for r in self.rules)
 
     @property
     def reasons(self) -> list[str]:
         """Why it was refused (the failing rules); if allowed, why each rule passed."""
+        if not self.rules:
+            return [f"{self.stage}: no policy rule was evaluated, so nothing is allowed (fail closed)"]
         failing = [f"{r.rule}: {r.why}" for r in self.rules if not r.passed]
         return failing or [f"{r.rule}: {r.why}" for r in self.rules]
 
