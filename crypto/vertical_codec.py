@@ -9,7 +9,9 @@ residual tiled across the feature columns, plus a mask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tenseal as ts
@@ -68,19 +70,57 @@ class VectorCodec:
             summed.append(acc.serialize())
         return summed
 
-    def multiply_add(self, chunks: Sequence[bytes], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
-        """Encrypted vector times a plaintext vector, plus a plaintext mask (one multiplication level)."""
-        out = []
+    def load_residual(self, chunks: Sequence[bytes], length: int) -> list[Any]:
+        """The active party's tiled residual, checked before any product is computed from it.
+
+        A malicious active party holds the secret key and can craft any ciphertext: a scale other
+        than the context's would let it amplify the products beyond the value range (and shrink
+        the mask's resolution), so only fresh-looking ciphertexts of the expected shape are used.
+        """
+        expected = max(1, -(-length // self.slots))
+        if len(chunks) != expected:
+            raise CiphertextError(f"residual has {len(chunks)} chunks; {expected} expected for {length} values")
+        loaded: list[Any] = []
         for i, chunk in enumerate(chunks):
+            size = min(self.slots, length - i * self.slots)
+            if self.context is None:
+                values = np.frombuffer(chunk, dtype="<f8")
+                if len(values) != size or not np.isfinite(values).all():
+                    raise CiphertextError(f"residual chunk {i}: {len(values)} values ({size} expected) or not finite")
+                loaded.append(values)
+                continue
+            vector = self._load(chunk)
+            ciphertext = vector.ciphertext()[0]
+            if vector.size() != size or ciphertext.size() != 2:
+                raise CiphertextError(f"residual chunk {i}: {vector.size()} slots ({size} expected) or not 2 polys")
+            if not math.isclose(ciphertext.scale, self.context.global_scale, rel_tol=1e-9):
+                raise CiphertextError(
+                    f"residual chunk {i}: scale 2^{math.log2(ciphertext.scale):.1f} is not the job's "
+                    f"2^{math.log2(self.context.global_scale):.1f}"
+                )
+            loaded.append(vector)
+        return loaded
+
+    def products(self, loaded: Sequence[Any], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
+        """Loaded residual times a plaintext vector, plus a mask (one multiplication level).
+
+        Encrypted, the mask is added as a fresh public-key encryption: that re-randomizes the
+        result, whose second polynomial would otherwise be a deterministic function of the active
+        party's ciphertext and this party's plaintext (a crafted ciphertext then reads it back).
+        """
+        out = []
+        for i, v in enumerate(loaded):
             lo, hi = i * self.slots, (i + 1) * self.slots
             p, m = plain[lo:hi], mask[lo:hi]
             if self.context is None:
-                v = np.frombuffer(chunk, dtype="<f8")[: len(p)]
-                out.append((v * p + m).astype("<f8").tobytes())
+                out.append((v[: len(p)] * p + m).astype("<f8").tobytes())
             else:
-                v = self._load(chunk)
-                out.append((v * p.tolist() + m.tolist()).serialize())
+                out.append((v * p.tolist() + ts.ckks_vector(self.context, m.tolist())).serialize())
         return out
+
+    def multiply_add(self, chunks: Sequence[bytes], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
+        """Encrypted vector times a plaintext vector, plus a plaintext mask (one multiplication level)."""
+        return self.products(self.load_residual(chunks, len(plain)), plain, mask)
 
 
 def tile(residual: np.ndarray, columns: int) -> np.ndarray:
