@@ -45,12 +45,12 @@ from protocol.jobspec import JobSpec
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData
 from silo_node.vertical_guard import (
-    MASK_BOUND,
     MAX_PROBES,
     ExchangeRefused,
     check_gradient,
     check_probe,
     draw_decoys,
+    draw_masks,
 )
 
 _log = logging.getLogger(__name__)
@@ -318,13 +318,16 @@ class ActiveParty(Party):
         return test_metrics
 
     def _answer_probe(self, codec: VectorCodec, passive: str, step: int, chunks: int, slots: int) -> None:
-        """Decrypt a passive's decoy products and return one masked total per decoy (its check, not ours)."""
+        """Decrypt a passive's decoy products and return one masked total per decoy, real parts then
+        imaginary parts (the checks are the passive's; an honest residual passes them)."""
         parts = self.relay.receive(passive, "decoy", step)[1]
         probes = len(parts) // chunks
         if len(parts) % chunks or not 1 <= probes <= MAX_PROBES:
             raise VerticalError(f"{passive} sent {len(parts)} decoy chunks; a multiple of {chunks} expected")
-        totals = [codec.decrypt(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(probes)]
-        self.relay.send(passive, "decoy-m", step, [np.asarray(totals, dtype="<f8").tobytes()])
+        totals = np.asarray(
+            [codec.decrypt_products(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(probes)]
+        )
+        self.relay.send(passive, "decoy-m", step, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
 
     def _joint_test(
         self, codec: VectorCodec, x: np.ndarray, y: np.ndarray, test: np.ndarray, step: int
@@ -439,10 +442,10 @@ class PassiveParty(Party):
                 self.relay.send(AGGREGATOR, "u", step, codec.encrypt(u))
                 residual = codec.load_residual(self.relay.receive(active, "d", step)[1], x.shape[1] * len(idx))
                 self._probe(codec, residual, x.shape[1], len(idx), step, masks)
-                mask = masks.uniform(-MASK_BOUND, MASK_BOUND, x.shape[1] * len(idx))
+                mask = draw_masks(masks, x.shape[1] * len(idx), codec.encrypted)
                 self.relay.send(active, "g", step, codec.products(residual, columns_side_by_side(x[idx]), mask))
                 masked_sums = _floats(self.relay.receive(active, "m", step)[1])
-                mask_sums = mask.reshape(x.shape[1], len(idx)).sum(axis=1)
+                mask_sums = mask.real.reshape(x.shape[1], len(idx)).sum(axis=1)
                 sums = self._guarded(check_gradient, step, masked_sums, mask_sums, x[idx])
                 w -= spec.lr * (sums / len(idx) + spec.model.l2 * w)
         self.x, self.weights = x, w
@@ -461,10 +464,11 @@ class PassiveParty(Party):
     ) -> None:
         """Check the residual with secret decoys before any product of our features is computed from it."""
         decoys = draw_decoys(rng, columns, batch)
-        masks = rng.uniform(-MASK_BOUND, MASK_BOUND, decoys.shape)
+        masks = np.stack([draw_masks(rng, columns * batch, codec.encrypted) for _ in decoys])
         parts = [chunk for c, m in zip(decoys, masks, strict=True) for chunk in codec.products(residual, c, m)]
         self.relay.send(self.vertical.active, "decoy", step, parts)
-        totals = _floats(self.relay.receive(self.vertical.active, "decoy-m", step)[1])
+        reply = _floats(self.relay.receive(self.vertical.active, "decoy-m", step)[1])
+        totals = reply[: len(reply) // 2] + 1j * reply[len(reply) // 2 :] if len(reply) % 2 == 0 else reply
         self._guarded(check_probe, step, totals, masks, decoys, columns, batch)
 
     def _guarded(self, check: Callable[..., np.ndarray], step: int, *args: Any) -> np.ndarray:

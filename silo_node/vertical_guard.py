@@ -6,10 +6,11 @@ p in (0, 1), so |d_i| < 1. A party that scales d (or crafts a ciphertext) reads 
 bounded width, and can steer the passive's weights by lying about the sums. So, per batch:
 
 1. **Decoy probe, before release.** The passive multiplies the *same* residual ciphertext by
-   ``PROBES`` fresh secret Gaussian decoy matrices laid out like its features, masks and sends
-   them; the active party returns one masked total per decoy. The passive unmasks and requires
-   |sum_ij d_i c_ij| <= sum_i |sum_j c_ij| (+ tolerance), which every residual with identical tiles
-   and |d_i| <= 1 meets. Only then are the real feature products computed from that ciphertext.
+   ``PROBES`` fresh secret Gaussian decoy matrices laid out like its features, masks (real and
+   imaginary parts: CKKS slots are complex) and sends them; the active party returns one masked
+   complex total per decoy. The passive unmasks and requires |Re sum_ij d_i c_ij| <=
+   sum_i |sum_j c_ij| and Im ~ 0 (+ tolerance), which every real residual with identical tiles and
+   |d_i| <= 1 meets. Only then are the real feature products computed from that ciphertext.
 2. **Gradient bound, after release.** Each unmasked per-column sum must satisfy
    |sum_i d_i x_ij| <= sum_i |x_ij| (+ tolerance): a lie about the masked sums cannot move the
    weights further than some honest residual could.
@@ -48,6 +49,17 @@ def draw_decoys(rng: np.random.Generator, columns: int, batch: int, probes: int 
     return rng.standard_normal((probes, columns * batch))
 
 
+def draw_masks(rng: np.random.Generator, slots: int, complex_slots: bool) -> np.ndarray:
+    """Per-slot masks, uniform in [-MASK_BOUND, MASK_BOUND] in the real part and (CKKS) the imaginary part.
+
+    A CKKS slot is a complex number: an active party that puts i*t in its residual reads t*x in
+    the imaginary part of every product, so that part is masked too (a plaintext run has none).
+    """
+    real = rng.uniform(-MASK_BOUND, MASK_BOUND, slots)
+    imag = rng.uniform(-MASK_BOUND, MASK_BOUND, slots) if complex_slots else np.zeros(slots)
+    return real + 1j * imag
+
+
 def decoy_bounds(decoys: np.ndarray, columns: int, batch: int) -> np.ndarray:
     """Per decoy, the largest |sum_ij d_i c_ij| over residuals with identical tiles and |d_i| <= 1."""
     per_entity = decoys.reshape(len(decoys), columns, batch).sum(axis=1)  # sum_j c_ij, per i
@@ -61,21 +73,27 @@ def _tolerance(bounds: np.ndarray, slots: int) -> np.ndarray:
 def check_probe(
     masked_totals: np.ndarray, masks: np.ndarray, decoys: np.ndarray, columns: int, batch: int
 ) -> np.ndarray:
-    """The unmasked decoy totals, or :class:`ExchangeRefused` if any exceeds what |d| <= 1 permits."""
+    """The unmasked decoy totals, or :class:`ExchangeRefused` if any exceeds what |d| <= 1 permits.
+
+    ``masked_totals`` are complex: an honest residual is real, so the imaginary part of every total
+    must vanish (up to CKKS error) and the real part must stay within the decoy's bound.
+    """
     if masked_totals.shape != (len(decoys),) or not np.isfinite(masked_totals).all():
         raise ExchangeRefused(
-            "probe", f"decoy reply has {masked_totals.size} values, {len(decoys)} finite values expected"
+            "probe", f"decoy reply has {masked_totals.size} values, {len(decoys)} finite complex values expected"
         )
     totals = masked_totals - masks.sum(axis=1)
     bounds = decoy_bounds(decoys, columns, batch)
-    over = np.abs(totals) > bounds + _tolerance(bounds, decoys.shape[1])
+    tolerance = _tolerance(bounds, decoys.shape[1])
+    over = (np.abs(totals.real) > bounds + tolerance) | (np.abs(totals.imag) > tolerance)
     if over.any():
-        k = int(np.argmax(np.abs(totals) / bounds))
+        k = int(np.argmax(over))
         raise ExchangeRefused(
             "probe",
             f"the active party's residual failed {int(over.sum())} of {len(decoys)} decoy checks "
-            f"(|{totals[k]:.4g}| > {bounds[k]:.4g}, what residuals with |d| <= 1 allow): residuals "
-            "scaled or crafted to unmask features; no feature products were sent",
+            f"(total {totals[k].real:.4g}{totals[k].imag:+.4g}i, while residuals with |d| <= 1 allow a real "
+            f"total within ±{bounds[k]:.4g}): residuals scaled or crafted to unmask features; no feature "
+            "products were sent",
         )
     return totals
 

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import tenseal as ts
+import tenseal.sealapi as seal
 
 from audit.events import LogSink
 from cipherfed.demo_vertical import PARTIES, vertical_job_toml, write_party_data
@@ -23,7 +24,8 @@ from cipherfed.localconsortium import LocalConsortium
 from crypto.errors import CiphertextError
 from crypto.keys import generate_key_set, load_public_context
 from crypto.psi import normalize_id
-from crypto.vertical_codec import VectorCodec, segment_sums, tile
+from crypto.seal_io import save_bytes
+from crypto.vertical_codec import VectorCodec, columns_side_by_side, segment_sums, tile
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import parse_job_spec
 from silo_node.client import AggregatorClient
@@ -36,6 +38,7 @@ from silo_node.vertical_guard import (
     check_probe,
     decoy_bounds,
     draw_decoys,
+    draw_masks,
 )
 
 SCALE = 1e5  # the reproduced attack: residuals x 1e5
@@ -54,14 +57,20 @@ def codecs():
     )
 
 
-def _probe_through_ckks(active, passive, d, columns, rng):
-    """One probe as the protocol runs it: Enc(d) tiled, decoy products, masked totals, the check."""
-    batch = len(d)
-    residual = passive.load_residual(active.encrypt(tile(d, columns)), columns * batch)
+def _probe(active, passive, residual_chunks, columns, batch, rng):
+    """One probe as the protocol runs it: decoy products of the residual, masked complex totals, the check."""
+    residual = passive.load_residual(residual_chunks, columns * batch)
     decoys = draw_decoys(rng, columns, batch)
-    masks = rng.uniform(-MASK_BOUND, MASK_BOUND, decoys.shape)
-    totals = [active.decrypt(passive.products(residual, c, m))[: columns * batch].sum() for c, m in zip(decoys, masks)]
-    return check_probe(np.asarray(totals), masks, decoys, columns, batch), decoys
+    masks = np.stack([draw_masks(rng, columns * batch, True) for _ in decoys])
+    totals = [
+        active.decrypt_products(passive.products(residual, c, m))[: columns * batch].sum()
+        for c, m in zip(decoys, masks)
+    ]
+    return check_probe(np.asarray(totals), masks, decoys, columns, batch)
+
+
+def _probe_through_ckks(active, passive, d, columns, rng):
+    return _probe(active, passive, active.encrypt(tile(d, columns)), columns, len(d), rng)
 
 
 def test_an_honest_residual_at_the_worst_case_bound_passes_the_probe_through_ckks(codecs):
@@ -69,17 +78,18 @@ def test_an_honest_residual_at_the_worst_case_bound_passes_the_probe_through_ckk
     rng = np.random.default_rng(1)
     batch, columns = 32, 10
     # the largest totals an honest party can produce: |d_i| just below 1 with the sign of the decoys'
-    # per-entity sum; that needs the decoys first, so replay the same rng for the real probe
-    decoys = draw_decoys(np.random.default_rng(7), columns, batch)
+    # per-entity sum (chosen knowing the decoys, which a real active party does not)
+    decoys = draw_decoys(np.random.default_rng(7), columns, batch, probes=3)
     for k in range(len(decoys)):
         d = np.sign(decoys[k].reshape(columns, batch).sum(axis=0)) * (1 - 1e-12)
         residual = passive.load_residual(active.encrypt(tile(d, columns)), columns * batch)
-        masks = rng.uniform(-MASK_BOUND, MASK_BOUND, decoys.shape)
+        masks = np.stack([draw_masks(rng, columns * batch, True) for _ in decoys])
         totals = [
-            active.decrypt(passive.products(residual, c, m))[: columns * batch].sum() for c, m in zip(decoys, masks)
+            active.decrypt_products(passive.products(residual, c, m))[: columns * batch].sum()
+            for c, m in zip(decoys, masks)
         ]
         unmasked = check_probe(np.asarray(totals), masks, decoys, columns, batch)
-        assert abs(unmasked[k]) == pytest.approx(decoy_bounds(decoys, columns, batch)[k], rel=1e-6)
+        assert abs(unmasked[k].real) == pytest.approx(decoy_bounds(decoys, columns, batch)[k], rel=1e-6)
     for _ in range(3):  # and ordinary residuals, far inside the bound
         _probe_through_ckks(active, passive, rng.uniform(-1, 1, batch), columns, rng)
 
@@ -155,10 +165,83 @@ def test_the_products_a_passive_returns_are_rerandomized(codecs):
     active, passive = codecs
     rng = np.random.default_rng(6)
     residual = passive.load_residual(active.encrypt(rng.uniform(-1, 1, 40)), 40)
-    x, zeros = rng.normal(size=40), np.zeros(40)
+    x, zeros = rng.normal(size=40), np.zeros(40, dtype=complex)
     first, second = (passive.products(residual, x, zeros)[0] for _ in range(2))
     assert first != second  # same inputs, fresh randomness: nothing deterministic for the key holder to invert
     assert np.abs(active.decrypt([first]) - active.decrypt([second])).max() < 1e-5
+
+
+def _fields(blob: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Top-level protobuf fields (TenSEAL's vector serialization) - enough to swap its ciphertext."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = blob[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, i
+
+    out, i = [], 0
+    while i < len(blob):
+        tag, i = varint(i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, i = varint(i)
+        elif wire == 1:
+            value, i = blob[i : i + 8], i + 8
+        else:
+            assert wire == 2
+            n, i = varint(i)
+            value, i = blob[i : i + n], i + n
+        out.append((field, wire, value))
+    return out
+
+
+def _varint(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((x & 0x7F) | (0x80 if x > 0x7F else 0))
+        x >>= 7
+        if not x:
+            return bytes(out)
+
+
+def craft_complex_residual(context, values: np.ndarray) -> bytes:
+    """What a key-holding active party can send: a TenSEAL vector whose slots are complex.
+
+    TenSEAL encrypts reals only, so this encodes and encrypts with SEAL and swaps the ciphertext into
+    a TenSEAL serialization. Decrypted through TenSEAL it shows only the real parts.
+    """
+    sc = context.seal_context().data
+    plain, ciphertext = seal.Plaintext(), seal.Ciphertext()
+    seal.CKKSEncoder(sc).encode([complex(v) for v in values], context.global_scale, plain)
+    seal.Encryptor(sc, context.public_key().data).encrypt(plain, ciphertext)
+    out = bytearray()
+    for field, wire, value in _fields(ts.ckks_vector(context, [0.0] * len(values)).serialize()):
+        value = save_bytes(ciphertext) if field == 2 else value
+        out += _varint(field << 3 | wire)
+        out += _varint(value) if wire == 0 else (_varint(len(value)) + value if wire == 2 else value)
+    return bytes(out)
+
+
+def test_an_imaginary_residual_reads_nothing_and_fails_the_probe(codecs):
+    """The residual's real parts are honest; its imaginary parts are 1, so each product's imaginary part
+    is the passive's feature value. The masks cover it, and the probe refuses the residual."""
+    active, passive = codecs
+    rng = np.random.default_rng(8)
+    batch, columns = 32, 10
+    d = rng.uniform(-1, 1, batch)
+    crafted = craft_complex_residual(active.context, tile(d, columns) + 1j)
+    assert np.allclose(active.decrypt([crafted])[: batch * columns], tile(d, columns), atol=1e-5)  # looks honest
+    x = rng.normal(size=(batch, columns))
+    products = passive.multiply_add([crafted], columns_side_by_side(x), draw_masks(rng, batch * columns, True))
+    read = active.decrypt_products(products)[: batch * columns].imag.reshape(columns, batch).T
+    assert np.sqrt(np.mean((read - x) ** 2)) > 1000  # the imaginary masks drown it (unmasked: error 5e-7)
+    with pytest.raises(ExchangeRefused, match="decoy checks"):
+        _probe(active, passive, [crafted], columns, batch, rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,8 +306,11 @@ class Attacker:
         u = self.codec.decrypt(self.relay.receive(AGGREGATOR, "U", 1)[1])[: len(self.idx)]
         return 1 / (1 + np.exp(-u)) - self.y[self.idx]  # weights start at zero
 
-    def send_residual(self, d: np.ndarray) -> int:
-        sent = self.codec.encrypt(tile(d, self.columns))
+    def send_residual(self, d: np.ndarray, imaginary: float = 0.0) -> int:
+        if imaginary:
+            sent = [craft_complex_residual(self.codec.context, tile(d, self.columns) + 1j * imaginary)]
+        else:
+            sent = self.codec.encrypt(tile(d, self.columns))
         self.relay.send("lab", "d", 1, sent)
         return len(sent)
 
@@ -242,13 +328,18 @@ class Attacker:
     def answer_probe(self, parts: list[bytes], chunks: int) -> list[np.ndarray]:
         """Decrypt the decoy products and return the masked totals, as an honest party would."""
         n = self.columns * len(self.idx)
-        probes = [self.codec.decrypt(parts[k : k + chunks])[:n] for k in range(0, len(parts), chunks)]
-        self.relay.send("lab", "decoy-m", 1, [np.asarray([p.sum() for p in probes], dtype="<f8").tobytes()])
+        probes = [self.codec.decrypt_products(parts[k : k + chunks])[:n] for k in range(0, len(parts), chunks)]
+        totals = np.asarray([p.sum() for p in probes])
+        self.relay.send("lab", "decoy-m", 1, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
         return probes
 
-    def recover(self, decrypted: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """Read features out of masked per-slot products d_i x_ij + r_ij: divide by the known d_i."""
-        return (decrypted[: self.columns * len(self.idx)].reshape(self.columns, len(self.idx)) / d).T
+    def recover(self, decrypted: np.ndarray, d: np.ndarray, attack: str) -> np.ndarray:
+        """Read features out of masked per-slot products: (d_i + i) x_ij + r_ij has x_ij as its
+        imaginary part; s d_i x_ij + r_ij gives x_ij after dividing by the known s d_i."""
+        n, b = self.columns * len(self.idx), len(self.idx)
+        if attack == "imaginary":
+            return decrypted[:n].imag.reshape(self.columns, b).T
+        return (decrypted[:n].real.reshape(self.columns, b) / d).T
 
     def status(self, timeout: float = 60) -> pb.JobStatus:
         deadline = time.time() + timeout
@@ -272,21 +363,26 @@ def _lab_audit(c, job_id):
 
 
 @pytest.mark.slow
-def test_a_scaling_active_party_is_refused_before_any_feature_product_and_learns_nothing(world):
+@pytest.mark.parametrize("attack", ["scale", "imaginary"])
+def test_an_unmasking_active_party_is_refused_before_any_feature_product_and_learns_nothing(world, attack):
+    """scale: residuals x 1e5 (the reproduced attack); imaginary: honest real parts, imaginary parts 1."""
     c, data = world
-    attacker = Attacker(c, data, "scale")
+    attacker = Attacker(c, data, attack)
     try:
-        d = SCALE * attacker.residual()
-        chunks = attacker.send_residual(d)
+        d = attacker.residual()
+        if attack == "scale":
+            d = SCALE * d
+        chunks = attacker.send_residual(d, imaginary=1.0 if attack == "imaginary" else 0.0)
         kind, parts = attacker.receive_first(("decoy", "g"), timeout=60)
         if kind == "g":  # an undefended passive: the feature products come straight back
-            error = np.abs(attacker.recover(attacker.codec.decrypt(parts), d) - attacker.truth).max()
+            read = attacker.recover(attacker.codec.decrypt_products(parts), d, attack)
+            error = np.abs(read - attacker.truth).max()
             pytest.fail(
-                f"the lab sent feature products for a residual scaled x{SCALE:g}; recovered max error {error:.3f}"
+                f"the lab sent feature products for a {attack} residual; features read with max error {error:.2g}"
             )
         assert kind == "decoy", "the lab sent nothing after the residual"
         probes = attacker.answer_probe(parts, chunks)
-        late, _ = attacker.receive_first(("g",), timeout=10)
+        late, _ = attacker.receive_first(("g",), timeout=5)
         status = attacker.status()
     finally:
         attacker.end()
@@ -295,7 +391,7 @@ def test_a_scaling_active_party_is_refused_before_any_feature_product_and_learns
     # the best the attacker can do with what it holds (decoy products) is no better than guessing
     guess = np.sqrt(np.mean(attacker.truth**2))  # predicting the mean of standardised features
     for decrypted in probes:
-        error = np.sqrt(np.mean((attacker.recover(decrypted, d) - attacker.truth) ** 2))
+        error = np.sqrt(np.mean((attacker.recover(decrypted, d, attack) - attacker.truth) ** 2))
         assert error >= 0.95 * guess, (error, guess)
     records = _lab_audit(c, attacker.job_id)
     refused = [r for r in records if r["event"] == "vertical_exchange_refused"]
