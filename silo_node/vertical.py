@@ -72,9 +72,8 @@ MESSAGE_FORMS = {
     "p": "partial scores",
     "d": "residuals",
     "g": "masked gradient products",
-    "m": "masked per-column sums",
+    "m": "masked per-column sums",  # per batch: first the decoy totals, then the gradient's sums
     "decoy": "masked decoy products (probe of the residual)",
-    "decoy-m": "masked decoy totals",
 }
 ENCRYPTED_KINDS = {"u", "p", "d", "g", "decoy"}
 
@@ -327,7 +326,9 @@ class ActiveParty(Party):
         totals = np.asarray(
             [codec.decrypt_products(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(probes)]
         )
-        self.relay.send(passive, "decoy-m", step, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
+        # kind "m", seq step: the passive takes this reply before it sends "g", so the gradient's sums
+        # under the same (kind, seq) never meet it in the relay
+        self.relay.send(passive, "m", step, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
 
     def _joint_test(
         self, codec: VectorCodec, x: np.ndarray, y: np.ndarray, test: np.ndarray, step: int
@@ -467,7 +468,7 @@ class PassiveParty(Party):
         masks = np.stack([draw_masks(rng, columns * batch, codec.encrypted) for _ in decoys])
         parts = [chunk for c, m in zip(decoys, masks, strict=True) for chunk in codec.products(residual, c, m)]
         self.relay.send(self.vertical.active, "decoy", step, parts)
-        reply = _floats(self.relay.receive(self.vertical.active, "decoy-m", step)[1])
+        reply = _floats(self.relay.receive(self.vertical.active, "m", step)[1])  # taken before "g" is sent
         totals = reply[: len(reply) // 2] + 1j * reply[len(reply) // 2 :] if len(reply) % 2 == 0 else reply
         self._guarded(check_probe, step, totals, masks, decoys, columns, batch)
 

@@ -330,7 +330,7 @@ class Attacker:
         n = self.columns * len(self.idx)
         probes = [self.codec.decrypt_products(parts[k : k + chunks])[:n] for k in range(0, len(parts), chunks)]
         totals = np.asarray([p.sum() for p in probes])
-        self.relay.send("lab", "decoy-m", 1, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
+        self.relay.send("lab", "m", 1, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
         return probes
 
     def recover(self, decrypted: np.ndarray, d: np.ndarray, attack: str) -> np.ndarray:
