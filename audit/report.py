@@ -190,7 +190,7 @@ def _egress(by_event: dict[str, list[dict[str, Any]]]) -> str:
             r["details"].get("messages", 0),
             f"{int(r['details'].get('bytes', 0)):,}",
             _yes_no(bool(r["details"].get("encrypted")))
-            if r["details"].get("kind") in ("u", "p", "d", "g")
+            if r["details"].get("kind") in ("u", "p", "d", "g", "decoy")
             else Markup('<span class="muted">n/a</span>'),
         ]
         for r in sorted(by_event.get("data_sent", []), key=lambda r: (r["party"], r["job"] or ""))

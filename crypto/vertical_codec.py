@@ -9,14 +9,19 @@ residual tiled across the feature columns, plus a mask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as seal
 
 from crypto.errors import CiphertextError
+from crypto.seal_io import load_ciphertext, save_bytes
 
 PLAIN_SLOTS = 4096
+SEAL_MAGIC = b"\x5e\xa1"  # a raw SEAL serialization (little-endian 0xA15E); TenSEAL's starts with a protobuf tag
 
 
 class VectorCodec:
@@ -50,9 +55,12 @@ class VectorCodec:
             raise CiphertextError(f"not a ciphertext under this job's key: {exc}") from None
 
     def decrypt(self, chunks: Sequence[bytes]) -> np.ndarray:
+        """Real values of TenSEAL vectors, or of raw SEAL ciphertexts from :meth:`products`."""
         if self.context is None:
             return np.concatenate([np.frombuffer(c, dtype="<f8") for c in chunks])
-        return np.concatenate([np.asarray(self._load(c).decrypt()) for c in chunks])
+        return np.concatenate(
+            [self._decode(c).real if c[:2] == SEAL_MAGIC else np.asarray(self._load(c).decrypt()) for c in chunks]
+        )
 
     def add(self, parts: Sequence[Sequence[bytes]]) -> list[bytes]:
         """Sum several encrypted vectors chunk by chunk (the aggregator's job)."""
@@ -68,19 +76,88 @@ class VectorCodec:
             summed.append(acc.serialize())
         return summed
 
-    def multiply_add(self, chunks: Sequence[bytes], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
-        """Encrypted vector times a plaintext vector, plus a plaintext mask (one multiplication level)."""
-        out = []
+    def load_residual(self, chunks: Sequence[bytes], length: int) -> list[Any]:
+        """The active party's tiled residual, checked before any product is computed from it.
+
+        A malicious active party holds the secret key and can craft any ciphertext: a scale other
+        than the context's would let it amplify the products beyond the value range (and shrink
+        the mask's resolution), so only fresh-looking ciphertexts of the expected shape are used.
+        """
+        expected = max(1, -(-length // self.slots))
+        if len(chunks) != expected:
+            raise CiphertextError(f"residual has {len(chunks)} chunks; {expected} expected for {length} values")
+        loaded: list[Any] = []
         for i, chunk in enumerate(chunks):
+            size = min(self.slots, length - i * self.slots)
+            if self.context is None:
+                values = np.frombuffer(chunk, dtype="<f8")
+                if len(values) != size or not np.isfinite(values).all():
+                    raise CiphertextError(f"residual chunk {i}: {len(values)} values ({size} expected) or not finite")
+                loaded.append(values)
+                continue
+            vector = self._load(chunk)
+            ciphertext = vector.ciphertext()[0]
+            if vector.size() != size or ciphertext.size() != 2:
+                raise CiphertextError(f"residual chunk {i}: {vector.size()} slots ({size} expected) or not 2 polys")
+            if not math.isclose(ciphertext.scale, self.context.global_scale, rel_tol=1e-9):
+                raise CiphertextError(
+                    f"residual chunk {i}: scale 2^{math.log2(ciphertext.scale):.1f} is not the job's "
+                    f"2^{math.log2(self.context.global_scale):.1f}"
+                )
+            loaded.append(vector)
+        return loaded
+
+    def products(self, loaded: Sequence[Any], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
+        """Loaded residual times a real plaintext vector, plus a complex mask (one multiplication level).
+
+        CKKS slots are complex: a crafted residual with an imaginary part i*t turns each product's
+        imaginary part into t*x, so the mask must cover both parts (``mask`` is complex; its imaginary
+        part is ignored in a plaintext run, which has no imaginary channel). The mask is added as a
+        fresh public-key encryption, which also re-randomizes the result: its second polynomial would
+        otherwise be a deterministic function of the active party's ciphertext and this party's
+        plaintext, which a crafted ciphertext reads back. Encrypted results are raw SEAL ciphertexts
+        (TenSEAL's vectors have no complex values); :meth:`decrypt_products` reads them.
+        """
+        out = []
+        for i, v in enumerate(loaded):
             lo, hi = i * self.slots, (i + 1) * self.slots
             p, m = plain[lo:hi], mask[lo:hi]
             if self.context is None:
-                v = np.frombuffer(chunk, dtype="<f8")[: len(p)]
-                out.append((v * p + m).astype("<f8").tobytes())
+                out.append((v[: len(p)] * p + m.real).astype("<f8").tobytes())
             else:
-                v = self._load(chunk)
-                out.append((v * p.tolist() + m.tolist()).serialize())
+                out.append(self._product(v.ciphertext()[0], p, m))
         return out
+
+    def _product(self, ciphertext: Any, plain: np.ndarray, mask: np.ndarray) -> bytes:
+        assert self.context is not None
+        sc = self.context.seal_context().data
+        encoder, evaluator = seal.CKKSEncoder(sc), seal.Evaluator(sc)
+        encoded = seal.Plaintext()
+        encoder.encode(plain.tolist(), ciphertext.parms_id(), self.context.global_scale, encoded)
+        evaluator.multiply_plain_inplace(ciphertext, encoded)
+        evaluator.rescale_to_next_inplace(ciphertext)
+        masked, noise = seal.Plaintext(), seal.Ciphertext()
+        encoder.encode(mask.tolist(), ciphertext.parms_id(), ciphertext.scale, masked)
+        seal.Encryptor(sc, self.context.public_key().data).encrypt(masked, noise)
+        evaluator.add_inplace(ciphertext, noise)
+        return save_bytes(ciphertext)
+
+    def decrypt_products(self, chunks: Sequence[bytes]) -> np.ndarray:
+        """The active party's view of :meth:`products`: complex slot values (real in a plaintext run)."""
+        if self.context is None:
+            return self.decrypt(chunks).astype(np.complex128)
+        return np.concatenate([self._decode(c) for c in chunks])
+
+    def _decode(self, chunk: bytes) -> np.ndarray:
+        assert self.context is not None
+        sc = self.context.seal_context().data
+        plain = seal.Plaintext()
+        seal.Decryptor(sc, self.context.secret_key().data).decrypt(load_ciphertext(sc, chunk), plain)
+        return np.asarray(seal.CKKSEncoder(sc).decode_complex(plain))
+
+    def multiply_add(self, chunks: Sequence[bytes], plain: np.ndarray, mask: np.ndarray) -> list[bytes]:
+        """Encrypted vector times a plaintext vector, plus a (real or complex) mask; see :meth:`products`."""
+        return self.products(self.load_residual(chunks, len(plain)), plain, np.asarray(mask, dtype=np.complex128))
 
 
 def tile(residual: np.ndarray, columns: int) -> np.ndarray:

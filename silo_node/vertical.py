@@ -7,10 +7,13 @@ the same entities. Every message goes through the aggregator's relay. Per mini-b
 2. the active party decrypts the sum U, computes z = X_A w_A + b + U, the exact sigmoid and the
    residual d = p - y, updates its own weights, and sends each passive Enc(d) tiled across that
    passive's feature columns;
-3. the passive multiplies it by its columns laid side by side (one plaintext multiplication, no
-   rotations), adds a fresh random mask per slot, and sends the result to the active party;
+3. the passive first probes that ciphertext: it multiplies it by secret random decoy columns,
+   masks, and checks the masked totals the active party returns against what residuals with
+   |d| <= 1 allow (``vertical_guard``); only then does it multiply the same ciphertext by its
+   columns laid side by side (one plaintext multiplication, no rotations), add a fresh random
+   mask per slot (as a fresh encryption), and send the result to the active party;
 4. the active party decrypts, sums each column's segment and returns the masked sums; the passive
-   removes its masks and updates its weights.
+   removes its masks, refuses sums beyond what |d| <= 1 allows, and updates its weights.
 
 Each party standardises its own columns with its own statistics; nobody learns another's. The
 aligned entities are split into training and test positions by the job seed, so all parties agree
@@ -41,12 +44,19 @@ from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData
+from silo_node.vertical_guard import (
+    MAX_PROBES,
+    ExchangeRefused,
+    check_gradient,
+    check_probe,
+    draw_decoys,
+    draw_masks,
+)
 
 _log = logging.getLogger(__name__)
 
 AGGREGATOR = "aggregator"
 MAX_PART = 1 << 20  # relay messages stay far below gRPC's 4 MiB default
-MASK_BOUND = 2.0**12  # masks in [-4096, 4096]: far above |d * x|, far below CKKS's 2^19 range
 TEST_FRACTION = 0.2
 
 
@@ -62,9 +72,10 @@ MESSAGE_FORMS = {
     "p": "partial scores",
     "d": "residuals",
     "g": "masked gradient products",
-    "m": "masked per-column sums",
+    "m": "masked per-column sums",  # per batch: first the decoy totals, then the gradient's sums
+    "decoy": "masked decoy products (probe of the residual)",
 }
-ENCRYPTED_KINDS = {"u", "p", "d", "g"}
+ENCRYPTED_KINDS = {"u", "p", "d", "g", "decoy"}
 
 
 def record_data_sent(events: EventSink, party: str, job_id: str, relay: Relay, encrypted: bool) -> None:
@@ -285,8 +296,12 @@ class ActiveParty(Party):
                 d = p - y[idx]
                 w -= spec.lr * (x[idx].T @ d / len(idx) + spec.model.l2 * w)
                 b -= spec.lr * float(d.mean())
+                chunks = {}
                 for passive, columns in self.passive_columns.items():
-                    self.relay.send(passive, "d", step, codec.encrypt(tile(d, columns)))
+                    chunks[passive] = len(sent := codec.encrypt(tile(d, columns)))
+                    self.relay.send(passive, "d", step, sent)
+                for passive, columns in self.passive_columns.items():
+                    self._answer_probe(codec, passive, step, chunks[passive], columns * len(idx))
                 for passive, columns in self.passive_columns.items():
                     masked = codec.decrypt(self.relay.receive(passive, "g", step)[1])
                     sums = segment_sums(masked, columns, len(idx))
@@ -300,6 +315,20 @@ class ActiveParty(Party):
         test_metrics = self._joint_test(codec, x, y, test, step)
         self._save(codec)
         return test_metrics
+
+    def _answer_probe(self, codec: VectorCodec, passive: str, step: int, chunks: int, slots: int) -> None:
+        """Decrypt a passive's decoy products and return one masked total per decoy, real parts then
+        imaginary parts (the checks are the passive's; an honest residual passes them)."""
+        parts = self.relay.receive(passive, "decoy", step)[1]
+        probes = len(parts) // chunks
+        if len(parts) % chunks or not 1 <= probes <= MAX_PROBES:
+            raise VerticalError(f"{passive} sent {len(parts)} decoy chunks; a multiple of {chunks} expected")
+        totals = np.asarray(
+            [codec.decrypt_products(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(probes)]
+        )
+        # kind "m", seq step: the passive takes this reply before it sends "g", so the gradient's sums
+        # under the same (kind, seq) never meet it in the relay
+        self.relay.send(passive, "m", step, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
 
     def _joint_test(
         self, codec: VectorCodec, x: np.ndarray, y: np.ndarray, test: np.ndarray, step: int
@@ -412,12 +441,14 @@ class PassiveParty(Party):
                 if self.vertical.passive_noise_std > 0:
                     u = u + noise.normal(0, self.vertical.passive_noise_std, len(u))
                 self.relay.send(AGGREGATOR, "u", step, codec.encrypt(u))
-                residual = self.relay.receive(active, "d", step)[1]
-                mask = masks.uniform(-MASK_BOUND, MASK_BOUND, x.shape[1] * len(idx))
-                self.relay.send(active, "g", step, codec.multiply_add(residual, columns_side_by_side(x[idx]), mask))
-                masked_sums = np.frombuffer(self.relay.receive(active, "m", step)[1][0], dtype="<f8")
-                gradient = (masked_sums - mask.reshape(x.shape[1], len(idx)).sum(axis=1)) / len(idx)
-                w -= spec.lr * (gradient + spec.model.l2 * w)
+                residual = codec.load_residual(self.relay.receive(active, "d", step)[1], x.shape[1] * len(idx))
+                self._probe(codec, residual, x.shape[1], len(idx), step, masks)
+                mask = draw_masks(masks, x.shape[1] * len(idx), codec.encrypted)
+                self.relay.send(active, "g", step, codec.products(residual, columns_side_by_side(x[idx]), mask))
+                masked_sums = _floats(self.relay.receive(active, "m", step)[1])
+                mask_sums = mask.real.reshape(x.shape[1], len(idx)).sum(axis=1)
+                sums = self._guarded(check_gradient, step, masked_sums, mask_sums, x[idx])
+                w -= spec.lr * (sums / len(idx) + spec.model.l2 * w)
         self.x, self.weights = x, w
         np.savez(self.directory / "vertical_model.npz", weights=w, mean=mean, std=std, rows=rows)
         self.events.record(
@@ -428,6 +459,34 @@ class PassiveParty(Party):
             parameters=len(w),
             holds="own weights only",
         )
+
+    def _probe(
+        self, codec: VectorCodec, residual: list[Any], columns: int, batch: int, step: int, rng: np.random.Generator
+    ) -> None:
+        """Check the residual with secret decoys before any product of our features is computed from it."""
+        decoys = draw_decoys(rng, columns, batch)
+        masks = np.stack([draw_masks(rng, columns * batch, codec.encrypted) for _ in decoys])
+        parts = [chunk for c, m in zip(decoys, masks, strict=True) for chunk in codec.products(residual, c, m)]
+        self.relay.send(self.vertical.active, "decoy", step, parts)
+        reply = _floats(self.relay.receive(self.vertical.active, "m", step)[1])  # taken before "g" is sent
+        totals = reply[: len(reply) // 2] + 1j * reply[len(reply) // 2 :] if len(reply) % 2 == 0 else reply
+        self._guarded(check_probe, step, totals, masks, decoys, columns, batch)
+
+    def _guarded(self, check: Callable[..., np.ndarray], step: int, *args: Any) -> np.ndarray:
+        """Run a check; a refusal is audited here and ends this party's part in the job."""
+        try:
+            return check(*args)
+        except ExchangeRefused as exc:
+            self.events.record(
+                "vertical_exchange_refused",
+                self.name,
+                job=self.job_id,
+                check=exc.check,
+                step=step,
+                sender=self.vertical.active,
+                reason=str(exc),
+            )
+            raise VerticalError(f"refused the active party's {exc.check} at batch {step}: {exc}") from None
 
     def serve_predictions(self, codec: VectorCodec, once: bool = False) -> None:
         """Partial scores for prediction requests, until the node stops (or the job failed)."""
@@ -442,6 +501,14 @@ class PassiveParty(Party):
             self.events.record("partial_scores_sent", self.name, job=self.job_id, entities=len(positions))
             if once:
                 return
+
+
+def _floats(payloads: list[bytes]) -> np.ndarray:
+    """A plaintext reply of float64 values (its length and finiteness are the caller's checks)."""
+    blob = b"".join(payloads)
+    if len(blob) % 8:
+        raise VerticalError(f"a reply of {len(blob)} bytes is not a whole number of float64 values")
+    return np.frombuffer(blob, dtype="<f8")
 
 
 def _points(blob: bytes) -> list[bytes]:

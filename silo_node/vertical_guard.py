@@ -1,0 +1,118 @@
+"""What a passive party checks before and after it releases products of its features (vertical jobs).
+
+The active party holds the secret key, chooses the encrypted residual d, decrypts every masked
+per-slot product d_i * x_ij + r_ij and returns the masked sums. Honest residuals are p - y with
+p in (0, 1), so |d_i| < 1. A party that scales d (or crafts a ciphertext) reads x through a mask of
+bounded width, and can steer the passive's weights by lying about the sums. So, per batch:
+
+1. **Decoy probe, before release.** The passive multiplies the *same* residual ciphertext by
+   ``PROBES`` fresh secret Gaussian decoy matrices laid out like its features, masks (real and
+   imaginary parts: CKKS slots are complex) and sends them; the active party returns one masked
+   complex total per decoy. The passive unmasks and requires |Re sum_ij d_i c_ij| <=
+   sum_i |sum_j c_ij| and Im ~ 0 (+ tolerance), which every real residual with identical tiles and
+   |d_i| <= 1 meets. Only then are the real feature products computed from that ciphertext.
+2. **Gradient bound, after release.** Each unmasked per-column sum must satisfy
+   |sum_i d_i x_ij| <= sum_i |x_ij| (+ tolerance): a lie about the masked sums cannot move the
+   weights further than some honest residual could.
+
+Any failure ends this party's part in the job with the reason (see docs/security.md, "Vertical
+jobs", for the probability bound). Pure numpy, no I/O: the relay and the audit stay in vertical.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROBES = 8  # decoys per batch; each passes a scaled residual with probability <= 0.8*B/s + B/R
+MAX_PROBES = 64  # what an active party answers at most per batch (a passive's choice, bounded)
+MASK_BOUND = 2.0**17  # per-slot masks uniform in [-2^17, 2^17]: 4x below the 2^19 CKKS value range
+# CKKS error: <= 3.5e-7 per slot at every mask size up to 2^18 (measured), so a sum of n slots is
+# off by at most ~n * 3.5e-7; the tolerance is about three times that, plus rounding of doubles.
+SLOT_TOLERANCE = 1e-6
+ABS_TOLERANCE = 1e-3
+
+
+class ExchangeRefused(Exception):
+    """The active party's residual or reply failed a check; no further products may be sent."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(reason)
+        self.check = check
+
+
+def draw_decoys(rng: np.random.Generator, columns: int, batch: int, probes: int = PROBES) -> np.ndarray:
+    """Fresh secret decoy matrices, laid out like ``columns_side_by_side``: shape (probes, columns*batch).
+
+    Gaussian, not signs: against a huge scale s the active party reads s*c to within the mask
+    width either way, but a discrete c would then be known exactly (and the probe passed).
+    """
+    return rng.standard_normal((probes, columns * batch))
+
+
+def draw_masks(rng: np.random.Generator, slots: int, complex_slots: bool) -> np.ndarray:
+    """Per-slot masks, uniform in [-MASK_BOUND, MASK_BOUND] in the real part and (CKKS) the imaginary part.
+
+    A CKKS slot is a complex number: an active party that puts i*t in its residual reads t*x in
+    the imaginary part of every product, so that part is masked too (a plaintext run has none).
+    """
+    real = rng.uniform(-MASK_BOUND, MASK_BOUND, slots)
+    imag = rng.uniform(-MASK_BOUND, MASK_BOUND, slots) if complex_slots else np.zeros(slots)
+    return real + 1j * imag
+
+
+def decoy_bounds(decoys: np.ndarray, columns: int, batch: int) -> np.ndarray:
+    """Per decoy, the largest |sum_ij d_i c_ij| over residuals with identical tiles and |d_i| <= 1."""
+    per_entity = decoys.reshape(len(decoys), columns, batch).sum(axis=1)  # sum_j c_ij, per i
+    return np.abs(per_entity).sum(axis=1)
+
+
+def _tolerance(bounds: np.ndarray, slots: int) -> np.ndarray:
+    return ABS_TOLERANCE + SLOT_TOLERANCE * (slots + np.abs(bounds))
+
+
+def check_probe(
+    masked_totals: np.ndarray, masks: np.ndarray, decoys: np.ndarray, columns: int, batch: int
+) -> np.ndarray:
+    """The unmasked decoy totals, or :class:`ExchangeRefused` if any exceeds what |d| <= 1 permits.
+
+    ``masked_totals`` are complex: an honest residual is real, so the imaginary part of every total
+    must vanish (up to CKKS error) and the real part must stay within the decoy's bound.
+    """
+    if masked_totals.shape != (len(decoys),) or not np.isfinite(masked_totals).all():
+        raise ExchangeRefused(
+            "probe", f"decoy reply has {masked_totals.size} values, {len(decoys)} finite complex values expected"
+        )
+    totals = masked_totals - masks.sum(axis=1)
+    bounds = decoy_bounds(decoys, columns, batch)
+    tolerance = _tolerance(bounds, decoys.shape[1])
+    over = (np.abs(totals.real) > bounds + tolerance) | (np.abs(totals.imag) > tolerance)
+    if over.any():
+        k = int(np.argmax(over))
+        raise ExchangeRefused(
+            "probe",
+            f"the active party's residual failed {int(over.sum())} of {len(decoys)} decoy checks "
+            f"(total {totals[k].real:.4g}{totals[k].imag:+.4g}i, while residuals with |d| <= 1 allow a real "
+            f"total within ±{bounds[k]:.4g}): residuals scaled or crafted to unmask features; no feature "
+            "products were sent",
+        )
+    return totals
+
+
+def check_gradient(masked_sums: np.ndarray, mask_sums: np.ndarray, x_batch: np.ndarray) -> np.ndarray:
+    """The unmasked per-column sums sum_i d_i x_ij, or :class:`ExchangeRefused` beyond sum_i |x_ij|."""
+    columns = x_batch.shape[1]
+    if masked_sums.shape != (columns,) or not np.isfinite(masked_sums).all():
+        raise ExchangeRefused(
+            "gradient", f"masked sums reply has {masked_sums.size} values, {columns} finite values expected"
+        )
+    sums = masked_sums - mask_sums
+    bounds = np.abs(x_batch).sum(axis=0)
+    over = np.abs(sums) > bounds + _tolerance(bounds, len(x_batch))
+    if over.any():
+        j = int(np.argmax(np.abs(sums) - bounds))
+        raise ExchangeRefused(
+            "gradient",
+            f"the active party's masked sums imply a gradient beyond any residual with |d| <= 1 "
+            f"(column {j}: |{sums[j]:.4g}| > {bounds[j]:.4g}); the update was not applied",
+        )
+    return sums
