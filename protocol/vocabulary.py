@@ -35,7 +35,7 @@ class RoundStatus(StrEnum):
 
 
 class RelayKind(StrEnum):
-    """What a relayed message of a vertical job carries (one letter on the wire, stored as is)."""
+    """What a relayed message of a vertical job carries (a short tag on the wire, stored as is)."""
 
     PARTIAL_SCORES = "u"  # passive -> aggregator: Enc(X_k w_k) for a training step
     PREDICTION_SCORES = "p"  # passive -> aggregator: Enc(X_k w_k) for a prediction request
@@ -43,7 +43,8 @@ class RelayKind(StrEnum):
     SUMMED_PREDICTIONS = "P"  # aggregator -> active: the sum of the passives' prediction scores
     RESIDUALS = "d"  # active -> passive: Enc(residuals), tiled across the slots
     MASKED_PRODUCTS = "g"  # passive -> active: Enc(residual x feature + mask)
-    MASKED_SUMS = "m"  # active -> passive: decrypted masked per-column sums
+    DECOY_PRODUCTS = "decoy"  # passive -> active: Enc(residual x secret decoy + mask), the probe of the residual
+    MASKED_SUMS = "m"  # active -> passive: decrypted masked decoy totals, then masked per-column sums
 
 
 # Partial scores are addressed to the aggregator, which forwards their sum under the summed kind.
@@ -53,7 +54,13 @@ SUMMED_KIND = {
 }
 # The kinds whose payloads are CKKS ciphertexts (under the active party's key) when the job encrypts.
 ENCRYPTED_RELAY_KINDS = frozenset(
-    {RelayKind.PARTIAL_SCORES, RelayKind.PREDICTION_SCORES, RelayKind.RESIDUALS, RelayKind.MASKED_PRODUCTS}
+    {
+        RelayKind.PARTIAL_SCORES,
+        RelayKind.PREDICTION_SCORES,
+        RelayKind.RESIDUALS,
+        RelayKind.MASKED_PRODUCTS,
+        RelayKind.DECOY_PRODUCTS,
+    }
 )
 # The recipient name that addresses the aggregator itself in a relay message.
 AGGREGATOR_RECIPIENT = "aggregator"

@@ -38,8 +38,8 @@ def test_statuses_are_the_plain_strings_on_the_wire():
     assert not JobStatus.RUNNING.terminal and JobStatus.ABORTED.terminal
 
 
-def test_relay_kinds_are_one_letter_and_summed_kinds_map_to_their_sums():
-    assert all(len(k.value) == 1 for k in RelayKind)
+def test_relay_kinds_are_short_distinct_tags_and_summed_kinds_map_to_their_sums():
+    assert all(0 < len(k.value) <= 8 for k in RelayKind)
     assert len({k.value for k in RelayKind}) == len(RelayKind)
     assert SUMMED_KIND[RelayKind.PARTIAL_SCORES] == "U" and SUMMED_KIND[RelayKind.PREDICTION_SCORES] == "P"
     assert RelayKind.MASKED_SUMS not in ENCRYPTED_RELAY_KINDS
