@@ -20,7 +20,10 @@ class PublicKeyring:
             self.add(data)
 
     def add(self, public_export: bytes) -> PublicContext:
-        context = load_public_context(public_export)
+        return self.put(load_public_context(public_export))
+
+    def put(self, context: PublicContext) -> PublicContext:
+        """Register an already-loaded (and checked) public context."""
         with self._lock:
             self._contexts[context.fingerprint] = context
         return context
