@@ -479,3 +479,211 @@ def test_endorsement_decoding_is_bounded_and_strict() -> None:
                 }
             ).encode()
         )
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _audit(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mint_into_aggregator_db(c, victim: str) -> dict[str, tuple[str, str]]:
+    """Play the malicious aggregator operator: write minted key material straight into the SQLite
+    state (no RPC, so none of the aggregator's own checks apply). Returns scope -> (fingerprint, attack)."""
+    from aggregator.store import StateStore
+    from crypto.keys import load_public_context
+
+    victim_cert = pki.load_certificate(c.nodes[victim].cert)
+    custodian = c.silos[0]
+    custodian_key = pki.load_private_key(c.nodes[custodian].key)
+    custodian_cert = pki.load_certificate(c.nodes[custodian].cert)
+    custodian_pem = custodian_cert.public_bytes(serialization.Encoding.PEM)
+    agg_cert = pki.load_certificate(c.agg_dir / "aggregator.crt")
+    agg_key = pki.load_private_key(c.agg_dir / "aggregator.key")
+    store = StateStore(c.agg_dir / "state" / "aggregator.sqlite")
+    attacks: dict[str, tuple[str, str]] = {}
+
+    def mint(scope: str):
+        keys = generate_key_set("sum")
+        blob = wrap_key(keys.export_secret(), victim_cert, consortium=c.consortium, job=scope, recipient=victim)
+        return keys, blob
+
+    keys, blob = mint("evil-none")  # 1. no endorsement at all
+    store.put_key_material("evil-none", keys.fingerprint, keys.export_public(), custodian, {victim: blob})
+    attacks["evil-none"] = (keys.fingerprint, "no custodian endorsement")
+
+    keys, blob = mint("evil-aggsig")  # 2. endorsed by the aggregator's own certificate
+    signed = endorse(
+        agg_key, agg_cert, consortium=c.consortium, scope="evil-aggsig", fingerprint=keys.fingerprint,
+        profile="sum", public_export=keys.export_public(), wrapped={victim: (victim_cert, blob)},
+    )  # fmt: skip
+    store.put_key_material(
+        "evil-aggsig", keys.fingerprint, keys.export_public(), "aggregator", {victim: blob},
+        signed.encode(), agg_cert.public_bytes(serialization.Encoding.PEM),
+    )  # fmt: skip
+    attacks["evil-aggsig"] = (keys.fingerprint, "has role 'aggregator'")
+
+    # 3. the custodian's valid endorsement (of a genuine key) replayed for the minted key
+    genuine = create_and_wrap(
+        [victim_cert], consortium=c.consortium, custodian_key=custodian_key, custodian_cert=custodian_cert,
+        scope="evil-replay",
+    )  # fmt: skip
+    keys, blob = mint("evil-replay")
+    store.put_key_material(
+        "evil-replay", keys.fingerprint, keys.export_public(), custodian, {victim: blob},
+        genuine.endorsement.encode(), custodian_pem,
+    )  # fmt: skip
+    attacks["evil-replay"] = (keys.fingerprint, "endorsement is for key")
+
+    # 4. the genuine fingerprint, public context and endorsement, with the minted blob swapped in
+    genuine = create_and_wrap(
+        [victim_cert], consortium=c.consortium, custodian_key=custodian_key, custodian_cert=custodian_cert,
+        scope="evil-swap",
+    )  # fmt: skip
+    _, blob = mint("evil-swap")
+    store.put_key_material(
+        "evil-swap", genuine.fingerprint, genuine.public_export, custodian, {victim: blob},
+        genuine.endorsement.encode(), custodian_pem,
+    )  # fmt: skip
+    attacks["evil-swap"] = (genuine.fingerprint, "not the blob the custodian wrapped")
+
+    # control: the genuine custodian's key, relayed honestly, is accepted by the same node
+    honest = create_and_wrap(
+        [victim_cert], consortium=c.consortium, custodian_key=custodian_key, custodian_cert=custodian_cert,
+        scope="honest",
+    )  # fmt: skip
+    store.put_key_material(
+        "honest", honest.fingerprint, honest.public_export, custodian, honest.wrapped,
+        honest.endorsement.encode(), custodian_pem,
+    )  # fmt: skip
+    attacks["honest"] = (honest.fingerprint, "")
+    for scope, (fp, _) in attacks.items():
+        assert load_public_context(store.key_material(scope)[1]).fingerprint == fp  # type: ignore[index]
+    store.close()
+    return attacks
+
+
+@pytest.fixture(scope="module")
+def minted(tmp_path_factory):
+    from cipherfed.localconsortium import LocalConsortium
+
+    c = LocalConsortium(tmp_path_factory.mktemp("keys-e2e"), ["h1", "h2", "h3"])
+    c.provision()
+    attacks = _mint_into_aggregator_db(c, "h3")
+    c.write_aggregator_config()
+    c.start_aggregator()
+    c.write_admin_config()
+    yield c, attacks
+    c.stop_all()
+
+
+@pytest.mark.slow
+def test_a_silo_refuses_an_aggregator_minted_key_end_to_end(minted) -> None:
+    from cipherfed.localconsortium import job_toml
+
+    c, attacks = minted
+    c.write_data("h3", *_tiny_data())
+    c.write_node_config("h3", keys='scope = "consortium"')  # no local key: everything comes via the aggregator
+    coordinator = c.stub("coordinator")
+    jobs = {}
+    for scope, (fp, _) in attacks.items():
+        spec = job_toml(scope, ["h3", "h2"], fp, ["f0", "f1"], rounds=1, round_timeout_s=120)
+        jobs[scope] = coordinator.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+    c.start_node("h3")
+    audit = c.nodes["h3"].dir / "state" / "audit.jsonl"
+    deadline = time.time() + 90
+    decided: dict[str, dict] = {}
+    while time.time() < deadline and len(decided) < len(jobs):
+        for record in _audit(audit):
+            if record["event"] in ("job_declined", "job_accepted") and record["job"] in jobs.values():
+                decided.setdefault(record["job"], record)
+        time.sleep(0.3)
+    assert len(decided) == len(jobs), f"node decided only {len(decided)} of {len(jobs)} jobs; see {c.logs}"
+    for scope, (fp, reason) in attacks.items():
+        record = decided[jobs[scope]]
+        if scope == "honest":
+            assert record["event"] == "job_accepted" and record["details"]["key_fingerprint"] == fp, record
+            continue
+        assert record["event"] == "job_declined", (scope, record)
+        text = " ".join(record["details"]["reasons"])
+        assert reason in text and "cipherfed keys create" in text, (scope, text)
+        status = coordinator.GetJobStatus(pb.JobRef(job_id=jobs[scope]), timeout=10)
+        assert "h3" in status.declined, (scope, status)  # the coordinator sees the decline and why
+        assert not (c.nodes["h3"].dir / "state" / "keys" / f"{fp}.wrapped").exists()  # never cached
+    events = [r for r in _audit(audit) if r["event"] == "key_refused"]
+    assert len(events) >= 4  # each refusal is in the signed audit log
+    # nothing was ever uploaded under a minted key: the aggregator recorded no contribution for them
+    import sqlite3
+
+    db = sqlite3.connect(c.agg_dir / "state" / "aggregator.sqlite")
+    bad = [jobs[s] for s in attacks if s != "honest"]
+    rows = db.execute(
+        f"SELECT job_id FROM contributions WHERE job_id IN ({','.join('?' * len(bad))})",
+        bad,  # noqa: S608
+    ).fetchall()
+    assert rows == []
+    uploads = [r for r in _audit(audit) if r["event"] in ("update_uploaded", "upload_sent") and r["job"] in bad]
+    assert uploads == []
+
+
+def _tiny_data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    return x, (x[:, 0] > 0).astype(int), ["f0", "f1"]
+
+
+@pytest.mark.slow
+def test_a_squatter_cannot_publish_a_key_under_a_vertical_jobs_scope(minted) -> None:
+    from tests.helpers import rpc_code
+
+    c, _ = minted
+    spec = VERTICAL_JOB.replace('"vjob"', '"vsquat"').replace("min_entities = 10", "min_entities = 10")
+    job_id = c.stub("coordinator").SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+    keys = generate_key_set("vertical")
+    export = keys.export_public()
+
+    def put(who: str, scope: str, endorsed_by: str | None = None) -> tuple[grpc.StatusCode, str]:
+        signer = endorsed_by or who
+        endorsement = endorse(
+            pki.load_private_key(c.nodes[signer].key), pki.load_certificate(c.nodes[signer].cert),
+            consortium=c.consortium, scope=scope, fingerprint=keys.fingerprint, profile="vertical",
+            public_export=export, wrapped={},
+        )  # fmt: skip
+        request = pb.KeyMaterial(
+            scope=scope, fingerprint=keys.fingerprint, public_context=export, endorsement=endorsement.encode(),
+            custodian_cert=c.nodes[signer].cert.read_bytes(),
+        )  # fmt: skip
+        return rpc_code(lambda: c.stub(who).PutKeyMaterial(request, timeout=30))
+
+    # h3 is no party of the job; h2 is its passive party: neither may publish the job's key
+    code, msg = put("h3", job_id)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "only its active party h1" in msg, msg
+    code, msg = put("h2", job_id)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, msg
+    # the active party cannot publish someone else's endorsement either, nor material without one
+    code, msg = put("h1", job_id, endorsed_by="h3")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "another certificate" in msg, msg
+    bare = pb.KeyMaterial(scope=job_id, fingerprint=keys.fingerprint, public_context=export)
+    code, msg = rpc_code(lambda: c.stub("h1").PutKeyMaterial(bare, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no custodian endorsement" in msg, msg
+    # scopes name rows and files: only safe identifiers
+    unsafe = pb.KeyMaterial(scope="../../x", fingerprint=keys.fingerprint, public_context=export)
+    code, msg = rpc_code(lambda: c.stub("h3").PutKeyMaterial(unsafe, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "safe identifier" in msg, msg
+    # the job's active party, with its own endorsement, is accepted
+    assert c.stub("h1").PutKeyMaterial(
+        pb.KeyMaterial(
+            scope=job_id, fingerprint=keys.fingerprint, public_context=export,
+            endorsement=endorse(
+                pki.load_private_key(c.nodes["h1"].key), pki.load_certificate(c.nodes["h1"].cert),
+                consortium=c.consortium, scope=job_id, fingerprint=keys.fingerprint, profile="vertical",
+                public_export=export, wrapped={},
+            ).encode(),
+            custodian_cert=c.nodes["h1"].cert.read_bytes(),
+        ),
+        timeout=30,
+    ).message.startswith("stored")  # fmt: skip
+    c.stub("coordinator").AbortJob(pb.AbortJobRequest(job_id=job_id, reason="test done"), timeout=10)

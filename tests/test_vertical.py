@@ -20,8 +20,7 @@ from protocol import cipherfed_pb2 as pb
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, load_columns
 from silo_node.vertical import PassiveParty, Relay, VerticalRunner
-from tests.helpers import party_credentials
-from tests.helpers import DEMO_JSON_KEYS
+from tests.helpers import DEMO_JSON_KEYS, party_credentials
 
 pytestmark = pytest.mark.slow
 
