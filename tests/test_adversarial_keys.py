@@ -687,3 +687,18 @@ def test_a_squatter_cannot_publish_a_key_under_a_vertical_jobs_scope(minted) -> 
         timeout=30,
     ).message.startswith("stored")  # fmt: skip
     c.stub("coordinator").AbortJob(pb.AbortJobRequest(job_id=job_id, reason="test done"), timeout=10)
+
+
+@pytest.mark.slow
+def test_a_cached_identity_is_refused_once_its_certificate_expires(minted, tmp_path: Path) -> None:
+    from protocol.channel import TlsFiles, consortium_stub, secure_channel
+    from tests.helpers import rpc_code
+
+    c, _ = minted
+    now = dt.datetime.now(dt.UTC)
+    cert, key = pki.issue(c.ca_dir, "h9", "silo", tmp_path, not_before=now - dt.timedelta(days=1, seconds=-4), days=1)
+    stub = consortium_stub(secure_channel(f"127.0.0.1:{c.port}", TlsFiles(c.ca_dir / "ca.crt", cert, key), "localhost"))
+    assert stub.ServerInfo(pb.ServerInfoRequest(), timeout=10).caller == "h9"  # handshake done, identity cached
+    time.sleep(max(0.0, (pki.load_certificate(cert).not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()) + 1)
+    code, msg = rpc_code(lambda: stub.ServerInfo(pb.ServerInfoRequest(), timeout=10))  # same connection
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "expired" in msg, msg
