@@ -623,7 +623,7 @@ def test_a_silo_refuses_an_aggregator_minted_key_end_to_end(minted) -> None:
         bad,  # noqa: S608
     ).fetchall()
     assert rows == []
-    uploads = [r for r in _audit(audit) if r["event"] in ("update_uploaded", "upload_sent") and r["job"] in bad]
+    uploads = [r for r in _audit(audit) if r["event"] == "update_sent" and r["job"] in bad]
     assert uploads == []
 
 
