@@ -702,3 +702,13 @@ def test_a_cached_identity_is_refused_once_its_certificate_expires(minted, tmp_p
     time.sleep(max(0.0, (pki.load_certificate(cert).not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()) + 1)
     code, msg = rpc_code(lambda: stub.ServerInfo(pb.ServerInfoRequest(), timeout=10))  # same connection
     assert code == grpc.StatusCode.UNAUTHENTICATED and "expired" in msg, msg
+
+
+def test_an_aggregator_with_pre_commitment_contexts_still_starts_and_says_why_they_are_unused() -> None:
+    from aggregator.keyring import PublicKeyring
+
+    current = generate_key_set("sum").export_public()
+    old = current[:5] + b"\x01" + current[6:]  # format 1: no key commitment
+    keyring = PublicKeyring(None, [old, current])
+    assert len(keyring.fingerprints()) == 1
+    assert "predates key commitments" in keyring.unloadable[0] and "keys create" in keyring.unloadable[0]
