@@ -7,6 +7,7 @@ so `ca revoke` takes effect without a restart) and authorize the RPC by the cert
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography import x509
 
 from aggregator.members import Presence
 from crypto import pki
-from crypto.errors import PKIError, RevokedCertificateError, WrongRoleError
+from crypto.errors import ExpiredCertificateError, PKIError, RevokedCertificateError, WrongRoleError
 
 SERVICE = "/cipherfed.v1.Consortium/"
 SILO = frozenset({"silo"})
@@ -75,6 +76,10 @@ class Authenticator:
             ident = pki.verify_certificate(cert, self.ca_cert)
             with self._lock:
                 self._cache[pem] = ident
+        if dt.datetime.now(dt.UTC) > ident.not_after:  # a long-lived connection outlives its certificate
+            raise ExpiredCertificateError(
+                f"certificate of {ident.name} expired at {ident.not_after:%Y-%m-%d %H:%M} UTC"
+            )
         if self.revocation.is_revoked(ident.serial):
             raise RevokedCertificateError(f"certificate serial {ident.serial:x} ({ident.name}) is revoked")
         return ident

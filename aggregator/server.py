@@ -36,7 +36,12 @@ class AggregatorServer:
             self.events = self.metrics.observe(self.events)
         self.store = StateStore(config.state_dir / "aggregator.sqlite")
         self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
-        self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
+        self.events.record(
+            "public_contexts_loaded",
+            "aggregator",
+            fingerprints=self.keyring.fingerprints(),
+            unloadable=self.keyring.unloadable[:20],
+        )
         policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
         self.engine = JobEngine(
             self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy

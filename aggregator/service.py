@@ -15,12 +15,15 @@ import grpc
 from aggregator.aggregate_files import read_aggregate
 from aggregator.auth import Authenticator
 from aggregator.errors import Refusal
+from aggregator.key_material import check_endorsed, check_scope_owner
 from aggregator.members import member_list
 from aggregator.rounds import JobEngine, UploadSession
 from aggregator.vertical_relay import AGGREGATOR, SUMMED, VerticalRelay
 from audit.events import EventSink
 from cipherfed import __version__
+from crypto.endorsement import TrustAnchors
 from crypto.errors import CryptoError
+from crypto.keys import load_public_context
 from protocol import cipherfed_pb2 as pb
 from protocol import cipherfed_pb2_grpc as pbg
 from protocol.messages import MAX_CHUNK_BYTES, manifest_to_proto
@@ -147,17 +150,31 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
 
         def run() -> pb.Ack:
-            existing = self.engine.store.key_material(request.scope)
-            if existing is not None and existing[2] != ident.name:
-                raise Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED, f"key scope {request.scope!r} belongs to custodian {existing[2]}"
-                )
-            public = self.engine.keyring.add(bytes(request.public_context))  # refuses a secret export
+            check_scope_owner(self.engine.store, request.scope, ident.name)
+            public = load_public_context(bytes(request.public_context))  # refuses a secret export
             if public.fingerprint != request.fingerprint:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "fingerprint does not match the public context")
             wrapped = {k: bytes(v) for k, v in request.wrapped.items()}
+            check_endorsed(
+                endorsement_bytes=bytes(request.endorsement),
+                custodian_pem=bytes(request.custodian_cert),
+                caller=ident,
+                anchors=TrustAnchors(self.auth.ca_cert, self.auth.revocation),
+                consortium=self.consortium,
+                scope=request.scope,
+                public=public,
+                public_export=bytes(request.public_context),
+                wrapped=wrapped,
+            )
+            self.engine.keyring.put(public)
             self.engine.store.put_key_material(
-                request.scope, public.fingerprint, bytes(request.public_context), ident.name, wrapped
+                request.scope,
+                public.fingerprint,
+                bytes(request.public_context),
+                ident.name,
+                wrapped,
+                bytes(request.endorsement),
+                bytes(request.custodian_cert),
             )
             self.events.record(
                 "key_material_stored",
@@ -183,6 +200,7 @@ class ConsortiumService(pbg.ConsortiumServicer):
                 raise Refusal(grpc.StatusCode.NOT_FOUND, f"no key material for scope {request.scope!r}")
             fingerprint, public_context, custodian = found
             blob = self.engine.store.wrapped_key(scope, ident.name) or b""
+            endorsement, custodian_cert = self.engine.store.key_endorsement(scope)
             self.events.record("key_material_fetched", ident.name, scope=scope, fingerprint=fingerprint)
             return pb.KeyMaterialReply(
                 scope=scope,
@@ -190,6 +208,8 @@ class ConsortiumService(pbg.ConsortiumServicer):
                 public_context=public_context,
                 wrapped_for_me=blob,
                 custodian=custodian,
+                endorsement=endorsement,
+                custodian_cert=custodian_cert,
             )
 
         return self._guard(context, "GetKeyMaterial", run)

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS declines (
 CREATE TABLE IF NOT EXISTS key_material (
     scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, public_context BLOB NOT NULL, custodian TEXT NOT NULL,
     created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS key_endorsements (
+    scope TEXT PRIMARY KEY, endorsement BLOB NOT NULL, custodian_cert BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS wrapped_keys (
     scope TEXT NOT NULL, member TEXT NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (scope, member));
 CREATE TABLE IF NOT EXISTS relay (
@@ -232,13 +234,21 @@ class StateStore:
 
     # --- key material (opaque) ---
     def put_key_material(
-        self, scope: str, fingerprint: str, public_context: bytes, custodian: str, wrapped: dict[str, bytes]
+        self,
+        scope: str,
+        fingerprint: str,
+        public_context: bytes,
+        custodian: str,
+        wrapped: dict[str, bytes],
+        endorsement: bytes = b"",
+        custodian_cert: bytes = b"",
     ) -> None:
         with self.transaction():
             self._exec(
                 "INSERT OR REPLACE INTO key_material VALUES (?,?,?,?,?)",
                 (scope, fingerprint, public_context, custodian, time.time()),
             )
+            self._exec("INSERT OR REPLACE INTO key_endorsements VALUES (?,?,?)", (scope, endorsement, custodian_cert))
             self._exec("DELETE FROM wrapped_keys WHERE scope = ?", (scope,))
             for member, blob in wrapped.items():
                 self._exec("INSERT INTO wrapped_keys VALUES (?,?,?)", (scope, member, blob))
@@ -248,6 +258,13 @@ class StateStore:
             "SELECT fingerprint, public_context, custodian FROM key_material WHERE scope = ?", (scope,)
         ).fetchone()
         return (row[0], bytes(row[1]), row[2]) if row else None
+
+    def key_endorsement(self, scope: str) -> tuple[bytes, bytes]:
+        """The custodian's endorsement and certificate as stored (empty if none): relayed, never trusted here."""
+        row = self._exec(
+            "SELECT endorsement, custodian_cert FROM key_endorsements WHERE scope = ?", (scope,)
+        ).fetchone()
+        return (bytes(row[0]), bytes(row[1])) if row else (b"", b"")
 
     def scope_of_fingerprint(self, fingerprint: str) -> str | None:
         row = self._exec("SELECT scope FROM key_material WHERE fingerprint = ?", (fingerprint,)).fetchone()

@@ -23,6 +23,7 @@ from audit.log import AuditLog
 from cipherfed import __version__
 from crypto import pki
 from crypto.custody import create_and_wrap
+from crypto.endorsement import encode_bundle
 from protocol.channel import TlsFiles, consortium_stub, secure_channel
 
 CONSORTIUM = "Demo Health Consortium"
@@ -75,11 +76,17 @@ class LocalConsortium:
     def distribute_he_keys(self) -> None:
         """Key custody at the first silo: secret stays there, blobs wrapped to the others, public to the aggregator."""
         custodian, *members = self.silos
-        bundle = create_and_wrap(
-            [pki.load_certificate(self.nodes[m].cert) for m in members], consortium=self.consortium
-        )
-        pki.write_secret_file(self.nodes[custodian].dir / "he_secret.key", bundle.keys.export_secret())
         node = self.nodes[custodian]
+        custodian_cert = pki.load_certificate(node.cert)
+        bundle = create_and_wrap(
+            [pki.load_certificate(self.nodes[m].cert) for m in members],
+            consortium=self.consortium,
+            custodian_key=pki.load_private_key(node.key),
+            custodian_cert=custodian_cert,
+        )
+        endorsement = encode_bundle(bundle.endorsement, custodian_cert)  # members refuse a key without it
+        pki.write_secret_file(node.dir / "he_secret.key", bundle.keys.export_secret())
+        (node.dir / "he_secret.key.endorsement").write_bytes(endorsement)
         log = AuditLog(
             node.dir / "state" / "audit.jsonl",
             pki.load_private_key(node.key),
@@ -97,6 +104,7 @@ class LocalConsortium:
         log.close()
         for member, blob in bundle.wrapped.items():
             (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
+            (self.nodes[member].dir / "he_key.wrapped.endorsement").write_bytes(endorsement)
         keys_dir = self.agg_dir / "keys"
         keys_dir.mkdir(exist_ok=True)
         (keys_dir / f"{bundle.fingerprint}.ctx").write_bytes(bundle.public_export)
@@ -148,6 +156,7 @@ poll_wait_s = 2.0
 {extra}
 [tls]
 ca = "{self.ca_dir / "ca.crt"}"
+crl = "{self.ca_dir / "crl.pem"}"
 cert = "{node.cert.name}"
 key = "{node.key.name}"
 

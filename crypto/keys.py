@@ -6,6 +6,14 @@ what the aggregator needs to load and add ciphertexts — the parameters (and fo
 profile the public key) — and nothing that decrypts. Each export is tagged with its kind, and
 loading one kind where the other is expected is an error, so that a secret key cannot end up on
 the aggregator through a mix-up of files.
+
+Fingerprint v2 commits to the key material: it hashes the profile, the public parameters (and,
+for the vertical profile, the public key), the random key id and a *commitment* to the exact
+serialized secret: SHA-256(domain, key id, secret bytes). The commitment travels in both export
+headers; it hides the secret (the secret has full entropy and the key id is random) yet binds it,
+so nobody who lacks the custodian's secret can produce a different secret with the same
+fingerprint. A silo that opens a secret export recomputes the commitment from the bytes it holds
+and refuses any mismatch (``load_secret_key_set``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from crypto.profiles import Profile, get_profile
 from crypto.seal_io import load_object, load_parameters, save_bytes
 
 _MAGIC = b"CFKEY"
-_VERSION = 1
+_VERSION = 2  # 2: fingerprint v2 (key commitment in the header); 1 is refused with a clear reason
+_FINGERPRINT_DOMAIN = b"cipherfed-key-fingerprint-v2"
+_COMMITMENT_DOMAIN = b"cipherfed-key-commitment-v2"
 _KIND_SECRET = b"S"
 _KIND_PUBLIC = b"P"
 ExportKind = Literal["secret", "public"]
@@ -45,13 +55,31 @@ def _seal_context(params: seal.EncryptionParameters) -> seal.SEALContext:
     return context
 
 
-def compute_fingerprint(profile_name: str, public_parameters: bytes, key_id: bytes) -> str:
-    """Hash of the public parameters and the key id: the name every ciphertext batch carries."""
+def _framed_sha256(parts: tuple[bytes, ...]) -> bytes:
     digest = hashlib.sha256()
-    for part in (b"cipherfed-key-fingerprint-v1", profile_name.encode(), public_parameters, key_id):
+    for part in parts:
         digest.update(struct.pack(">I", len(part)))
         digest.update(part)
-    return digest.hexdigest()[:32]
+    return digest.digest()
+
+
+def compute_commitment(key_id: bytes, secret_bytes: bytes) -> bytes:
+    """SHA-256 commitment to the exact serialized secret (hiding: the key id is random, the secret
+    has full entropy; binding: SHA-256 collision resistance)."""
+    return _framed_sha256((_COMMITMENT_DOMAIN, key_id, secret_bytes))
+
+
+def compute_fingerprint(profile_name: str, public_parameters: bytes, key_id: bytes, commitment: bytes) -> str:
+    """The name every ciphertext batch carries: a hash of everything that defines the key set.
+
+    ``public_parameters`` is the SEAL parameter export (``sum``) or the serialized public TenSEAL
+    context including its public key (``vertical``); ``commitment`` is ``compute_commitment``.
+    """
+    if len(commitment) != 32:
+        raise KeyMaterialError("key commitment must be 32 bytes (SHA-256)")
+    return _framed_sha256((_FINGERPRINT_DOMAIN, profile_name.encode(), public_parameters, key_id, commitment)).hex()[
+        :32
+    ]
 
 
 def _encode_export(kind: bytes, header: dict[str, object], parts: list[bytes]) -> bytes:
@@ -63,6 +91,11 @@ def _encode_export(kind: bytes, header: dict[str, object], parts: list[bytes]) -
 def _decode_export(data: bytes, expected: ExportKind) -> tuple[dict[str, object], list[bytes]]:
     if len(data) < 11 or not data.startswith(_MAGIC):
         raise KeyMaterialError("not a cipherfed key export (bad magic); was this file produced by `cipherfed keys`?")
+    if data[5] == 1:
+        raise KeyMaterialError(
+            "key export format 1 predates key commitments (its fingerprint does not bind the key); "
+            "ask the key custodian to re-run `cipherfed keys create`"
+        )
     if data[5] != _VERSION:
         raise KeyMaterialError(f"unsupported key export version {data[5]}")
     kind = data[6:7]
@@ -100,11 +133,15 @@ class PublicContext:
     key_id: bytes
     fingerprint: str
     parameters: bytes
+    commitment: bytes
     seal_context: seal.SEALContext | None = field(default=None, repr=False)
     tenseal_context: ts.Context | None = field(default=None, repr=False)
 
+    def header(self) -> dict[str, object]:
+        return {"profile": self.profile.name, "key_id": self.key_id.hex(), "commitment": self.commitment.hex()}
+
     def export(self) -> bytes:
-        header: dict[str, object] = {"profile": self.profile.name, "key_id": self.key_id.hex()}
+        header = self.header()
         if self.tenseal_context is not None:
             return _encode_export(_KIND_PUBLIC, header, [self.tenseal_context.serialize(save_secret_key=False)])
         return _encode_export(_KIND_PUBLIC, header, [self.parameters])
@@ -116,6 +153,7 @@ class SecretKeySet:
 
     public: PublicContext
     secret_key: seal.SecretKey | None = field(default=None, repr=False)
+    secret_bytes: bytes = field(default=b"", repr=False)  # the exact committed serialization
 
     @property
     def fingerprint(self) -> str:
@@ -126,11 +164,10 @@ class SecretKeySet:
         return self.public.profile
 
     def export_secret(self) -> bytes:
-        header: dict[str, object] = {"profile": self.profile.name, "key_id": self.public.key_id.hex()}
+        header = self.public.header()
         if self.public.tenseal_context is not None:
-            return _encode_export(_KIND_SECRET, header, [self.public.tenseal_context.serialize(save_secret_key=True)])
-        assert self.secret_key is not None
-        return _encode_export(_KIND_SECRET, header, [self.public.parameters, save_bytes(self.secret_key)])
+            return _encode_export(_KIND_SECRET, header, [self.secret_bytes])
+        return _encode_export(_KIND_SECRET, header, [self.public.parameters, self.secret_bytes])
 
     def export_public(self) -> bytes:
         return self.public.export()
@@ -145,8 +182,11 @@ def generate_key_set(profile_name: str = "sum") -> SecretKeySet:
         context = _seal_context(params)
         secret_key = seal.KeyGenerator(context).secret_key()
         parameters = save_bytes(params)
-        fingerprint = compute_fingerprint(profile.name, parameters, key_id)
-        return SecretKeySet(PublicContext(profile, key_id, fingerprint, parameters, context), secret_key)
+        secret_bytes = save_bytes(secret_key)
+        commitment = compute_commitment(key_id, secret_bytes)
+        fingerprint = compute_fingerprint(profile.name, parameters, key_id, commitment)
+        public = PublicContext(profile, key_id, fingerprint, parameters, commitment, context)
+        return SecretKeySet(public, secret_key, secret_bytes)
     if profile.engine == "tenseal-public":
         context_ts = ts.context(
             ts.SCHEME_TYPE.CKKS,
@@ -157,10 +197,11 @@ def generate_key_set(profile_name: str = "sum") -> SecretKeySet:
         if profile.galois_keys:
             context_ts.generate_galois_keys()
         parameters = _tenseal_public_bytes(context_ts)
-        public = PublicContext(
-            profile, key_id, compute_fingerprint(profile.name, parameters, key_id), parameters, None, context_ts
-        )
-        return SecretKeySet(public, None)
+        secret_bytes = bytes(context_ts.serialize(save_secret_key=True))
+        commitment = compute_commitment(key_id, secret_bytes)
+        fingerprint = compute_fingerprint(profile.name, parameters, key_id, commitment)
+        public = PublicContext(profile, key_id, fingerprint, parameters, commitment, None, context_ts)
+        return SecretKeySet(public, None, secret_bytes)
     raise KeyMaterialError(f"profile {profile.name!r} has no keys")
 
 
@@ -172,7 +213,9 @@ def _tenseal_public_bytes(context_ts: ts.Context) -> bytes:
 def load_public_context(data: bytes) -> PublicContext:
     """Load a public export; a secret export is refused."""
     header, parts = _decode_export(data, "public")
-    profile, key_id = _header_profile(header)
+    profile, key_id, commitment = _header_profile(header)
+    if len(parts) != 1:
+        raise KeyMaterialError("public export must hold exactly one part")
     if profile.engine == "seal-seeded":
         try:
             params = load_parameters(parts[0])
@@ -180,20 +223,27 @@ def load_public_context(data: bytes) -> PublicContext:
             raise KeyMaterialError(str(exc)) from None
         _check_matches_profile(params, profile)
         context = _seal_context(params)
-        return PublicContext(profile, key_id, compute_fingerprint(profile.name, parts[0], key_id), parts[0], context)
+        fingerprint = compute_fingerprint(profile.name, parts[0], key_id, commitment)
+        return PublicContext(profile, key_id, fingerprint, parts[0], commitment, context)
     context_ts = _load_tenseal(parts[0])
     if context_ts.has_secret_key():
         raise KeyMaterialError("public export unexpectedly contains a secret key; refusing it")
     parameters = _tenseal_public_bytes(context_ts)
-    return PublicContext(
-        profile, key_id, compute_fingerprint(profile.name, parameters, key_id), parameters, None, context_ts
-    )
+    fingerprint = compute_fingerprint(profile.name, parameters, key_id, commitment)
+    return PublicContext(profile, key_id, fingerprint, parameters, commitment, None, context_ts)
 
 
 def load_secret_key_set(data: bytes) -> SecretKeySet:
     """Load a secret export (at a silo); a public export is refused."""
     header, parts = _decode_export(data, "secret")
-    profile, key_id = _header_profile(header)
+    profile, key_id, commitment = _header_profile(header)
+    secret_bytes = parts[-1] if parts else b""
+    if compute_commitment(key_id, secret_bytes) != commitment:
+        raise KeyMaterialError(
+            "the secret key does not match the commitment in its fingerprint: this key was not made by "
+            "the custodian that published the fingerprint (or was altered); refuse it and ask the key "
+            "custodian to re-run `cipherfed keys create`"
+        )
     if profile.engine == "seal-seeded":
         if len(parts) != 2:
             raise KeyMaterialError("secret export must hold parameters and a secret key")
@@ -208,25 +258,30 @@ def load_secret_key_set(data: bytes) -> SecretKeySet:
             load_object(secret_key, context, parts[1])
         except ValueError as exc:
             raise KeyMaterialError(str(exc)) from None
-        public = PublicContext(profile, key_id, compute_fingerprint(profile.name, parts[0], key_id), parts[0], context)
-        return SecretKeySet(public, secret_key)
+        fingerprint = compute_fingerprint(profile.name, parts[0], key_id, commitment)
+        public = PublicContext(profile, key_id, fingerprint, parts[0], commitment, context)
+        return SecretKeySet(public, secret_key, secret_bytes)
+    if len(parts) != 1:
+        raise KeyMaterialError("secret export must hold exactly one part")
     context_ts = _load_tenseal(parts[0])
     if not context_ts.has_secret_key():
         raise KeyMaterialError("secret export holds no secret key")
     parameters = _tenseal_public_bytes(context_ts)
-    public = PublicContext(
-        profile, key_id, compute_fingerprint(profile.name, parameters, key_id), parameters, None, context_ts
-    )
-    return SecretKeySet(public, None)
+    fingerprint = compute_fingerprint(profile.name, parameters, key_id, commitment)
+    public = PublicContext(profile, key_id, fingerprint, parameters, commitment, None, context_ts)
+    return SecretKeySet(public, None, secret_bytes)
 
 
-def _header_profile(header: dict[str, object]) -> tuple[Profile, bytes]:
+def _header_profile(header: dict[str, object]) -> tuple[Profile, bytes, bytes]:
     try:
         profile = get_profile(str(header["profile"]))
         key_id = bytes.fromhex(str(header["key_id"]))
+        commitment = bytes.fromhex(str(header["commitment"]))
     except (KeyError, ValueError) as exc:
         raise KeyMaterialError(f"key export header is missing or has a bad field: {exc}") from None
-    return profile, key_id
+    if len(key_id) != 16 or len(commitment) != 32:
+        raise KeyMaterialError("key export header: key_id must be 16 bytes and commitment 32 bytes")
+    return profile, key_id, commitment
 
 
 def _check_matches_profile(params: seal.EncryptionParameters, profile: Profile) -> None:

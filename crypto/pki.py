@@ -262,7 +262,17 @@ def issue(
     return cert_path, key_path
 
 
-def _write_crl(ca_dir: Path, serials: list[int]) -> None:
+def _next_crl_number(ca_dir: Path) -> int:
+    """CRL numbers only grow, so a verifier can refuse a rolled-back (older) list."""
+    meta_path = ca_dir / CA_META
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    number = int(meta.get("crl_number", 0)) + 1
+    meta["crl_number"] = number
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return number
+
+
+def _write_crl(ca_dir: Path, serials: list[int], days: int = 30) -> None:
     ca_key = load_private_key(ca_dir / CA_KEY)
     ca_cert = load_certificate(ca_dir / CA_CERT)
     now = _now()
@@ -270,7 +280,8 @@ def _write_crl(ca_dir: Path, serials: list[int]) -> None:
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(now)
-        .next_update(now + dt.timedelta(days=30))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(_next_crl_number(ca_dir)), critical=False)
     )
     for serial in serials:
         builder = builder.add_revoked_certificate(
@@ -293,27 +304,85 @@ def revoke(ca_dir: Path, serial: int) -> Path:
     return ca_dir / CRL_FILE
 
 
-class RevocationList:
-    """Revoked serials from a CRL signed by the CA, re-read when the file changes."""
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0  # lists written before CRL numbers: ordered by last_update alone
 
-    def __init__(self, crl_path: Path | None, ca_cert: x509.Certificate) -> None:
+
+class RevocationList:
+    """Revoked serials from a CRL signed by the CA, re-read when the file changes.
+
+    Fails closed (UntrustedCertificateError, so nobody is trusted) when the list is past its
+    next_update, and never goes back to an older list (lower CRL number or
+    earlier last_update) than one it has loaded; with ``state_path`` that high-water mark survives
+    restarts, so replacing the file with an old copy does not un-revoke anyone.
+    """
+
+    def __init__(self, crl_path: Path | None, ca_cert: x509.Certificate, state_path: Path | None = None) -> None:
         self._path = Path(crl_path) if crl_path else None
         self._ca_cert = ca_cert
+        self._state_path = Path(state_path) if state_path else None
         self._mtime: float | None = None
         self._serials: frozenset[int] = frozenset()
+        self._next_update: dt.datetime | None = None
+        self._high: tuple[int, float] = self._read_state()
+
+    def _read_state(self) -> tuple[int, float]:
+        if self._state_path is None or not self._state_path.exists():
+            return (0, 0.0)
+        try:
+            state = json.loads(self._state_path.read_text())
+            return (int(state["crl_number"]), float(state["last_update"]))
+        except (ValueError, KeyError, TypeError):
+            raise UntrustedCertificateError(
+                f"revocation state {self._state_path} is corrupted; restore it or remove it to accept the current CRL"
+            ) from None
+
+    def _write_state(self) -> None:
+        if self._state_path is None:
+            return
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"crl_number": self._high[0], "last_update": self._high[1]}))
+        tmp.replace(self._state_path)
+
+    def _load(self) -> None:
+        assert self._path is not None
+        try:
+            crl = x509.load_pem_x509_crl(self._path.read_bytes())
+        except ValueError as exc:
+            raise UntrustedCertificateError(f"revocation list {self._path} cannot be read: {exc}") from None
+        public_key = self._ca_cert.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        if not crl.is_signature_valid(public_key):
+            raise UntrustedCertificateError(f"revocation list {self._path} is not signed by the consortium CA")
+        order = (_crl_number(crl), crl.last_update_utc.timestamp())
+        if order[0] < self._high[0] or order[1] < self._high[1]:
+            raise UntrustedCertificateError(
+                f"revocation list {self._path} (number {order[0]}, issued {crl.last_update_utc:%Y-%m-%d %H:%M}) is "
+                f"older than one already loaded (number {self._high[0]}); refusing the rollback: install the "
+                "current crl.pem from the consortium admin"
+            )
+        self._serials = frozenset(r.serial_number for r in crl)
+        self._next_update = crl.next_update_utc
+        if order != self._high:
+            self._high = order
+            self._write_state()
 
     def serials(self) -> frozenset[int]:
-        if self._path is None or not self._path.exists():
-            return self._serials
-        mtime = self._path.stat().st_mtime_ns
-        if mtime != self._mtime:
-            crl = x509.load_pem_x509_crl(self._path.read_bytes())
-            public_key = self._ca_cert.public_key()
-            assert isinstance(public_key, ec.EllipticCurvePublicKey)
-            if not crl.is_signature_valid(public_key):
-                raise UntrustedCertificateError(f"revocation list {self._path} is not signed by the consortium CA")
-            self._serials = frozenset(r.serial_number for r in crl)
-            self._mtime = mtime
+        if self._path is not None and self._path.exists():
+            mtime = self._path.stat().st_mtime_ns
+            if mtime != self._mtime:
+                self._load()
+                self._mtime = mtime
+        if self._next_update is not None and _now() > self._next_update:
+            raise UntrustedCertificateError(
+                f"revocation list {self._path} expired at {self._next_update:%Y-%m-%d %H:%M} UTC (its next_update); "
+                "refusing to trust certificates with a stale list: ask the consortium admin for a fresh crl.pem "
+                "(any `cipherfed ca revoke` re-signs it)"
+            )
         return self._serials
 
     def is_revoked(self, serial: int) -> bool:

@@ -126,11 +126,22 @@ class SitePolicy(Strict):
     max_local_epochs: int = Field(100, ge=1)
     dp: SiteDP | None = None
     time_windows: list[TimeWindow] = Field(default_factory=list, description="when jobs may run; empty: always")
+    key_custodians: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="certificate fingerprints of the silos whose HE keys this node uses; "
+        "absent: any current silo of the consortium",
+    )
 
     @field_validator("trusted_aggregators")
     @classmethod
     def _fps(cls, v: list[str]) -> list[str]:
         return [_fingerprint(x) for x in v]
+
+    @field_validator("key_custodians")
+    @classmethod
+    def _custodian_fps(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [_fingerprint(x) for x in v]
 
 
 Policy = ConsortiumPolicy | SitePolicy

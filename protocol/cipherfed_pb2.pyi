@@ -170,7 +170,7 @@ class DeclineRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KeyMaterial(_message.Message):
-    __slots__ = ("scope", "fingerprint", "public_context", "wrapped")
+    __slots__ = ("scope", "fingerprint", "public_context", "wrapped", "endorsement", "custodian_cert")
     class WrappedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,11 +182,15 @@ class KeyMaterial(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_FIELD_NUMBER: _ClassVar[int]
+    ENDORSEMENT_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAN_CERT_FIELD_NUMBER: _ClassVar[int]
     scope: str
     fingerprint: str
     public_context: bytes
     wrapped: _containers.ScalarMap[str, bytes]
-    def __init__(self, scope: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_context: _Optional[bytes] = ..., wrapped: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    endorsement: bytes
+    custodian_cert: bytes
+    def __init__(self, scope: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_context: _Optional[bytes] = ..., wrapped: _Optional[_Mapping[str, bytes]] = ..., endorsement: _Optional[bytes] = ..., custodian_cert: _Optional[bytes] = ...) -> None: ...
 
 class KeyMaterialRequest(_message.Message):
     __slots__ = ("scope",)
@@ -195,18 +199,22 @@ class KeyMaterialRequest(_message.Message):
     def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class KeyMaterialReply(_message.Message):
-    __slots__ = ("scope", "fingerprint", "public_context", "wrapped_for_me", "custodian")
+    __slots__ = ("scope", "fingerprint", "public_context", "wrapped_for_me", "custodian", "endorsement", "custodian_cert")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_FOR_ME_FIELD_NUMBER: _ClassVar[int]
     CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    ENDORSEMENT_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAN_CERT_FIELD_NUMBER: _ClassVar[int]
     scope: str
     fingerprint: str
     public_context: bytes
     wrapped_for_me: bytes
     custodian: str
-    def __init__(self, scope: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_context: _Optional[bytes] = ..., wrapped_for_me: _Optional[bytes] = ..., custodian: _Optional[str] = ...) -> None: ...
+    endorsement: bytes
+    custodian_cert: bytes
+    def __init__(self, scope: _Optional[str] = ..., fingerprint: _Optional[str] = ..., public_context: _Optional[bytes] = ..., wrapped_for_me: _Optional[bytes] = ..., custodian: _Optional[str] = ..., endorsement: _Optional[bytes] = ..., custodian_cert: _Optional[bytes] = ...) -> None: ...
 
 class RelayMessage(_message.Message):
     __slots__ = ("job_id", "to", "sender", "kind", "seq", "payload", "last")

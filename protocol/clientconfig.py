@@ -14,6 +14,10 @@ class ClientTls(BaseModel):
     ca: Path = Field(description="the consortium CA certificate")
     cert: Path = Field(description="this party's certificate, signed by the consortium CA")
     key: Path = Field(description="this party's private key (mode 0600)")
+    crl: Path | None = Field(
+        None,
+        description="the consortium's revocation list (crl.pem); silos refuse keys shared with revoked members",
+    )
 
     def files(self) -> TlsFiles:
         return TlsFiles(self.ca, self.cert, self.key)
@@ -22,7 +26,9 @@ class ClientTls(BaseModel):
         def rel(p: Path) -> Path:
             return p if p.is_absolute() else base / p
 
-        return ClientTls(ca=rel(self.ca), cert=rel(self.cert), key=rel(self.key))
+        return ClientTls(
+            ca=rel(self.ca), cert=rel(self.cert), key=rel(self.key), crl=rel(self.crl) if self.crl else None
+        )
 
 
 class ClientConfig(BaseModel):

@@ -26,10 +26,10 @@ from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, LocalData, load_columns
 from silo_node.horizontal import HorizontalJob, SiloServices
-from silo_node.keys import NodeKeys
+from silo_node.keys import FetchedKey, NodeKeys, key_trust
 from silo_node.peer import aggregator_certificate
 from silo_node.privacy_ledger import PrivacyLedger
-from silo_node.vertical import ActiveParty, PassiveParty, Relay, VerticalRunner
+from silo_node.vertical import ActiveParty, PartyCredentials, PassiveParty, Relay, VerticalRunner
 
 MAX_STEP_FAILURES = 3  # then the job is declined with the error as its reason
 
@@ -53,6 +53,7 @@ class SiloNode:
         if cert_name != config.name:
             raise ValueError(f"node.toml name {config.name!r} differs from the certificate's common name {cert_name!r}")
         self.client = AggregatorClient(config.aggregator, config.tls.files(), config.server_name)
+        self.trust = key_trust(config)
         self.keys = NodeKeys(
             config.keys,
             config.name,
@@ -61,9 +62,13 @@ class SiloNode:
             self.certificate,
             config.state_dir / "keys",
             self._fetch_wrapped_key,
+            trust=self.trust,
         )
         self.keys.on_unwrap = lambda fingerprint, scope: self.events.record(
             "key_unwrapped", config.name, fingerprint=fingerprint, scope=scope
+        )
+        self.keys.on_refused = lambda what, reason: self.events.record(
+            "key_refused", config.name, key=what, reason=reason[:500]
         )
         self.site_policy = load_site_policy(config.site_policy) if config.site_policy else None
         self.ledger = PrivacyLedger(config.state_dir / "privacy.sqlite")
@@ -80,11 +85,13 @@ class SiloNode:
             return LogSink(logger)
         return AuditSink(AuditLog(self.config.audit_log, self.private_key, self.certificate, __version__), logger)
 
-    def _fetch_wrapped_key(self, fingerprint: str) -> tuple[str, bytes]:
+    def _fetch_wrapped_key(self, fingerprint: str) -> FetchedKey:
         reply = self.client.stub.GetKeyMaterial(pb.KeyMaterialRequest(scope=fingerprint), timeout=30)
         if reply.fingerprint != fingerprint:
             raise CryptoError(f"the aggregator returned key {reply.fingerprint}, not {fingerprint}")
-        return reply.scope, bytes(reply.wrapped_for_me)
+        return FetchedKey(
+            reply.scope, bytes(reply.wrapped_for_me), bytes(reply.endorsement), bytes(reply.custodian_cert)
+        )
 
     def audit_head(self) -> str:
         return self.events.head
@@ -236,7 +243,8 @@ class SiloNode:
         stopped = threading.Event()
         relay = Relay(self.client, job_id, stopped.is_set)
         party_type = ActiveParty if active else PassiveParty
-        party = party_type(job_id, spec, me, data, relay, self.client, self.events, directory)
+        credentials = PartyCredentials(self.config.consortium, self.private_key, self.certificate, self.trust)
+        party = party_type(job_id, spec, me, data, relay, self.client, self.events, directory, credentials)
 
         def failed(reason: str) -> None:
             self.events.record("step_failed", me, job=job_id, error=reason)

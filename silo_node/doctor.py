@@ -263,7 +263,7 @@ class Doctor:
             )
 
     def _he_keys(self, config: NodeConfig, server: pb.ServerInfoReply | None) -> None:
-        from silo_node.keys import NodeKeys
+        from silo_node.keys import NodeKeys, key_trust
 
         try:
             keys = NodeKeys(
@@ -273,6 +273,7 @@ class Doctor:
                 pki.load_private_key(config.tls.key),
                 pki.load_certificate(config.tls.cert),
                 config.state_dir / "keys",
+                trust=key_trust(config),
             )
             local = keys.fingerprints()
         except (CryptoError, OSError, ValueError, PKIError) as exc:
@@ -284,6 +285,16 @@ class Doctor:
             )
             return
         remote = list(server.key_fingerprints) if server else []
+        refused = keys.refused()
+        if refused and not local:
+            what, reason = sorted(refused.items())[0]
+            self.add(
+                "HE key",
+                "fail",
+                f"refuses HE key {what}: {reason}",
+                "ask the key custodian to re-run `cipherfed keys create` including this node",
+            )
+            return
         if local:
             matching = [f for f in local if f in remote]
             if server is None:

@@ -23,6 +23,7 @@ poll_wait_s = 5.0
 ca = "ca.crt"                       # the consortium CA certificate (from the consortium admin)
 cert = "{name}.crt"                 # returned by the admin after `cipherfed ca sign ... {name}.csr --role silo`
 key = "{name}.key"                  # created by `node init`, mode 0600; never copy it anywhere
+# crl = "crl.pem"                   # the consortium's revocation list: refuse HE keys shared with revoked members
 
 [data]
 path = "data.csv"                   # CSV or Parquet, one row per record

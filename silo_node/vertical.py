@@ -33,10 +33,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
+from crypto.endorsement import (
+    Endorsement,
+    EndorsementError,
+    TrustAnchors,
+    endorse,
+    load_custodian_cert,
+    sha256_hex,
+    verify_endorsement,
+)
 from crypto.errors import CryptoError
-from crypto.keys import generate_key_set, load_public_context, load_secret_key_set
+from crypto.keys import PublicContext, generate_key_set, load_public_context, load_secret_key_set
 from crypto.pki import write_secret_file
 from crypto.psi import PsiError, PsiParty, match
 from crypto.vertical_codec import VectorCodec, columns_side_by_side, segment_sums, tile
@@ -175,6 +187,17 @@ def batches(train: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[n
     return [shuffled[i : i + batch_size] for i in range(0, len(shuffled), batch_size)]
 
 
+@dataclass(frozen=True)
+class PartyCredentials:
+    """This node's certificate key (the active party signs the job's public key with it) and the
+    anchors a passive party checks that signature against."""
+
+    consortium: str
+    private_key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+    trust: TrustAnchors
+
+
 @dataclass
 class Party:
     job_id: str
@@ -185,6 +208,7 @@ class Party:
     client: AggregatorClient
     events: EventSink
     directory: Path
+    credentials: PartyCredentials | None = None
 
     @property
     def vertical(self) -> Any:
@@ -222,11 +246,30 @@ class ActiveParty(Party):
     def _keys(self) -> VectorCodec:
         if self.spec.he_profile == "none":
             return VectorCodec(None)
+        if self.credentials is None:
+            raise VerticalError("this node has no certificate key to endorse the job's public key with")
         keys = generate_key_set("vertical")
         secret = self.directory / "vertical.key"
         write_secret_file(secret, keys.export_secret())
+        public_export = keys.export_public()
+        endorsement = endorse(  # the passives use this public key only if their active party signed it
+            self.credentials.private_key,
+            self.credentials.certificate,
+            consortium=self.credentials.consortium,
+            scope=self.job_id,
+            fingerprint=keys.fingerprint,
+            profile=keys.profile.name,
+            public_export=public_export,
+            wrapped={},
+        )
         self.client.stub.PutKeyMaterial(
-            pb.KeyMaterial(scope=self.job_id, fingerprint=keys.fingerprint, public_context=keys.export_public()),
+            pb.KeyMaterial(
+                scope=self.job_id,
+                fingerprint=keys.fingerprint,
+                public_context=public_export,
+                endorsement=endorsement.encode(),
+                custodian_cert=self.credentials.certificate.public_bytes(serialization.Encoding.PEM),
+            ),
             timeout=60,
         )
         self.events.record(
@@ -400,7 +443,7 @@ class PassiveParty(Party):
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
             else:
-                public = load_public_context(bytes(reply.public_context))  # refuses a secret key
+                public = self._endorsed_public(reply)
                 self.events.record(
                     "public_context_received", self.name, job=self.job_id, fingerprint=public.fingerprint
                 )
@@ -408,6 +451,37 @@ class PassiveParty(Party):
             if self.relay.should_stop() or time.time() > deadline:
                 raise VerticalError("the active party never published the job's public key")
             time.sleep(0.2)
+
+    def _endorsed_public(self, reply: pb.KeyMaterialReply) -> PublicContext:
+        """The relayed public context, only if the job's active party signed exactly this key for this job
+        (whoever else stored it, the aggregator included, cannot make this node encrypt to its key)."""
+        active = self.vertical.active
+        try:
+            if self.credentials is None:
+                raise EndorsementError("this node has no trust anchors to check the active party's signature")
+            export = bytes(reply.public_context)
+            endorsement = Endorsement.decode(bytes(reply.endorsement))
+            cert = load_custodian_cert(bytes(reply.custodian_cert))
+            trust = self.credentials.trust
+            verify_endorsement(
+                endorsement,
+                cert,
+                TrustAnchors(trust.ca_cert, trust.revocation, None),  # the job names its custodian: the active party
+                consortium=self.credentials.consortium,
+                scope=self.job_id,
+                custodian_name=active,
+            )
+            if endorsement.public_context_sha256 != sha256_hex(export):
+                raise EndorsementError("the relayed public context is not the one the active party signed")
+            public = load_public_context(export)  # refuses a secret key
+            if public.fingerprint != endorsement.fingerprint or public.profile.name != "vertical":
+                raise EndorsementError("the public context's fingerprint differs from the endorsed one")
+        except CryptoError as exc:
+            self.events.record(
+                "key_refused", self.name, job=self.job_id, key=str(reply.fingerprint)[:64], reason=str(exc)
+            )
+            raise VerticalError(f"the job's public key is not endorsed by its active party {active}: {exc}") from None
+        return public
 
     def _align(self) -> np.ndarray:
         assert self.data.ids is not None

@@ -47,6 +47,19 @@ def silo_encryptor(consortium, name: str) -> SumEncryptor:
     return SumEncryptor(load_secret_key_set(export))
 
 
+def party_credentials(consortium, name: str = "imaging"):
+    """What the node daemon hands a vertical party: its certificate key and the consortium's anchors."""
+    from crypto.endorsement import TrustAnchors
+    from silo_node.vertical import PartyCredentials
+
+    node = consortium.nodes[name]
+    ca = pki.load_certificate(consortium.ca_dir / "ca.crt")
+    trust = TrustAnchors(ca, pki.RevocationList(consortium.ca_dir / "crl.pem", ca))
+    return PartyCredentials(
+        consortium.consortium, pki.load_private_key(node.key), pki.load_certificate(node.cert), trust
+    )
+
+
 class HandSilo:
     def __init__(self, consortium, name: str) -> None:
         self.consortium = consortium

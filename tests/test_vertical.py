@@ -20,7 +20,7 @@ from protocol import cipherfed_pb2 as pb
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, load_columns
 from silo_node.vertical import PassiveParty, Relay, VerticalRunner
-from tests.helpers import DEMO_JSON_KEYS
+from tests.helpers import DEMO_JSON_KEYS, party_credentials
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,17 @@ class PassiveDriver:
             data = load_columns(node.data, self.spec.vertical.features["imaging"], None, "patient_id")
         directory = node.dir / "state" / "jobs" / job_id
         directory.mkdir(parents=True, exist_ok=True)
-        self.party = PassiveParty(job_id, self.spec, "imaging", data, relay, self.client, LogSink("test"), directory)
+        self.party = PassiveParty(
+            job_id,
+            self.spec,
+            "imaging",
+            data,
+            relay,
+            self.client,
+            LogSink("test"),
+            directory,
+            party_credentials(c, "imaging"),
+        )
         self.errors = []
 
         def declined(reason):  # what the node does when its side fails
