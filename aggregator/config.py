@@ -26,7 +26,14 @@ class AggregatorConfig(BaseModel):
     port_file: Path | None = None
     keys_dir: Path | None = Field(None, description="pre-provisioned public contexts (*.ctx)")
     tick_s: float = Field(0.25, gt=0)
-    min_silos_per_aggregate: int = Field(2, ge=1, description="no aggregate is released with fewer contributors")
+    min_silos_per_aggregate: int = Field(
+        2, ge=2, description="no aggregate is released with fewer contributors (at least 2: one is a silo's own update)"
+    )
+    allow_plaintext_jobs: bool = Field(
+        False,
+        description='accept he_profile = "none" jobs when no consortium_policy is set (comparison runs only); '
+        "with a consortium policy its allowed_he_profiles decides",
+    )
     max_workers: int = Field(32, ge=4)
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None

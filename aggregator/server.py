@@ -35,7 +35,13 @@ class AggregatorServer:
         self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
         policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
         self.engine = JobEngine(
-            self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy
+            self.store,
+            self.keyring,
+            config.state_dir,
+            self.events,
+            config.min_silos_per_aggregate,
+            policy,
+            allow_plaintext=config.allow_plaintext_jobs,
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocol.names import factory_reference
 from protocol.tomlconfig import ConfigError, load_toml, validate_model
 
 HE_ORDER = {"none": 0, "sum": 1, "vertical": 1}
@@ -118,6 +119,11 @@ class SitePolicy(Strict):
     trusted_consortia: list[str] = Field(default_factory=list, description="consortium names; empty: any")
     allowed_job_types: list[JobType] = Field(default_factory=_default_job_types)
     allowed_models: list[ModelType] = Field(default_factory=_default_models)
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') this site will import and run for "
+        'model.type = "factory" jobs (with "factory" in allowed_models); empty: none',
+    )
     allowed_columns: list[str] | None = Field(None, description="if set, only these columns (patterns) may be used")
     denied_columns: list[str] = Field(default_factory=lambda: ["name", "*_name", "ssn", "mrn", "dob", "address"])
     min_participants: int = Field(2, ge=2)
@@ -131,6 +137,11 @@ class SitePolicy(Strict):
     @classmethod
     def _fps(cls, v: list[str]) -> list[str]:
         return [_fingerprint(x) for x in v]
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
 
 Policy = ConsortiumPolicy | SitePolicy
