@@ -193,7 +193,7 @@ def run_demo(
     if after_provision:
         after_provision(consortium)
     try:
-        stub = consortium.start_all()
+        stub = consortium.start_all(plaintext_comparison=True)  # the plaintext baseline is opted in
         common: dict[str, Any] = dict(
             rounds=data.rounds,
             model=data.model,
