@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocol.names import factory_reference
 from protocol.tomlconfig import load_toml
 
 
@@ -29,6 +30,11 @@ class AggregatorConfig(BaseModel):
     min_silos_per_aggregate: int = Field(
         2, ge=2, description="no aggregate is released with fewer contributors (at least 2: one is a silo's own update)"
     )
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') jobs may name when no consortium_policy is set; "
+        "empty: factory jobs are refused (silos check their own site policy too)",
+    )
     allow_plaintext_jobs: bool = Field(
         False,
         description='accept he_profile = "none" jobs when no consortium_policy is set (comparison runs only); '
@@ -37,6 +43,11 @@ class AggregatorConfig(BaseModel):
     max_workers: int = Field(32, ge=4)
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
 
 def load_aggregator_config(path: Path | str) -> AggregatorConfig:

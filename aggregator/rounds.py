@@ -142,9 +142,12 @@ class JobEngine:
         min_per_aggregate: int = 2,
         policy: ConsortiumPolicy | None = None,
         allow_plaintext: bool = False,
+        allowed_factories: tuple[str, ...] = (),
     ) -> None:
         self.store = store
-        self.allow_plaintext = allow_plaintext  # he_profile "none" without a consortium policy (opt-in)
+        # Used only without a consortium policy (which then decides): both refused unless opted in.
+        self.allow_plaintext = allow_plaintext
+        self.allowed_factories = allowed_factories
         self.keyring = keyring
         self.events = events
         self.policy = policy
@@ -227,6 +230,12 @@ class JobEngine:
                 raise Refusal(
                     Code.PERMISSION_DENIED, "consortium policy refuses this job: " + "; ".join(decision.reasons)
                 )
+        if self.policy is None and spec.model.type == "factory" and spec.model.factory not in self.allowed_factories:
+            raise Refusal(
+                Code.PERMISSION_DENIED,
+                f"model.factory: {spec.model.factory!r} is not in this aggregator's allowed_factories "
+                f"({', '.join(self.allowed_factories) or 'none listed'}); silos run only code their site policy names",
+            )
         if self.policy is None and spec.he_profile == "none" and not self.allow_plaintext:
             raise Refusal(
                 Code.PERMISSION_DENIED,

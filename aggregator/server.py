@@ -42,6 +42,7 @@ class AggregatorServer:
             config.min_silos_per_aggregate,
             policy,
             allow_plaintext=config.allow_plaintext_jobs,
+            allowed_factories=tuple(config.allowed_factories),
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         interceptor = AuthInterceptor(self.auth, self._on_refusal)

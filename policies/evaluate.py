@@ -241,6 +241,14 @@ def evaluate_submission(
         f"HE profile {spec.he_profile!r} is forbidden by the consortium "
         f"(allowed: {', '.join(policy.allowed_he_profiles)})",
     )
+    if spec.model.type == "factory":
+        d.check(
+            "model factory",
+            spec.model.factory in policy.allowed_factories,
+            f"factory {spec.model.factory!r} is in the consortium's allowed_factories",
+            f"model.factory {spec.model.factory!r} is not in the consortium's allowed_factories "
+            f"({', '.join(policy.allowed_factories) or 'none listed'})",
+        )
     d.check(
         "rounds",
         spec.total_rounds <= policy.max_rounds,

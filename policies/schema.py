@@ -70,6 +70,16 @@ class ConsortiumPolicy(Strict):
     allowed_he_profiles: list[HEProfileName] = Field(default_factory=_default_profiles)
     max_rounds: int = Field(1000, ge=1)
     job_submitters: list[str] = Field(default_factory=list, description="admin names allowed to submit; empty: all")
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') jobs may name; empty: no factory jobs "
+        "(each site still decides with its own allowed_factories)",
+    )
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
     @model_validator(mode="after")
     def _unique(self) -> ConsortiumPolicy:
