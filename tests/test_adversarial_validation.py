@@ -148,6 +148,21 @@ def test_factory_import_needs_the_allow_list_at_the_point_of_import(tmp_path, mo
     assert not marker.exists() and MARKER_MODULE not in sys.modules
 
 
+def test_site_policy_names_each_factory_it_runs():
+    from policies.evaluate import evaluate_site, evaluate_without_site_policy
+    from policies.schema import SitePolicy
+
+    job = parse_job_spec(_spec("f" * 32, model='type = "factory"\nfactory = "os:system"'))
+    base = {"kind": "site", "site": "silo-a", "trusted_aggregators": ["a" * 64], "allowed_models": ["factory"]}
+    refused = evaluate_site(SitePolicy.model_validate(base), job, aggregator_fingerprint=None, consortium="C")
+    assert not refused.allowed and "factory 'os:system' is not in this site's allowed_factories" in refused.reasons[0]
+    listed = SitePolicy.model_validate({**base, "allowed_factories": ["os:system"]})
+    assert evaluate_site(listed, job, aggregator_fingerprint=None, consortium="C").allowed
+    assert not evaluate_without_site_policy(job).allowed
+    with pytest.raises(ValueError, match="must be 'package.module:function'"):
+        SitePolicy.model_validate({**base, "allowed_factories": ["../evil.py:x"]})
+
+
 # ---------------------------------------------------------------------- nodes without a site policy
 
 
