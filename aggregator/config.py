@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocol.names import factory_reference
 from protocol.tomlconfig import load_toml
 
 
@@ -26,7 +27,19 @@ class AggregatorConfig(BaseModel):
     port_file: Path | None = None
     keys_dir: Path | None = Field(None, description="pre-provisioned public contexts (*.ctx)")
     tick_s: float = Field(0.25, gt=0)
-    min_silos_per_aggregate: int = Field(2, ge=1, description="no aggregate is released with fewer contributors")
+    min_silos_per_aggregate: int = Field(
+        2, ge=2, description="no aggregate is released with fewer contributors (at least 2: one is a silo's own update)"
+    )
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') jobs may name when no consortium_policy is set; "
+        "empty: factory jobs are refused (silos check their own site policy too)",
+    )
+    allow_plaintext_jobs: bool = Field(
+        False,
+        description='accept he_profile = "none" jobs when no consortium_policy is set (comparison runs only); '
+        "with a consortium policy its allowed_he_profiles decides",
+    )
     max_workers: int = Field(32, ge=4)
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
@@ -36,6 +49,11 @@ class AggregatorConfig(BaseModel):
         description="host:port of a plain-HTTP Prometheus /metrics endpoint (off when unset); "
         "keep it on 127.0.0.1 or a monitoring network",
     )
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
 
 def load_aggregator_config(path: Path | str) -> AggregatorConfig:

@@ -37,6 +37,7 @@ from policies.schema import ConsortiumPolicy
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json, parse_job_spec
 from protocol.messages import MAX_CHUNK_BYTES, manifest_from_proto
+from protocol.names import safe_job_id
 from protocol.tomlconfig import ConfigError
 
 RUNNING, COMPLETED, FAILED, ABORTED = "running", "completed", "failed", "aborted"
@@ -140,8 +141,13 @@ class JobEngine:
         events: EventSink,
         min_per_aggregate: int = 2,
         policy: ConsortiumPolicy | None = None,
+        allow_plaintext: bool = False,
+        allowed_factories: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        # Used only without a consortium policy (which then decides): both refused unless opted in.
+        self.allow_plaintext = allow_plaintext
+        self.allowed_factories = allowed_factories
         self.keyring = keyring
         self.events = events
         self.policy = policy
@@ -161,7 +167,11 @@ class JobEngine:
         """Reopen the current round of every running job; its in-memory sum was lost with the process."""
         now = time.time()
         for job in self.store.jobs(RUNNING):
-            spec = self.spec(job.job_id)
+            try:
+                spec = self.spec(job.job_id)
+            except Refusal as exc:  # one unreadable stored job must not stop the aggregator
+                self._fail_unreadable(job.job_id, exc.message)
+                continue
             if spec.partition != "horizontal":  # vertical jobs have no rounds: their parties drive them
                 continue
             self.store.clear_contributions(job.job_id, job.current_round)
@@ -176,13 +186,23 @@ class JobEngine:
                 reason="aggregator restarted; contributors must re-upload",
             )
 
+    def _fail_unreadable(self, job_id: str, reason: str) -> None:
+        """Fail a stored job whose spec no longer validates (written by an older version, or tampered)."""
+        message = f"stored job spec is not valid, job failed at restart: {reason}"[:2000]
+        self.store.update_job(job_id, status=FAILED, reason=message)
+        self.events.record("job_failed", "aggregator", job=job_id, reason=message)
+
     def spec(self, job_id: str) -> JobSpec:
         spec = self._specs.get(job_id)
         if spec is None:
             row = self.store.job(job_id)
             if row is None:
                 raise Refusal(Code.NOT_FOUND, f"unknown job {job_id!r}")
-            spec = job_spec_from_json(row.spec_json)
+            try:
+                spec = job_spec_from_json(row.spec_json, f"stored spec of job {job_id}")
+            except ConfigError as exc:
+                problems = "; ".join(f"{f}: {r}" for f, r in exc.problems)
+                raise Refusal(Code.FAILED_PRECONDITION, f"job {job_id}: invalid stored spec ({problems})") from None
             self._specs[job_id] = spec
         return spec
 
@@ -210,6 +230,19 @@ class JobEngine:
                 raise Refusal(
                     Code.PERMISSION_DENIED, "consortium policy refuses this job: " + "; ".join(decision.reasons)
                 )
+        if self.policy is None and spec.model.type == "factory" and spec.model.factory not in self.allowed_factories:
+            raise Refusal(
+                Code.PERMISSION_DENIED,
+                f"model.factory: {spec.model.factory!r} is not in this aggregator's allowed_factories "
+                f"({', '.join(self.allowed_factories) or 'none listed'}); silos run only code their site policy names",
+            )
+        if self.policy is None and spec.he_profile == "none" and not self.allow_plaintext:
+            raise Refusal(
+                Code.PERMISSION_DENIED,
+                "he_profile: 'none' sends plaintext updates through the aggregator and is refused; use 'sum', or "
+                "set allow_plaintext_jobs = true in aggregator.toml (or allow 'none' in the consortium policy) "
+                "for a comparison run",
+            )
         if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
             known = ", ".join(self.keyring.fingerprints()) or "none"
             raise Refusal(
@@ -223,7 +256,7 @@ class JobEngine:
                 f"the consortium releases no aggregate with fewer than {self.min_per_aggregate} contributors, "
                 f"but the job lists {len(spec.participants)} participants",
             )
-        job_id = f"{spec.name}-{secrets.token_hex(3)}"
+        job_id = safe_job_id(f"{spec.name}-{secrets.token_hex(3)}")  # silos use it as a directory name
         now = time.time()
         with self.lock:
             self.store.insert_job(
@@ -499,7 +532,10 @@ class JobEngine:
         tasks = []
         with self.lock:
             for row in self.store.jobs():
-                spec = self.spec(row.job_id)
+                try:
+                    spec = self.spec(row.job_id)
+                except Refusal:  # an unreadable stored job (failed at restart) is offered to no one
+                    continue
                 if silo not in spec.participants:
                     continue
                 open_round = self._open.get(row.job_id)

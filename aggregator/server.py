@@ -44,7 +44,14 @@ class AggregatorServer:
         )
         policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
         self.engine = JobEngine(
-            self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy
+            self.store,
+            self.keyring,
+            config.state_dir,
+            self.events,
+            config.min_silos_per_aggregate,
+            policy,
+            allow_plaintext=config.allow_plaintext_jobs,
+            allowed_factories=tuple(config.allowed_factories),
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         if self.metrics is not None:

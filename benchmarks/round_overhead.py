@@ -182,7 +182,7 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
         return spec.replace('scaling = "federated"', 'scaling = "none"')
 
     try:
-        stub = c.start_all()
+        stub = c.start_all(plaintext_comparison=True)  # the plaintext baseline is opted in
         # Warm-up (excluded): process start-up, imports and first allocations in every node.
         _run_job(c, stub, spec_for("bench-warmup", "none", 1))
         plain = _measure(c, stub, spec_for("bench-none", "none", args.rounds), params, args.silos)

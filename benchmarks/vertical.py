@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     walls: dict[str, float] = {}
     relayed: dict[str, int] = {}
     try:
-        stub = c.start_all(node_keys='scope = "consortium"')
+        stub = c.start_all(node_keys='scope = "consortium"', plaintext_comparison=True)
         for profile in ("none", "vertical"):
             spec = _spec(f"bench-{profile}", profile, columns, args.epochs, args.batch_size)
             t0 = time.time()

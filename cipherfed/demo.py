@@ -194,7 +194,10 @@ def run_demo(
     if after_provision:
         after_provision(consortium)
     try:
-        stub = consortium.start_all(aggregator_extra=f'metrics_listen = "{metrics_listen}"' if metrics_listen else "")
+        stub = consortium.start_all(
+            aggregator_extra=f'metrics_listen = "{metrics_listen}"' if metrics_listen else "",
+            plaintext_comparison=True,  # the plaintext baseline is opted in
+        )
         if metrics_listen:
             console.print(f"aggregator metrics: http://{metrics_listen}/metrics")
         common: dict[str, Any] = dict(

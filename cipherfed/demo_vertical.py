@@ -137,7 +137,7 @@ def run_vertical_demo(
             + f", ids like {STYLE[party].format(i=42)!r}"
         )
     try:
-        stub = consortium.start_all(node_keys='scope = "consortium"')
+        stub = consortium.start_all(node_keys='scope = "consortium"', plaintext_comparison=True)
         results = {}
         for profile in ("vertical", "none"):
             label = "under HE (CKKS, public-key)" if profile == "vertical" else "without encryption (comparison)"

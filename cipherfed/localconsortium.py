@@ -230,12 +230,40 @@ key = "{who}.key"
             self.write_node_config(name)
         return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)])
 
-    def start_all(self, node_keys: str | None = None, aggregator_extra: str = "") -> Any:
-        """Aggregator, then every node, then the coordinator's config; returns the coordinator's stub."""
+    def write_comparison_site_policy(self, name: str) -> str:
+        """A site policy that opts this node in to plaintext comparison runs (``he_profile = "none"``).
+
+        A node without a site policy refuses plaintext jobs; the demo and benchmarks compare HE with
+        plaintext, so their nodes say yes explicitly, trusting only this consortium's aggregator.
+        Returns the node.toml line that points at it.
+        """
+        aggregator = pki.certificate_fingerprint(pki.load_certificate(self.agg_dir / "aggregator.crt"))
+        (self.nodes[name].dir / "comparison-site-policy.toml").write_text(
+            f"""# written by the local consortium builder: allows plaintext comparison runs
+kind = "site"
+site = "{name}"
+trusted_aggregators = ["{aggregator}"]
+allowed_job_types = ["horizontal", "vertical"]
+min_he_profile = "none"
+"""
+        )
+        return 'site_policy = "comparison-site-policy.toml"'
+
+    def start_all(
+        self, node_keys: str | None = None, aggregator_extra: str = "", plaintext_comparison: bool = False
+    ) -> Any:
+        """Aggregator, then every node, then the coordinator's config; returns the coordinator's stub.
+
+        ``plaintext_comparison`` opts the aggregator and every node in to ``he_profile = "none"`` jobs
+        (refused by default on both sides), for runs that compare HE with plaintext.
+        """
+        if plaintext_comparison:
+            aggregator_extra = f"{aggregator_extra}\nallow_plaintext_jobs = true"
         self.write_aggregator_config(extra=aggregator_extra)
         self.start_aggregator()
         for name in self.silos:
-            self.write_node_config(name, keys=node_keys)
+            extra = self.write_comparison_site_policy(name) if plaintext_comparison else ""
+            self.write_node_config(name, extra=extra, keys=node_keys)
             self.start_node(name)
         self.write_admin_config()
         return self.stub("coordinator")

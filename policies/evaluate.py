@@ -82,6 +82,14 @@ def evaluate_site(
         f"model {spec.model.type!r} is allowed",
         f"model {spec.model.type!r} is not allowed (allowed: {', '.join(policy.allowed_models)})",
     )
+    if spec.model.type == "factory":
+        d.check(
+            "model factory",
+            spec.model.factory in policy.allowed_factories,
+            f"factory {spec.model.factory!r} is in allowed_factories",
+            f"factory {spec.model.factory!r} is not in this site's allowed_factories "
+            f"({', '.join(policy.allowed_factories) or 'none listed'}); a site runs only code it names",
+        )
     columns = job_columns(spec, policy.site)
     denied = {c: p for c in columns if (p := _matches(c, policy.denied_columns))}
     d.check(
@@ -129,6 +137,30 @@ def evaluate_site(
         in_window(policy.time_windows, now),
         "within an allowed time window" if policy.time_windows else "no time restriction",
         f"{now:%a %H:%M} UTC is outside this site's time windows",
+    )
+    return d
+
+
+def evaluate_without_site_policy(spec: JobSpec, stage: str = "job offered") -> Decision:
+    """What a node with no site policy refuses: anything that needs a privacy officer's explicit yes.
+
+    Without a site policy a node runs no job-supplied code (model factories) and sends no
+    plaintext updates (``he_profile = "none"``): both need a site policy that allows them.
+    """
+    d = Decision(stage)
+    d.check(
+        "model factory",
+        spec.model.type != "factory",
+        "no model factory (built-in model)",
+        f"factory {spec.model.factory!r}: this node has no site policy, so it imports no job-supplied code; "
+        "list the factory in a site policy's allowed_factories to allow it",
+    )
+    d.check(
+        "HE profile",
+        spec.he_profile != "none",
+        f"updates are protected by HE profile {spec.he_profile!r}",
+        "he_profile 'none' sends plaintext updates; this node has no site policy, so it refuses it; "
+        'set min_he_profile = "none" in a site policy to allow plaintext comparison runs',
     )
     return d
 
@@ -209,6 +241,14 @@ def evaluate_submission(
         f"HE profile {spec.he_profile!r} is forbidden by the consortium "
         f"(allowed: {', '.join(policy.allowed_he_profiles)})",
     )
+    if spec.model.type == "factory":
+        d.check(
+            "model factory",
+            spec.model.factory in policy.allowed_factories,
+            f"factory {spec.model.factory!r} is in the consortium's allowed_factories",
+            f"model.factory {spec.model.factory!r} is not in the consortium's allowed_factories "
+            f"({', '.join(policy.allowed_factories) or 'none listed'})",
+        )
     d.check(
         "rounds",
         spec.total_rounds <= policy.max_rounds,

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocol.names import factory_reference
 from protocol.tomlconfig import ConfigError, load_toml, validate_model
 
 HE_ORDER = {"none": 0, "sum": 1, "vertical": 1}
@@ -69,6 +70,16 @@ class ConsortiumPolicy(Strict):
     allowed_he_profiles: list[HEProfileName] = Field(default_factory=_default_profiles)
     max_rounds: int = Field(1000, ge=1)
     job_submitters: list[str] = Field(default_factory=list, description="admin names allowed to submit; empty: all")
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') jobs may name; empty: no factory jobs "
+        "(each site still decides with its own allowed_factories)",
+    )
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
     @model_validator(mode="after")
     def _unique(self) -> ConsortiumPolicy:
@@ -118,6 +129,11 @@ class SitePolicy(Strict):
     trusted_consortia: list[str] = Field(default_factory=list, description="consortium names; empty: any")
     allowed_job_types: list[JobType] = Field(default_factory=_default_job_types)
     allowed_models: list[ModelType] = Field(default_factory=_default_models)
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function') this site will import and run for "
+        'model.type = "factory" jobs (with "factory" in allowed_models); empty: none',
+    )
     allowed_columns: list[str] | None = Field(None, description="if set, only these columns (patterns) may be used")
     denied_columns: list[str] = Field(default_factory=lambda: ["name", "*_name", "ssn", "mrn", "dob", "address"])
     min_participants: int = Field(2, ge=2)
@@ -142,6 +158,11 @@ class SitePolicy(Strict):
     @classmethod
     def _custodian_fps(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else [_fingerprint(x) for x in v]
+
+    @field_validator("allowed_factories")
+    @classmethod
+    def _factories(cls, v: list[str]) -> list[str]:
+        return [factory_reference(x) for x in v]
 
 
 Policy = ConsortiumPolicy | SitePolicy

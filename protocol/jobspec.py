@@ -1,27 +1,79 @@
-"""The job spec: what the coordinator submits and every party validates the same way."""
+"""The job spec: what the coordinator submits and every party validates the same way.
+
+A job spec is written by a coordinator who may be hostile and relayed by an aggregator that may
+be hostile, so every field is bounded here, once, for every reader: every float is finite (no
+inf/nan, which JSON would store as null) and within the limits below, every integer is bounded,
+every name is a safe identifier (``protocol.names``), and lists have a maximum length. The limits
+are generous for real cross-silo training and small enough that no spec can make a party
+allocate, loop or wait without end.
+"""
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.tomlconfig import parse_toml_text
+from protocol.names import MAX_NAME_CHARS, factory_reference, safe_name
+from protocol.tomlconfig import ConfigError, parse_toml_text, validate_model
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Limits (documented in docs/run-consortium.md "Job spec limits").
+MAX_PARTICIPANTS = 256
+MAX_FEATURES = 10_000  # columns per job (and per vertical party)
+MAX_HIDDEN_LAYERS = 16
+MAX_HIDDEN_WIDTH = 65_536
+MAX_MODEL_PARAMETERS = 20_000_000  # what a silo would allocate (and encrypt) for the model
+MAX_CLASSES = 1000
+MAX_BATCH_SIZE = 1 << 20
+MAX_LR = 100.0
+MAX_L2 = 10.0
+MAX_ROUND_TIMEOUT_S = 86_400.0  # one day
+MAX_ROUND_RETRIES = 100
+MAX_EPSILON = 100.0
+MAX_DELTA = 0.01
+MAX_NORM = 1e6  # clipping norms
+MAX_NOISE_STD = 1e3
+MAX_MIN_ENTITIES = 1_000_000_000
+MAX_SEED = (1 << 63) - 1
+MAX_SPEC_CHARS = 1 << 20  # a spec with 256 parties x 10,000 columns is far smaller
+KEY_FINGERPRINT_HEX_CHARS = 32  # crypto.keys.compute_fingerprint; a test keeps the two equal
+KEY_FINGERPRINT = re.compile(rf"[0-9a-f]{{{KEY_FINGERPRINT_HEX_CHARS}}}")
+
+
+def _named(what: str) -> AfterValidator:
+    return AfterValidator(lambda v: safe_name(v, what))
+
+
+PartyName = Annotated[str, Field(max_length=MAX_NAME_CHARS), _named("party name")]
+ColumnName = Annotated[str, Field(max_length=MAX_NAME_CHARS), _named("column name")]
+HiddenWidth = Annotated[int, Field(ge=1, le=MAX_HIDDEN_WIDTH)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf and nan are refused at the edge (pydantic would accept them and JSON
+    # would store them as null, which no reader can load back).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
     type: Literal["logreg", "mlp", "sklearn_sgd", "factory"] = "logreg"
-    hidden: list[int] = Field(default_factory=list, description="hidden layer sizes for mlp")
-    factory: str | None = Field(None, description="module:function returning a torch nn.Module")
-    num_classes: int = Field(2, ge=2)
-    l2: float = Field(0.0, ge=0.0)
+    hidden: list[HiddenWidth] = Field(
+        default_factory=list, max_length=MAX_HIDDEN_LAYERS, description="hidden layer sizes for mlp"
+    )
+    factory: str | None = Field(
+        None,
+        description="module:function returning a torch nn.Module; a silo runs it only if its site policy "
+        "lists it in allowed_factories",
+    )
+    num_classes: int = Field(2, ge=2, le=MAX_CLASSES)
+    l2: float = Field(0.0, ge=0.0, le=MAX_L2)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_reference(cls, v: str | None) -> str | None:
+        return None if v is None else factory_reference(v)
 
     @model_validator(mode="after")
     def _factory_named(self) -> ModelSpec:
@@ -29,15 +81,23 @@ class ModelSpec(Strict):
             raise ValueError("model.type = 'factory' needs factory = 'module:function'")
         if self.type == "mlp" and not self.hidden:
             raise ValueError("model.type = 'mlp' needs hidden = [sizes]")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden sizes must be positive")
         return self
+
+    def parameter_count(self, n_features: int) -> int:
+        """Parameters of the built-in model for ``n_features`` inputs (0 for a factory: unknown here)."""
+        outputs = 1 if self.num_classes == 2 else self.num_classes
+        if self.type == "factory":
+            return 0
+        widths = [n_features, *(self.hidden if self.type == "mlp" else []), outputs]
+        return sum((a + 1) * b for a, b in itertools.pairwise(widths))
 
 
 class DatasetSchema(Strict):
-    features: list[str] = Field(default_factory=list, description="horizontal: the columns every silo uses")
-    label: str
-    id: str | None = None
+    features: list[ColumnName] = Field(
+        default_factory=list, max_length=MAX_FEATURES, description="horizontal: the columns every silo uses"
+    )
+    label: ColumnName
+    id: ColumnName | None = None
     scaling: Literal["federated", "local", "none"] = Field(
         "federated",
         description="federated: pooled means/variances from an encrypted statistics round (round 0); "
@@ -46,17 +106,23 @@ class DatasetSchema(Strict):
 
 
 class DPSpec(Strict):
-    epsilon: float = Field(gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
+    epsilon: float = Field(gt=0, le=MAX_EPSILON)
+    delta: float = Field(1e-5, gt=0, le=MAX_DELTA)
+    max_grad_norm: float = Field(1.0, gt=0, le=MAX_NORM)
 
 
 class VerticalSpec(Strict):
-    active: str = Field(description="the party holding the labels (and some features)")
-    passive: list[str] = Field(min_length=1, description="parties holding other features of the same entities")
-    features: dict[str, list[str]] = Field(description="each party's feature columns")
-    min_entities: int = Field(10, ge=1, description="refuse to train on a smaller intersection")
-    passive_noise_std: float = Field(0.0, ge=0, description="Gaussian noise passives add to their partial scores")
+    active: PartyName = Field(description="the party holding the labels (and some features)")
+    passive: list[PartyName] = Field(
+        min_length=1, max_length=MAX_PARTICIPANTS - 1, description="parties holding other features of the same entities"
+    )
+    features: dict[PartyName, Annotated[list[ColumnName], Field(max_length=MAX_FEATURES)]] = Field(
+        max_length=MAX_PARTICIPANTS, description="each party's feature columns"
+    )
+    min_entities: int = Field(10, ge=1, le=MAX_MIN_ENTITIES, description="refuse to train on a smaller intersection")
+    passive_noise_std: float = Field(
+        0.0, ge=0, le=MAX_NOISE_STD, description="Gaussian noise passives add to their partial scores"
+    )
 
     @model_validator(mode="after")
     def _parties(self) -> VerticalSpec:
@@ -76,25 +142,32 @@ class JobSpec(Strict):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     rounds: int = Field(ge=1, le=10_000)
     local_epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.1, gt=0)
-    min_silos: int = Field(2, ge=1)
-    round_timeout_s: float = Field(120.0, gt=0)
-    max_round_retries: int = Field(2, ge=0)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
+    lr: float = Field(0.1, gt=0, le=MAX_LR)
+    min_silos: int = Field(2, ge=1, le=MAX_PARTICIPANTS)
+    round_timeout_s: float = Field(120.0, gt=0, le=MAX_ROUND_TIMEOUT_S, description="at most one day")
+    max_round_retries: int = Field(2, ge=0, le=MAX_ROUND_RETRIES)
     he_profile: Literal["sum", "vertical", "none"] = "sum"
     key_fingerprint: str | None = None
-    participants: list[str] = Field(min_length=1)
+    participants: list[PartyName] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
     dataset: DatasetSchema
-    seed: int = 0
-    update_clip_norm: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    update_clip_norm: float | None = Field(None, gt=0, le=MAX_NORM)
     dp: DPSpec | None = None
     vertical: VerticalSpec | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
-            raise ValueError("use 1-64 letters, digits, '.', '_' or '-'")
+        return safe_name(v, "job name")
+
+    @field_validator("key_fingerprint")
+    @classmethod
+    def _key_fingerprint(cls, v: str | None) -> str | None:
+        if v is not None and not KEY_FINGERPRINT.fullmatch(v):
+            raise ValueError(
+                f"must be the {KEY_FINGERPRINT_HEX_CHARS} lowercase hex digits printed by `cipherfed keys create`"
+            )
         return v
 
     @field_validator("participants")
@@ -123,6 +196,13 @@ class JobSpec(Strict):
             raise ValueError("dp: DP-SGD trains torch models; use model.type logreg, mlp or factory")
         if self.partition == "horizontal" and self.he_profile == "vertical":
             raise ValueError("he_profile 'vertical' is for vertical jobs; horizontal jobs use 'sum' or 'none'")
+        if self.partition == "horizontal":
+            params = self.model.parameter_count(len(self.dataset.features))
+            if params > MAX_MODEL_PARAMETERS:
+                raise ValueError(
+                    f"model: {params:,} parameters for {len(self.dataset.features)} features exceeds the limit of "
+                    f"{MAX_MODEL_PARAMETERS:,}; use fewer or narrower hidden layers"
+                )
         return self
 
     def _check_vertical(self) -> None:
@@ -163,5 +243,20 @@ def parse_job_spec(text: str, source: str = "job spec") -> JobSpec:
     return parse_toml_text(JobSpec, text, source)
 
 
-def job_spec_from_json(text: str) -> JobSpec:
-    return JobSpec.model_validate_json(text)
+def job_spec_from_json(text: str, source: str = "job spec") -> JobSpec:
+    """A spec that crossed a process boundary (stored row, task from the aggregator), validated again.
+
+    Raises ``ConfigError`` (a ValueError) with field-level problems, never a pydantic error, so
+    callers handle a hostile or corrupt spec like any other refused input.
+    """
+    import json
+
+    if len(text) > MAX_SPEC_CHARS:
+        raise ConfigError(source, [("(size)", f"{len(text)} characters exceeds the {MAX_SPEC_CHARS}-character limit")])
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(source, [("(json)", f"not valid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top level)", "a job spec is a JSON object")])
+    return validate_model(JobSpec, data, source)

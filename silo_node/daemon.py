@@ -18,10 +18,13 @@ from crypto import pki
 from crypto.errors import CryptoError
 from crypto.signing import sign_digest
 from policies.decision import Decision
-from policies.evaluate import evaluate_site
+from policies.evaluate import evaluate_site, evaluate_without_site_policy
 from policies.schema import load_site_policy
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json
+from protocol.names import MAX_JOB_ID_CHARS as MAX_ID
+from protocol.names import is_safe_name, safe_job_id
+from protocol.tomlconfig import ConfigError
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, LocalData, load_columns
@@ -104,7 +107,7 @@ class SiloNode:
         job = self.jobs.get(task.job_id)
         if job is not None:
             return job
-        spec = job_spec_from_json(task.spec_json)
+        spec = self._offered_spec(task)
         self.events.record(
             "job_offered",
             self.config.name,
@@ -116,6 +119,23 @@ class SiloNode:
         job = self._accept(task.job_id, spec)
         self.jobs[task.job_id] = job
         return job
+
+    def _offered_spec(self, task: pb.Task) -> JobSpec:
+        """The offered job's id and spec, validated before either is used (the aggregator may be hostile).
+
+        The job id becomes a directory under state_dir, so it must be a safe identifier; the spec is
+        validated like a submitted one. Either failure is a refusal with the reason, never an
+        exception out of the run loop.
+        """
+        try:
+            safe_job_id(task.job_id)
+        except ValueError as exc:
+            raise JobRefused([f"offered job refused: {exc}"]) from None
+        try:
+            return job_spec_from_json(task.spec_json, f"job spec of {task.job_id}")
+        except ConfigError as exc:
+            problems = "; ".join(f"{field}: {reason}" for field, reason in exc.problems)
+            raise JobRefused([f"offered job spec is not valid: {problems}"[:2000]]) from None
 
     def _dataset_key(self) -> str:
         return str(self.config.data.path.resolve())
@@ -155,8 +175,11 @@ class SiloNode:
         # The site policy decides from the job spec alone, before a single row is read.
         if self.site_policy is not None:
             decision = self.evaluate_policy(job_id, spec, "job offered")
-            if not decision.allowed:
-                raise JobRefused(decision.reasons)
+        else:  # no privacy officer's yes: no job-supplied code, no plaintext updates
+            decision = evaluate_without_site_policy(spec)
+            self.events.record("policy_decision", self.config.name, job=job_id, **decision.as_details())
+        if not decision.allowed:
+            raise JobRefused(decision.reasons)
         if spec.partition == "vertical":
             return self._accept_vertical(job_id, spec)
         offered = self.config.data.features
@@ -201,6 +224,7 @@ class SiloNode:
             self.ledger,
             self._dataset_key(),
             (lambda r: self.evaluate_policy(job_id, spec, f"round {r} upload", r)) if self.site_policy else None,
+            tuple(self.site_policy.allowed_factories) if self.site_policy else (),
         )
         return HorizontalJob(
             job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
@@ -262,7 +286,8 @@ class SiloNode:
             job = self._job(task)
         except JobRefused as exc:
             self.ignored.add(task.job_id)
-            self.events.record("job_declined", self.config.name, job=task.job_id, reasons=exc.reasons)
+            job_id = task.job_id if is_safe_name(task.job_id, MAX_ID) else repr(task.job_id[:MAX_ID])
+            self.events.record("job_declined", self.config.name, job=job_id, reasons=exc.reasons)
             if task.job_status == "running":
                 self.client.decline(task.job_id, -1, exc.reasons)
             return

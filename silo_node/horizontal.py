@@ -13,7 +13,7 @@ import hashlib
 import json
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ class SiloServices:
     ledger: PrivacyLedger | None = None
     dataset_key: str = ""
     round_gate: Callable[[int], Decision] | None = None  # site policy, checked before every upload
+    allowed_factories: tuple[str, ...] = ()  # site policy: model factories this node may import
 
 
 class HorizontalJob:
@@ -87,7 +88,7 @@ class HorizontalJob:
             std[std < 1e-8] = 1.0
             self.state.mean, self.state.std = x.mean(axis=0).tolist(), std.tolist()
         self.dp_plan = dp.plan(spec, len(self.train_rows)) if spec.dp is not None else None
-        self.model = make_adapter(spec, data.features.shape[1])
+        self.model = make_adapter(spec, data.features.shape[1], services.allowed_factories)
         weights_path = self.dir / "global.npz"
         if weights_path.exists():
             with np.load(weights_path) as stored:
@@ -315,8 +316,12 @@ def _read_upload(path: Path) -> tuple[pb.UploadHeader, list[bytes]]:
     return header, chunks
 
 
-def load_exported_model(path: Path) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
-    """A silo's exported final model: (adapter, mean, std) ready for ``predict_proba``."""
+def load_exported_model(
+    path: Path, allowed_factories: Collection[str] = ()
+) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """A silo's exported final model: (adapter, mean, std) ready for ``predict_proba``.
+
+    A factory model is rebuilt only if ``allowed_factories`` names it (the site policy's list)."""
     spec = JobSpec.model_validate_json((path.parent / "job_spec.json").read_text())
     with np.load(path) as stored:
         weights = OrderedDict((k, stored[k]) for k in stored.files if not k.startswith("__"))
@@ -324,6 +329,6 @@ def load_exported_model(path: Path) -> tuple[Any, np.ndarray | None, np.ndarray 
         std = stored["__std__"] if stored["__std__"].size else None
     first = next(iter(weights.values()))
     n_features = first.shape[-1] if spec.model.type != "sklearn_sgd" else weights["coef"].shape[1]
-    adapter = make_adapter(spec, n_features)
+    adapter = make_adapter(spec, n_features, allowed_factories)
     adapter.set_weights(weights)
     return adapter, mean, std

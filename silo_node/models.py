@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,11 +29,30 @@ class ModelAdapter(Protocol):
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
 
+class FactoryNotAllowed(PermissionError):
+    """A job named a model factory this site's policy does not list: nothing was imported."""
+
+
+def _load_factory(reference: str, allowed_factories: Collection[str]) -> Any:
+    """Import ``module:function`` only if the site policy lists exactly this reference.
+
+    The check sits at the import itself, so no caller can reach ``importlib`` with a job-supplied
+    name that the site's privacy officer has not named.
+    """
+    if reference not in allowed_factories:
+        raise FactoryNotAllowed(
+            f"model factory {reference!r} is not in this site's allowed_factories "
+            f"({', '.join(sorted(allowed_factories)) or 'none listed'}); nothing was imported"
+        )
+    module_name, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
 def _outputs(spec: JobSpec) -> int:
     return 1 if spec.model.num_classes == 2 else spec.model.num_classes
 
 
-def build_torch_module(spec: JobSpec, n_features: int) -> nn.Module:
+def build_torch_module(spec: JobSpec, n_features: int, allowed_factories: Collection[str] = ()) -> nn.Module:
     torch.manual_seed(spec.seed)  # every silo starts from the same initial global model
     out = _outputs(spec)
     if spec.model.type == "logreg":
@@ -47,8 +67,7 @@ def build_torch_module(spec: JobSpec, n_features: int) -> nn.Module:
         return nn.Sequential(*layers)
     if spec.model.type == "factory":
         assert spec.model.factory is not None
-        module_name, _, function = spec.model.factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), function)
+        factory = _load_factory(spec.model.factory, allowed_factories)
         module = factory(n_features=n_features, num_classes=spec.model.num_classes)
         if not isinstance(module, nn.Module):
             raise TypeError(f"{spec.model.factory} returned {type(module).__name__}, not a torch nn.Module")
@@ -57,9 +76,9 @@ def build_torch_module(spec: JobSpec, n_features: int) -> nn.Module:
 
 
 class TorchAdapter:
-    def __init__(self, spec: JobSpec, n_features: int) -> None:
+    def __init__(self, spec: JobSpec, n_features: int, allowed_factories: Collection[str] = ()) -> None:
         self.spec = spec
-        self.module = build_torch_module(spec, n_features).double()
+        self.module = build_torch_module(spec, n_features, allowed_factories).double()
         self.binary = spec.model.num_classes == 2
         self.last_noise_multiplier: float | None = None
 
@@ -194,10 +213,13 @@ class SklearnAdapter:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def make_adapter(spec: JobSpec, n_features: int) -> TorchAdapter | SklearnAdapter:
+def make_adapter(
+    spec: JobSpec, n_features: int, allowed_factories: Collection[str] = ()
+) -> TorchAdapter | SklearnAdapter:
+    """The job's model; a factory model only if ``allowed_factories`` (the site policy's) names it."""
     if spec.model.type == "sklearn_sgd":
         return SklearnAdapter(spec, n_features)
-    return TorchAdapter(spec, n_features)
+    return TorchAdapter(spec, n_features, allowed_factories)
 
 
 def evaluate(adapter: Any, x: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -80,11 +80,12 @@ def test_mlp_and_user_factory_models(tmp_path, monkeypatch):
     """)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    adapter = make_adapter(spec('type = "factory"\nfactory = "my_models:tiny"', local_epochs=5, lr=0.5), 2)
+    allowed = ["my_models:tiny", "my_models:not_a_module"]  # what a site policy's allowed_factories would list
+    adapter = make_adapter(spec('type = "factory"\nfactory = "my_models:tiny"', local_epochs=5, lr=0.5), 2, allowed)
     adapter.train(x, y, seed=1)
     assert evaluate(adapter, x, y, 2)["accuracy"] > 0.8
     with pytest.raises(TypeError, match="not a torch nn.Module"):
-        make_adapter(spec('type = "factory"\nfactory = "my_models:not_a_module"'), 2)
+        make_adapter(spec('type = "factory"\nfactory = "my_models:not_a_module"'), 2, allowed)
     sys.modules.pop("my_models", None)
 
 
