@@ -114,7 +114,7 @@ def test_hostile_job_specs_are_refused_at_submit_with_the_field(running_aggregat
 def test_key_fingerprint_length_matches_the_crypto_layer():
     from protocol.jobspec import KEY_FINGERPRINT_HEX_CHARS
 
-    assert len(compute_fingerprint("sum", b"params", b"id")) == KEY_FINGERPRINT_HEX_CHARS
+    assert len(compute_fingerprint("sum", b"params", b"id", b"\x00" * 32)) == KEY_FINGERPRINT_HEX_CHARS
 
 
 def test_min_silos_per_aggregate_below_two_does_not_load(tmp_path):
