@@ -63,6 +63,11 @@ def bounded(value: Any, depth: int = 0) -> Any:
     return bounded(str(value), depth)
 
 
+def bounded_name(value: str) -> str:
+    """Actor and job: names, so a few hundred characters at most."""
+    return value if len(value) <= 256 else value[:256] + TRUNCATED.format(n=len(value) - 256, unit="characters")
+
+
 def bounded_details(details: dict[str, Any]) -> dict[str, Any]:
     """Every field bounded; if the whole is still too large, only its small fields are kept."""
     out = bounded(details)
@@ -148,9 +153,9 @@ class AuditLog:
                 "seq": self.seq + 1,
                 "ts": utc_now(),
                 "party": self.party,
-                "actor": actor or "unknown",
+                "actor": bounded_name(actor or "unknown"),
                 "event": event,
-                "job": job,
+                "job": None if job is None else bounded_name(job),
                 "round": round,
                 "details": bounded_details(details),
                 "prev": self.head,
