@@ -35,6 +35,8 @@ RELAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # relay kinds and
 MAX_METRICS = 16
 MAX_REASONS = 16
 MAX_REASON_CHARS = 1024
+MAX_SPEC_CHARS = 256 << 10  # a job spec (TOML): thousands of columns fit
+AUDIT_HEAD = re.compile(r"^[0-9a-f]{64}$")  # a party's audit head: SHA-256 hex
 ECHO_CHARS = 32  # how much of a refused value an error message or audit record repeats
 
 
@@ -66,6 +68,14 @@ def check_text(value: str, field_name: str, limit: int = MAX_REASON_CHARS) -> st
     if len(value) > limit:
         raise Refusal(
             Code.INVALID_ARGUMENT, f"{field_name}: {len(value)} characters; at most {limit} (shorten the text)"
+        )
+    return value
+
+
+def check_audit_head(value: str, field_name: str = "audit_head") -> str:
+    if value and not AUDIT_HEAD.match(value):
+        raise Refusal(
+            Code.INVALID_ARGUMENT, f"{field_name}: {echo(value)} is not an audit head (64 hex digits, or empty)"
         )
     return value
 
@@ -103,6 +113,9 @@ _FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "reason": lambda v, f: check_text(v, f),
     "reasons": lambda v, f: check_reasons(list(v), f),
     "metrics": lambda v, f: check_metrics(dict(v), f),
+    "scope": lambda v, f: check_job_id(v, f) if v else v,  # "consortium", a job id or a key fingerprint
+    "audit_head": check_audit_head,
+    "spec_toml": lambda v, f: check_text(v, f, MAX_SPEC_CHARS),
     "kind": lambda v, f: check_name(v, f) if v else v,
     "sender": lambda v, f: check_name(v, f) if v else v,
 }

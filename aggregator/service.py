@@ -15,7 +15,7 @@ import grpc
 from aggregator.aggregate_files import read_aggregate
 from aggregator.auth import Authenticator
 from aggregator.errors import Refusal
-from aggregator.limits import check_job_id, check_name
+from aggregator.limits import check_audit_head, check_job_id, check_name
 from aggregator.rounds import JobEngine, UploadSession
 from aggregator.vertical_relay import AGGREGATOR, SUMMED, VerticalRelay
 from audit.events import EventSink
@@ -84,6 +84,8 @@ class ConsortiumService(pbg.ConsortiumServicer):
             first = next(request_iterator, None)
             if first is None or not first.HasField("header"):
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "an upload must start with its header")
+            check_job_id(first.header.job_id, "header.job_id")
+            check_audit_head(first.header.audit_head, "header.audit_head")
             started = self.engine.begin_upload(ident, cert, first.header)
             if isinstance(started, pb.UploadReceipt):
                 return started

@@ -178,7 +178,14 @@ def test_megabyte_fields_are_refused_and_never_reach_the_audit_log(agg):
         lambda: c.stub("silo-a").Decline(pb.DeclineRequest(job_id=job, round=0, reasons=["r"] * 1000), timeout=30)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most 16" in msg
-    assert _log_size(c) - before < 16_000  # four refusals, a few hundred bytes each
+    upload = iter([pb.UploadMessage(header=pb.UploadHeader(job_id=huge, round=0))])
+    code, msg = rpc_code(lambda: c.stub("silo-a").Upload(upload, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "header.job_id" in msg and len(msg) < 300
+    code, msg = rpc_code(
+        lambda: c.stub("silo-a").ReportMetrics(pb.MetricsReport(job_id=job, round=0, audit_head=huge), timeout=30)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "audit_head" in msg and len(msg) < 300
+    assert _log_size(c) - before < 16_000  # six refusals, a few hundred bytes each
     status = c.stub("coordinator").GetJobStatus(pb.JobRef(job_id=job), timeout=10)
     assert status.status == "running" and not status.declined
 
