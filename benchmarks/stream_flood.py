@@ -38,14 +38,20 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 def _measure(calls: dict[str, Callable[[], Any]], samples: int) -> dict[str, dict[str, float]]:
-    """Interleaved samples of each call, so both see the same machine conditions."""
+    """Interleaved samples of each call, so both see the same machine conditions. A call that fails
+    (e.g. its deadline passes while it waits for a thread) counts with the time it took, and in
+    ``failed``."""
     times: dict[str, list[float]] = {name: [] for name in calls}
+    failed = dict.fromkeys(calls, 0)
     for _ in range(samples):
         for name, call in calls.items():
             start = time.perf_counter()
-            call()
+            try:
+                call()
+            except grpc.RpcError:
+                failed[name] += 1
             times[name].append(time.perf_counter() - start)
-    return {name: _percentiles(t) for name, t in times.items()}
+    return {name: {**_percentiles(t), "failed": failed[name]} for name, t in times.items()}
 
 
 def _idle(release: threading.Event) -> Iterator[pb.UploadMessage]:
@@ -79,7 +85,7 @@ def _outcome(calls: list[Any]) -> dict[str, int]:
     return {"opened": len(calls), "refused": refused, "held": sum(1 for f in calls if not f.done())}
 
 
-def run(streams: int, samples: int, workdir: Path) -> dict[str, Any]:
+def run(streams: int, samples: int, workdir: Path, call_timeout_s: float = 10.0) -> dict[str, Any]:
     c = LocalConsortium(workdir, SILOS)
     c.provision()
     c.write_aggregator_config()
@@ -93,8 +99,8 @@ def run(streams: int, samples: int, workdir: Path) -> dict[str, Any]:
             coordinator.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30)
         silo = c.stub("silo-a")
         calls = {
-            "poll": lambda: silo.Poll(pb.PollRequest(), timeout=30),
-            "list_jobs": lambda: coordinator.ListJobs(pb.ListJobsRequest(), timeout=30),
+            "poll": lambda: silo.Poll(pb.PollRequest(), timeout=call_timeout_s),
+            "list_jobs": lambda: coordinator.ListJobs(pb.ListJobsRequest(), timeout=call_timeout_s),
         }
         _measure(calls, 5)  # warm-up: connections, caches
         baseline = _measure(calls, samples)
@@ -132,15 +138,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=40, help="idle Upload streams, and as many Watch streams")
     parser.add_argument("--samples", type=int, default=200, help="calls of each kind per phase")
+    parser.add_argument("--call-timeout", type=float, default=10.0, help="deadline of each measured call (s)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.streams, args.samples, args.workdir)
+        result = run(args.streams, args.samples, args.workdir, args.call_timeout)
     else:
         with tempfile.TemporaryDirectory(prefix="cipherfed-flood-") as tmp:
-            result = run(args.streams, args.samples, Path(tmp))
+            result = run(args.streams, args.samples, Path(tmp), args.call_timeout)
     emit(result, args.json)
 
 

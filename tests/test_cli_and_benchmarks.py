@@ -127,6 +127,7 @@ def test_stream_flood_benchmark_runs_on_a_tiny_size(tmp_path):
     for phase in ("baseline_ms", "flood_ms"):
         for call in ("poll", "list_jobs"):
             assert 0 < result[phase][call]["p50"] <= result[phase][call]["p95"] <= result[phase][call]["max"]
+            assert result[phase][call]["failed"] == 0
     for key, ratio in result["ratios"].items():
         call, q = key.rsplit("_", 1)
         assert ratio == round(result["flood_ms"][call][q] / result["baseline_ms"][call][q], 3)
