@@ -43,7 +43,7 @@ class AggregatorConfig(BaseModel):
     max_send_bytes: int = Field(64 << 20, ge=1 << 20, description="payload bytes one relay Send may carry")
     max_send_messages: int = Field(4096, ge=1, description="messages one relay Send may carry")
     max_update_values: int = Field(
-        1 << 26, ge=1, description="values one upload may declare (its layout); larger manifests are refused"
+        1 << 28, ge=1, description="values one upload may declare (its layout); larger manifests are refused"
     )
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 
 from aggregator.errors import Refusal
+from protocol.messages import MAX_REASON_CHARS, MAX_REASONS
 
 T = TypeVar("T")
 Code = grpc.StatusCode
@@ -33,8 +34,6 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a job name (1-64) +
 METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,47}$")
 RELAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # relay kinds and party names
 MAX_METRICS = 16
-MAX_REASONS = 16
-MAX_REASON_CHARS = 1024
 MAX_SPEC_CHARS = 256 << 10  # a job spec (TOML): thousands of columns fit
 AUDIT_HEAD = re.compile(r"^[0-9a-f]{64}$")  # a party's audit head: SHA-256 hex
 ECHO_CHARS = 32  # how much of a refused value an error message or audit record repeats

@@ -158,7 +158,7 @@ class JobEngine:
         events: EventSink,
         min_per_aggregate: int = 2,
         policy: ConsortiumPolicy | None = None,
-        max_update_values: int = 1 << 26,
+        max_update_values: int = 1 << 28,
     ) -> None:
         self.store = store
         self.max_update_values = max_update_values

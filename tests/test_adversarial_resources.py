@@ -23,7 +23,7 @@ from crypto import pki
 from crypto.packing import Layout, Manifest, TensorSpec
 from crypto.signing import sign_digest, update_digest
 from protocol import cipherfed_pb2 as pb
-from protocol.messages import manifest_from_proto, manifest_to_proto
+from protocol.messages import MAX_REASON_CHARS, MAX_REASONS, clip_reasons, manifest_from_proto, manifest_to_proto
 from tests.helpers import HandSilo, rpc_code, tiny_update
 
 pytestmark = pytest.mark.slow
@@ -123,19 +123,26 @@ def test_an_unfinished_upload_fixes_no_layout_and_idle_streams_are_cancelled(agg
     c = agg
     job = _submit(c, "layout", rounds=1, round_timeout_s=8, max_round_retries=0)
     a, b, attacker = (HandSilo(c, n) for n in ("silo-a", "silo-b", "silo-c"))
-    # a 2^27-value layout is refused at the header, before anything is allocated for it
-    code, msg = rpc_code(
-        lambda: attacker.stub.Upload(iter([pb.UploadMessage(header=_huge_header(attacker, job, 1 << 27))]), timeout=30)
-    )
+    # beyond the configured bound (2^28 values by default) a declared size is refused at the header
+    huge = iter([pb.UploadMessage(header=_huge_header(attacker, job, 1 << 29))])
+    code, msg = rpc_code(lambda: attacker.stub.Upload(huge, timeout=30))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "manifest.value_count" in msg
-    # a plausible but different layout, declared first and then left hanging
-    header, chunks = attacker.build(job, 0, tiny_update(7, shape=(400,)), 1.0)
+    # a 2^27-value layout declared, then the attacker hangs up: that fixes nothing
+    hangup = iter([pb.UploadMessage(header=_huge_header(attacker, job, 1 << 27))])
+    code, msg = rpc_code(lambda: attacker.stub.Upload(hangup, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "truncated" in msg
+    # a genuine upload of the honest layout, abandoned after its first chunk: rolled back, no trace
+    header, chunks = attacker.build(job, 0, tiny_update(7, shape=(20_000,)), 1.0)
+    assert len(chunks) > 1
+    partial = iter([pb.UploadMessage(header=header), pb.UploadMessage(chunk=chunks[0])])
+    code, msg = rpc_code(lambda: attacker.stub.Upload(partial, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "truncated" in msg
+    # the 2^27-value layout declared again and this time left hanging
     release = threading.Event()
-    held = attacker.stub.Upload.future(
-        _held_stream([pb.UploadMessage(header=header), pb.UploadMessage(chunk=chunks[0])], release), timeout=60
-    )
+    first = [pb.UploadMessage(header=_huge_header(attacker, job, 1 << 27))]
+    held = attacker.stub.Upload.future(_held_stream(first, release), timeout=60)
     time.sleep(0.5)
-    ups = {"a": tiny_update(1), "b": tiny_update(2)}
+    ups = {"a": tiny_update(1, shape=(20_000,)), "b": tiny_update(2, shape=(20_000,))}
     assert a.send(*a.build(job, 0, ups["a"], 3.0)).bytes > 0  # both honest uploads are accepted
     assert b.send(*b.build(job, 0, ups["b"], 5.0)).bytes > 0
     # the hanging stream is cancelled by the server once idle (and rolled back)
@@ -177,7 +184,7 @@ def test_megabyte_fields_are_refused_and_never_reach_the_audit_log(agg):
     code, msg = rpc_code(
         lambda: c.stub("silo-a").Decline(pb.DeclineRequest(job_id=job, round=0, reasons=["r"] * 1000), timeout=30)
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most 16" in msg
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"at most {MAX_REASONS}" in msg
     upload = iter([pb.UploadMessage(header=pb.UploadHeader(job_id=huge, round=0))])
     code, msg = rpc_code(lambda: c.stub("silo-a").Upload(upload, timeout=30))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "header.job_id" in msg and len(msg) < 300
@@ -188,6 +195,10 @@ def test_megabyte_fields_are_refused_and_never_reach_the_audit_log(agg):
     assert _log_size(c) - before < 16_000  # six refusals, a few hundred bytes each
     status = c.stub("coordinator").GetJobStatus(pb.JobRef(job_id=job), timeout=10)
     assert status.status == "running" and not status.declined
+    # an honest silo clips its own reasons to fit, so its decline is never lost to the bound
+    clipped = clip_reasons(["y" * 10 * MAX_REASON_CHARS] * (MAX_REASONS + 5))
+    c.stub("silo-a").Decline(pb.DeclineRequest(job_id=job, round=-1, reasons=clipped), timeout=30)
+    assert c.stub("coordinator").GetJobStatus(pb.JobRef(job_id=job), timeout=10).declined == ["silo-a"]
 
 
 def test_the_audit_log_bounds_every_record_in_one_place(tmp_path):
