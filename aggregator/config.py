@@ -40,7 +40,24 @@ class AggregatorConfig(BaseModel):
         description='accept he_profile = "none" jobs when no consortium_policy is set (comparison runs only); '
         "with a consortium policy its allowed_he_profiles decides",
     )
-    max_workers: int = Field(32, ge=4)
+    max_workers: int = Field(32, ge=4, description="threads for unary calls (status, submit, metrics, keys)")
+    max_streams: int = Field(
+        64, ge=2, description="streams and long polls served at once, on their own threads (Upload, Send, Watch...)"
+    )
+    max_streams_per_identity: int = Field(
+        8, ge=1, description="streams and long polls one certificate may hold at once; more: RESOURCE_EXHAUSTED"
+    )
+    max_queued_rpcs: int = Field(64, ge=0, description="calls waiting for a thread beyond which new calls are refused")
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, le=86_400, description="an Upload or Send that sends nothing this long is cancelled"
+    )
+    max_stream_s: float = Field(3600.0, gt=0, le=86_400, description="any stream open this long is cancelled")
+    max_message_bytes: int = Field(4 << 20, ge=1 << 20, le=64 << 20, description="largest gRPC message accepted")
+    max_send_bytes: int = Field(64 << 20, ge=1 << 20, description="payload bytes one relay Send may carry")
+    max_send_messages: int = Field(4096, ge=1, description="messages one relay Send may carry")
+    max_update_values: int = Field(
+        1 << 28, ge=1, description="values one upload may declare (its layout); larger manifests are refused"
+    )
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
     metrics_listen: str | None = Field(

@@ -24,6 +24,7 @@ from cryptography import x509
 from aggregator.aggregate_files import write_aggregate
 from aggregator.errors import Refusal
 from aggregator.keyring import PublicKeyring
+from aggregator.limits import check_metrics
 from aggregator.store import JobRow, StateStore
 from audit.events import EventSink
 from crypto.engine import PLAIN_FINGERPRINT, Accumulator, ChunkVerifier
@@ -54,8 +55,9 @@ class OpenRound:
     deadline: float
     spec: JobSpec
     public: PublicContext | None
-    manifest: Manifest | None = None
+    manifest: Manifest | None = None  # the layout of the first committed upload: fixed for the round
     accumulator: Accumulator | None = None
+    staging: dict[Any, Accumulator] = field(default_factory=dict)  # layout -> sum, until an upload commits
     contributors: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # silo -> digest, bytes, head
     sessions: set[UploadSession] = field(default_factory=set)
     bytes_in: int = 0
@@ -65,9 +67,18 @@ class UploadSession:
     """One silo's upload in flight. Chunks are added as they arrive and kept on a spool file so
     that they can be subtracted again if the upload does not complete."""
 
-    def __init__(self, engine: JobEngine, round_: OpenRound, silo: str, manifest: Manifest, audit_head: str) -> None:
+    def __init__(
+        self,
+        engine: JobEngine,
+        round_: OpenRound,
+        silo: str,
+        manifest: Manifest,
+        audit_head: str,
+        accumulator: Accumulator,
+    ) -> None:
         self._engine = engine
         self.round = round_
+        self.accumulator = accumulator  # the round's sum, or the staging sum of this layout
         self.silo = silo
         self.manifest = manifest
         self.audit_head = audit_head
@@ -96,8 +107,7 @@ class UploadSession:
         with self._engine.lock:
             if self.cancelled:
                 raise Refusal(Code.ABORTED, self.cancelled)
-            assert self.round.accumulator is not None
-            self.round.accumulator.add(self.added, loaded)
+            self.accumulator.add(self.added, loaded)
             self._spool.write(struct.pack(">I", len(data)) + data)
             self.added += 1
             self.nbytes += len(data)
@@ -114,7 +124,7 @@ class UploadSession:
         with self._engine.lock:
             if self.done:
                 return
-            if self.added and self.round.accumulator is not None:
+            if self.added and self._shared():
                 self._spool.seek(0)
                 undo = ChunkVerifier(
                     self.round.public,
@@ -123,11 +133,19 @@ class UploadSession:
                 )
                 for index in range(self.added):
                     (length,) = struct.unpack(">I", self._spool.read(4))
-                    self.round.accumulator.subtract(index, undo.load(index, self._spool.read(length)))
+                    self.accumulator.subtract(index, undo.load(index, self._spool.read(length)))
             self._end()
+
+    def _shared(self) -> bool:
+        """Does any other upload, or the round itself, still use this session's accumulator?"""
+        return self.accumulator is self.round.accumulator or any(
+            s.accumulator is self.accumulator for s in self.round.sessions if s is not self
+        )
 
     def _end(self) -> None:
         self.done = True
+        if self.round.manifest is None and not self._shared():  # nothing committed: leave no trace
+            self.round.staging.pop(self.manifest.layout_key(), None)
         self.round.sessions.discard(self)
         self._spool.close()
 
@@ -141,10 +159,12 @@ class JobEngine:
         events: EventSink,
         min_per_aggregate: int = 2,
         policy: ConsortiumPolicy | None = None,
+        max_update_values: int = 1 << 28,
         allow_plaintext: bool = False,
         allowed_factories: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.max_update_values = max_update_values
         # Used only without a consortium policy (which then decides): both refused unless opted in.
         self.allow_plaintext = allow_plaintext
         self.allowed_factories = allowed_factories
@@ -353,6 +373,7 @@ class JobEngine:
                     Code.FAILED_PRECONDITION,
                     f"round {round_index} of job {job_id} is not open; the open round is {open_round.round}",
                 )
+        self._check_declared_size(header.manifest)
         try:
             manifest = manifest_from_proto(header.manifest)
         except CryptoError as exc:
@@ -390,23 +411,40 @@ class JobEngine:
                 )
             if any(s.silo == silo.name for s in open_round.sessions):
                 raise Refusal(Code.ALREADY_EXISTS, f"{silo.name} already has an upload in progress for this round")
-            if open_round.manifest is None:
-                open_round.manifest = manifest
-                open_round.accumulator = Accumulator(open_round.public, manifest.chunk_count)
-            elif open_round.manifest.layout_key() != manifest.layout_key():
-                raise Refusal(
-                    Code.INVALID_ARGUMENT,
-                    "upload layout (tensors, sizes, scale) differs from the other contributions to this round",
+            if open_round.manifest is not None and open_round.accumulator is not None:
+                if open_round.manifest.layout_key() != manifest.layout_key():
+                    raise Refusal(
+                        Code.INVALID_ARGUMENT,
+                        "upload layout (tensors, sizes, scale) differs from the contributions already accepted "
+                        "in this round",
+                    )
+                accumulator = open_round.accumulator
+            else:  # nothing committed yet: an unfinished upload fixes nothing, each layout sums apart
+                accumulator = open_round.staging.get(manifest.layout_key()) or Accumulator(
+                    open_round.public, manifest.chunk_count
                 )
-            session = UploadSession(self, open_round, silo.name, manifest, header.audit_head)
+                open_round.staging[manifest.layout_key()] = accumulator
+            session = UploadSession(self, open_round, silo.name, manifest, header.audit_head, accumulator)
             open_round.sessions.add(session)
             return session
+
+    def _check_declared_size(self, manifest: pb.Manifest) -> None:
+        """Refuse an absurd declared size before anything is allocated for it."""
+        limit = self.max_update_values
+        if manifest.value_count > limit:
+            raise Refusal(
+                Code.INVALID_ARGUMENT,
+                f"manifest.value_count: {manifest.value_count} values declared; this aggregator accepts at most "
+                f"{limit} per upload (config max_update_values)",
+            )
 
     def _commit(self, session: UploadSession) -> pb.UploadReceipt:
         with self.lock:
             if session.cancelled:
                 raise Refusal(Code.ABORTED, session.cancelled)
             open_round = session.round
+            if open_round.manifest is None:  # the first committed upload fixes the round's layout
+                self._fix_layout(open_round, session)
             self.store.add_contribution(
                 open_round.job_id, open_round.round, session.silo, session.digest, session.nbytes, session.audit_head
             )
@@ -438,6 +476,17 @@ class JobEngine:
                 self._close(open_round, "all participants reported")
             self._bump()
             return receipt
+
+    def _fix_layout(self, open_round: OpenRound, session: UploadSession) -> None:
+        open_round.manifest, open_round.accumulator = session.manifest, session.accumulator
+        open_round.staging.clear()
+        for other in list(open_round.sessions):  # uploads of another layout can never be added now
+            if other.accumulator is not session.accumulator:
+                other.cancelled = (
+                    f"an upload with another layout (tensors, sizes, scale) was accepted first in round "
+                    f"{open_round.round} of {open_round.job_id}"
+                )
+                other.rollback()
 
     # ------------------------------------------------------------------ closing rounds
     def tick(self, now: float | None = None) -> None:
@@ -571,12 +620,44 @@ class JobEngine:
         spec = self.spec(job_id)
         if silo not in spec.participants:
             raise Refusal(Code.PERMISSION_DENIED, f"{silo} is not a participant of job {job_id}")
-        self.store.put_metrics(job_id, round_index, silo, metrics)
+        metrics = check_metrics(metrics)
+        if not 0 <= round_index < spec.total_rounds:
+            raise Refusal(
+                Code.INVALID_ARGUMENT,
+                f"round: {round_index} is not a round of job {job_id} (0-{spec.total_rounds - 1})",
+            )
+        self._check_metrics_round(job_id, spec, round_index, silo)
+        with self.lock:  # one report per silo and round: a repeat is accepted only if identical
+            previous = self.store.metrics_of(job_id, round_index, silo)
+            if previous:
+                if previous == metrics:
+                    return
+                raise Refusal(
+                    Code.ALREADY_EXISTS, f"{silo} already reported metrics for round {round_index} of job {job_id}"
+                )
+            self.store.put_metrics(job_id, round_index, silo, metrics)
         self.events.record(
             "metrics_reported", silo, job=job_id, round=round_index, metrics=metrics, audit_head=audit_head
         )
         with self.lock:
             self._bump()
+
+    def _check_metrics_round(self, job_id: str, spec: JobSpec, round_index: int, silo: str) -> None:
+        """Metrics describe a model the silo holds: a released aggregate (horizontal), or an epoch the
+        active party trained (vertical, which has no aggregation rounds)."""
+        if spec.partition == "vertical":
+            row = self.store.job(job_id)
+            if spec.vertical is None or silo != spec.vertical.active:
+                raise Refusal(Code.PERMISSION_DENIED, "only the active party reports the epochs of a vertical job")
+            if row is None or row.status != RUNNING:
+                raise Refusal(Code.FAILED_PRECONDITION, f"job {job_id} is not running")
+            return
+        found = self.store.round(job_id, round_index)
+        if found is None or found.status != CLOSED or not found.aggregate_path:
+            raise Refusal(
+                Code.FAILED_PRECONDITION,
+                f"round {round_index} of job {job_id} has released no aggregate; metrics are reported after it",
+            )
 
     def decline(self, job_id: str, round_index: int, silo: str, reasons: list[str]) -> None:
         spec = self.spec(job_id)

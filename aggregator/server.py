@@ -7,21 +7,24 @@ import threading
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from aggregator.auth import Authenticator, AuthInterceptor
+from aggregator.auth import Authenticator, AuthInterceptor, CallerStampingSink, EdgeLimits
 from aggregator.config import AggregatorConfig, load_aggregator_config
 from aggregator.keyring import PublicKeyring
+from aggregator.limits import StreamLimiter, StreamWatchdog
 from aggregator.metrics import AggregatorMetrics
+from aggregator.pinning import IdentityPins
 from aggregator.rounds import JobEngine
 from aggregator.service import ConsortiumService
 from aggregator.store import StateStore
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
-from crypto.pki import certificate_fingerprint, load_certificate, load_private_key
+from crypto.pki import Identity, certificate_fingerprint, load_certificate, load_private_key
 from policies.schema import load_consortium_policy
 from protocol import cipherfed_pb2_grpc as pbg
 
@@ -30,7 +33,7 @@ class AggregatorServer:
     def __init__(self, config: AggregatorConfig, events: EventSink | None = None) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.events: EventSink = events or _audit_sink(config)
+        self.events: EventSink = CallerStampingSink(events or _audit_sink(config))
         self.metrics = AggregatorMetrics() if config.metrics_listen else None
         if self.metrics is not None:
             self.events = self.metrics.observe(self.events)
@@ -50,24 +53,45 @@ class AggregatorServer:
             self.events,
             config.min_silos_per_aggregate,
             policy,
+            max_update_values=config.max_update_values,
             allow_plaintext=config.allow_plaintext_jobs,
             allowed_factories=tuple(config.allowed_factories),
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         if self.metrics is not None:
             self.metrics.watch(lambda: len(self.store.jobs("running")), self.auth.presence.last_polls)
-        interceptor = AuthInterceptor(self.auth, self._on_refusal)
+        own_fingerprint = certificate_fingerprint(load_certificate(config.tls.cert))
+        pins = IdentityPins(self.store, policy, own_fingerprint, self.auth.revocation, self._on_pin)
+        self.watchdog = StreamWatchdog()
+        limits = EdgeLimits(
+            StreamLimiter(config.max_streams_per_identity, config.max_streams),
+            self.watchdog,
+            # streams and long polls get their own threads, so however many are held, unary calls
+            # (status, submit, metrics) still find one; a few extra threads serve quick refusals
+            futures.ThreadPoolExecutor(max_workers=config.max_streams + 8, thread_name_prefix="stream"),
+            config.stream_idle_timeout_s,
+            config.max_stream_s,
+        )
+        interceptor = AuthInterceptor(self.auth, self._on_refusal, pins, limits)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers),
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             interceptors=[interceptor],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # explicit, not grpc's default: the largest message read into memory at once
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
             ],
+            # beyond this many calls in flight, new ones are refused (RESOURCE_EXHAUSTED), not queued
+            maximum_concurrent_rpcs=config.max_workers + config.max_streams + 8 + config.max_queued_rpcs,
         )
         pbg.add_ConsortiumServicer_to_server(
-            ConsortiumService(self.engine, self.auth, self.events, config.consortium), self.server
+            ConsortiumService(
+                self.engine, self.auth, self.events, config.consortium, config.max_send_bytes, config.max_send_messages
+            ),
+            self.server,
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -83,8 +107,12 @@ class AggregatorServer:
         self.metrics_port: int | None = None
         self._ticker = threading.Thread(target=self._tick_loop, name="deadline-ticker", daemon=True)
 
-    def _on_refusal(self, caller: str, method: str, reason: str) -> None:
-        self.events.record("rpc_refused", caller or "unknown", method=method, reason=reason)
+    def _on_refusal(self, caller: str, method: str, reason: str, certificate: dict[str, str]) -> None:
+        details: dict[str, Any] = {"method": method, "reason": reason, **certificate}
+        self.events.record("rpc_refused", caller or "unknown", **details)
+
+    def _on_pin(self, event: str, ident: Identity, details: dict[str, Any]) -> None:
+        self.events.record(event, ident.name, **details)
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick_s):
@@ -117,6 +145,7 @@ class AggregatorServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
+        self.watchdog.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         if self.metrics is not None:

@@ -16,6 +16,7 @@ from aggregator.aggregate_files import read_aggregate
 from aggregator.auth import Authenticator
 from aggregator.errors import Refusal
 from aggregator.key_material import check_endorsed, check_scope_owner
+from aggregator.limits import check_audit_head, check_job_id, check_name
 from aggregator.members import member_list
 from aggregator.rounds import JobEngine, UploadSession
 from aggregator.vertical_relay import AGGREGATOR, SUMMED, VerticalRelay
@@ -33,8 +34,18 @@ MAX_POLL_WAIT_S = 10.0
 
 
 class ConsortiumService(pbg.ConsortiumServicer):
-    def __init__(self, engine: JobEngine, auth: Authenticator, events: EventSink, consortium: str) -> None:
+    def __init__(
+        self,
+        engine: JobEngine,
+        auth: Authenticator,
+        events: EventSink,
+        consortium: str,
+        max_send_bytes: int = 64 << 20,
+        max_send_messages: int = 4096,
+    ) -> None:
         self.engine = engine
+        self.max_send_bytes = max_send_bytes
+        self.max_send_messages = max_send_messages
         self.relay = VerticalRelay(engine.store, engine.keyring)
         self.auth = auth
         self.events = events
@@ -77,6 +88,8 @@ class ConsortiumService(pbg.ConsortiumServicer):
             first = next(request_iterator, None)
             if first is None or not first.HasField("header"):
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "an upload must start with its header")
+            check_job_id(first.header.job_id, "header.job_id")
+            check_audit_head(first.header.audit_head, "header.audit_head")
             started = self.engine.begin_upload(ident, cert, first.header)
             if isinstance(started, pb.UploadReceipt):
                 return started
@@ -218,24 +231,25 @@ class ConsortiumService(pbg.ConsortiumServicer):
         ident = self.auth.identity(context)
 
         def run() -> pb.Ack:
-            messages = list(request_iterator)  # stored together: a receiver never sees half a payload
+            # Each message is authorized as it arrives, before the next one is read, and the whole
+            # Send is bounded; the messages are then stored together, so a receiver never sees half
+            # a payload.
+            messages: list[pb.RelayMessage] = []
             summed: set[tuple[str, str, int]] = set()
+            total = 0
+            for m in request_iterator:
+                if len(messages) >= self.max_send_messages or total + len(m.payload) > self.max_send_bytes:
+                    raise Refusal(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"one Send carries at most {self.max_send_messages} messages and {self.max_send_bytes} "
+                        "payload bytes; split the payload over several Sends",
+                    )
+                if self._authorize_relay(ident.name, m):
+                    summed.add((m.job_id, m.kind, int(m.seq)))
+                total += len(m.payload)
+                messages.append(m)
             with self.engine.store.transaction():
                 for m in messages:
-                    spec = self.engine.spec(m.job_id)
-                    if spec.partition != "vertical" or ident.name not in spec.participants:
-                        raise Refusal(
-                            grpc.StatusCode.PERMISSION_DENIED, "relay is for the participants of a vertical job"
-                        )
-                    if m.to == AGGREGATOR:
-                        if m.kind not in SUMMED or spec.vertical is None or ident.name not in spec.vertical.passive:
-                            raise Refusal(
-                                grpc.StatusCode.PERMISSION_DENIED,
-                                "only passive parties send partial scores to the aggregator",
-                            )
-                        summed.add((m.job_id, m.kind, int(m.seq)))
-                    elif m.to not in spec.participants:
-                        raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"{m.to!r} is not a party of this job")
                     self.engine.store.relay_put(m.job_id, ident.name, m.to, m.kind, int(m.seq), bytes(m.payload))
                     self.engine.store.add_relay_bytes(m.job_id, len(m.payload))
             for job_id, kind, seq in summed:
@@ -245,6 +259,29 @@ class ConsortiumService(pbg.ConsortiumServicer):
             return pb.Ack(message=f"relayed {len(messages)} messages")
 
         return self._guard(context, "Send", run)
+
+    def _authorize_relay(self, sender: str, m: pb.RelayMessage) -> bool:
+        """Refuse a relay message its sender may not send; True if it goes to the aggregator to be summed."""
+        check_job_id(m.job_id)
+        check_name(m.to, "to")
+        check_name(m.kind, "kind")
+        if len(m.payload) > MAX_CHUNK_BYTES:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"payload: {len(m.payload)} bytes in one relay message; at most {MAX_CHUNK_BYTES}",
+            )
+        spec = self.engine.spec(m.job_id)
+        if spec.partition != "vertical" or sender not in spec.participants:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, "relay is for the participants of a vertical job")
+        if m.to == AGGREGATOR:
+            if m.kind not in SUMMED or spec.vertical is None or sender not in spec.vertical.passive:
+                raise Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED, "only passive parties send partial scores to the aggregator"
+                )
+            return True
+        if m.to not in spec.participants:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"{m.to!r} is not a party of this job")
+        return False
 
     def Receive(self, request: pb.ReceiveRequest, context: grpc.ServicerContext) -> Iterator[pb.RelayMessage]:
         ident = self.auth.identity(context)

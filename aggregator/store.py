@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS relay (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
     kind TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS relay_lookup ON relay (job_id, recipient, kind, seq, sender);
+CREATE TABLE IF NOT EXISTS identity_pins (
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, serial TEXT NOT NULL, not_after REAL NOT NULL,
+    pinned_at REAL NOT NULL);
 """
 
 
@@ -318,6 +321,23 @@ class StateStore:
                     (job_id, recipient, kind, seq, sender),
                 )
             return seq, payloads
+
+    # --- identity pins (name -> the certificate that speaks for it; see aggregator/pinning.py) ---
+    def identity_pins(self) -> dict[str, tuple[str, int, float]]:
+        rows = self._exec("SELECT name, fingerprint, serial, not_after FROM identity_pins").fetchall()
+        return {name: (fp, int(serial, 16), until) for name, fp, serial, until in rows}
+
+    def pin_identity(self, name: str, fingerprint: str, serial: int, not_after: float) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO identity_pins VALUES (?,?,?,?,?)",
+            (name, fingerprint, f"{serial:x}", not_after, time.time()),
+        )
+
+    def metrics_of(self, job_id: str, round_index: int, silo: str) -> dict[str, float]:
+        rows = self._exec(
+            "SELECT name, value FROM metrics WHERE job_id = ? AND round = ? AND silo = ?", (job_id, round_index, silo)
+        ).fetchall()
+        return {name: value for name, value in rows}
 
 
 class _Transaction:

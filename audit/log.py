@@ -25,6 +25,59 @@ from audit.records import GENESIS_PREV, sign_record
 from audit.structlog import get_logger, log_event
 from crypto.pki import certificate_fingerprint, common_name
 
+# Bounds on what one record may hold, applied here so that no caller (and no remote party whose
+# text a caller records) can grow the log by more than a few kilobytes per record.
+MAX_TEXT_CHARS = 4096  # a certificate PEM (about 800) fits; a megabyte of "reason" does not
+MAX_ITEMS = 256  # list items / dict keys per value
+MAX_DEPTH = 4
+MAX_DETAILS_BYTES = 64 << 10
+TRUNCATED = "...[truncated: {n} more {unit}]"
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """A copy of a detail value within the bounds above; what is cut is replaced by a marker."""
+    if isinstance(value, str):
+        if len(value) <= MAX_TEXT_CHARS:
+            return value
+        return value[:MAX_TEXT_CHARS] + TRUNCATED.format(n=len(value) - MAX_TEXT_CHARS, unit="characters")
+    if isinstance(value, bytes):
+        return bounded(value.hex(), depth)
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return TRUNCATED.format(n=len(value), unit="keys")
+        items = list(value.items())
+        out = {str(k)[:128]: bounded(v, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            out["..."] = TRUNCATED.format(n=len(items) - MAX_ITEMS, unit="keys")
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        if depth >= MAX_DEPTH:
+            return TRUNCATED.format(n=len(seq), unit="items")
+        kept = [bounded(v, depth + 1) for v in seq[:MAX_ITEMS]]
+        if len(seq) > MAX_ITEMS:
+            kept.append(TRUNCATED.format(n=len(seq) - MAX_ITEMS, unit="items"))
+        return kept
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return bounded(str(value), depth)
+
+
+def bounded_name(value: str) -> str:
+    """Actor and job: names, so a few hundred characters at most."""
+    return value if len(value) <= 256 else value[:256] + TRUNCATED.format(n=len(value) - 256, unit="characters")
+
+
+def bounded_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Every field bounded; if the whole is still too large, only its small fields are kept."""
+    out = bounded(details)
+    size = len(json.dumps(out, ensure_ascii=False, default=str))
+    if size <= MAX_DETAILS_BYTES:
+        return dict(out)
+    small = {k: v for k, v in out.items() if len(json.dumps(v, ensure_ascii=False, default=str)) <= 512}
+    small["truncated"] = f"details of {size} bytes cut to their small fields (at most {MAX_DETAILS_BYTES} bytes)"
+    return small
+
 
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -100,11 +153,11 @@ class AuditLog:
                 "seq": self.seq + 1,
                 "ts": utc_now(),
                 "party": self.party,
-                "actor": actor or "unknown",
+                "actor": bounded_name(actor or "unknown"),
                 "event": event,
-                "job": job,
+                "job": None if job is None else bounded_name(job),
                 "round": round,
-                "details": details,
+                "details": bounded_details(details),
                 "prev": self.head,
             }
             sign_record(record, self._key)

@@ -11,6 +11,17 @@ from protocol import cipherfed_pb2 as pb
 # Largest chunk message accepted: a seeded ciphertext is ~66 KB and an aggregate one ~131 KB.
 MAX_CHUNK_BYTES = 1 << 20
 MAX_CHUNKS = 1 << 20  # 8.6e9 values: far beyond any model, small enough to bound a manifest
+# Free text a silo sends (decline reasons): the aggregator refuses more; the silo clips to fit.
+MAX_REASONS = 32
+MAX_REASON_CHARS = 2048
+
+
+def clip_reasons(reasons: Sequence[str]) -> list[str]:
+    """Reasons within the bounds the aggregator accepts, marking what was cut."""
+    clipped = [r if len(r) <= MAX_REASON_CHARS else r[: MAX_REASON_CHARS - 20] + " ...[truncated]" for r in reasons]
+    if len(clipped) > MAX_REASONS:
+        clipped = [*clipped[: MAX_REASONS - 1], f"... and {len(clipped) - MAX_REASONS + 1} more reasons"]
+    return clipped
 
 
 def manifest_to_proto(manifest: Manifest) -> pb.Manifest:

@@ -12,7 +12,7 @@ import grpc
 from crypto.packing import Manifest
 from protocol import cipherfed_pb2 as pb
 from protocol.channel import TlsFiles, consortium_stub, secure_channel
-from protocol.messages import read_aggregate, upload_messages
+from protocol.messages import clip_reasons, read_aggregate, upload_messages
 
 T = TypeVar("T")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -71,4 +71,6 @@ class AggregatorClient:
         self.stub.ReportMetrics(report, timeout=30)
 
     def decline(self, job_id: str, round_index: int, reasons: list[str]) -> None:
-        self.stub.Decline(pb.DeclineRequest(job_id=job_id, round=round_index, reasons=reasons), timeout=30)
+        self.stub.Decline(
+            pb.DeclineRequest(job_id=job_id, round=round_index, reasons=clip_reasons(reasons)), timeout=30
+        )

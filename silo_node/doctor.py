@@ -130,7 +130,8 @@ class Doctor:
                 "certificate expiry",
                 "warn",
                 f"certificate expires in {days} days ({ident.not_after:%Y-%m-%d})",
-                "renew it now: new CSR, `cipherfed ca sign`, replace the .crt",
+                "renew it now: new CSR, `cipherfed ca sign`, replace the .crt, then `cipherfed ca revoke` the old "
+                "serial (the aggregator keeps the name pinned to the old certificate until it is revoked or expires)",
             )
         else:
             self.add(

@@ -118,3 +118,22 @@ def test_vertical_benchmark_runs_on_a_tiny_size(tmp_path):
         assert result[key] > 0
     assert result["ratio"] == result["epoch_s_he"] / result["epoch_s_plain"]
     assert result["relay_bytes"]["vertical"] > result["relay_bytes"]["none"] > 0
+
+
+def test_stream_flood_benchmark_runs_on_a_tiny_size(tmp_path):
+    result = run_benchmark(
+        "benchmarks.stream_flood", ["--streams", 12, "--samples", 5, "--workdir", tmp_path / "w"], tmp_path
+    )
+    for phase in ("baseline_ms", "flood_ms"):
+        for call in ("poll", "list_jobs"):
+            assert 0 < result[phase][call]["p50"] <= result[phase][call]["p95"] <= result[phase][call]["max"]
+            assert result[phase][call]["failed"] == 0
+    for key, ratio in result["ratios"].items():
+        call, q = key.rsplit("_", 1)
+        assert ratio == round(result["flood_ms"][call][q] / result["baseline_ms"][call][q], 3)
+    # one member holds at most its per-identity share (8 by default); the rest is refused
+    streams = result["flood_streams"]
+    assert streams["upload"]["opened"] == streams["watch"]["opened"] == 12
+    held = streams["upload"]["held"] + streams["watch"]["held"]
+    assert held <= 8 and streams["upload"]["refused"] + streams["watch"]["refused"] == 24 - held
+    assert result["aggregator_alive"]
