@@ -364,11 +364,11 @@ def test_dp_reopened_and_extra_rounds_cannot_exceed_reserved_epsilon(arena):
     spent_planned, reserved = _ledger(node, job_id)
     assert 0 < spent_planned <= reserved
     node.handle(task(job_id, spec, 2, 2))  # a third round of a two-round job
-    assert job_id in node.ignored
-    assert len(json.loads(state_path.read_text())["dp_history"]) == 2
     spent, reserved = _ledger(node, job_id)
     assert spent == spent_planned <= reserved
+    assert len(json.loads(state_path.read_text())["dp_history"]) == 2
     assert (job_id, 2) not in arena.hostile.uploads
+    assert job_id in node.ignored
 
 
 @pytest.mark.slow
