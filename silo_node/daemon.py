@@ -261,7 +261,7 @@ class SiloNode:
             return
         try:
             job = self._job(task)
-        except JobRefused as exc:
+        except (JobRefused, RoundRefused) as exc:
             self.ignored.add(task.job_id)
             self.events.record("job_declined", self.config.name, job=task.job_id, reasons=exc.reasons)
             if task.job_status == "running":

@@ -91,6 +91,7 @@ class HorizontalJob:
         self.client, self.encryptor, self.events = services.client, services.encryptor, services.events
         self._sign, self._audit_head = services.sign, services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
         self.state = self._load_state()
@@ -100,6 +101,8 @@ class HorizontalJob:
             std[std < 1e-8] = 1.0
             self.state.mean, self.state.std = x.mean(axis=0).tolist(), std.tolist()
         self.dp_plan = dp.plan(spec, len(self.train_rows)) if spec.dp is not None else None
+        if self.dp_plan is not None:
+            self._check_history_matches_ledger()
         self.model = make_adapter(spec, data.features.shape[1])
         weights_path = self.dir / "global.npz"
         if weights_path.exists():
@@ -108,6 +111,19 @@ class HorizontalJob:
         self.global_weights = self.model.get_weights()
 
     # ------------------------------------------------------------------ persistence
+    def _pin_spec(self) -> None:
+        """The spec first accepted is the job: the aggregator cannot re-offer the job id with other terms
+        (more rounds, other participants or epsilon) after this node restarts."""
+        path = self.dir / "accepted_spec.json"
+        text = self.spec.model_dump_json()
+        if path.exists():
+            if path.read_text() != text:
+                raise RoundRefused([f"the aggregator re-offers job {self.job_id} with other terms than accepted"])
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
     def _load_state(self) -> JobState:
         path = self.dir / "state.json"
         return JobState(**json.loads(path.read_text())) if path.exists() else JobState()
@@ -298,6 +314,23 @@ class HorizontalJob:
         ledger = self.services.ledger
         reserved = ledger.reservation(self.services.dataset_key, self.job_id) if ledger is not None else None
         return self.dp_plan.epsilon if reserved is None else min(reserved, self.dp_plan.epsilon)
+
+    def _check_history_matches_ledger(self) -> None:
+        """The ledger outlives a job directory: if it shows more spent than the local history accounts for
+        (the directory was lost or rolled back), continuing would count that spending twice."""
+        assert self.dp_plan is not None
+        ledger = self.services.ledger
+        if ledger is None:
+            return
+        recorded = ledger.spent(self.services.dataset_key, self.job_id)
+        local = dp.epsilon_spent(self._dp_history(), self.dp_plan.delta)
+        if recorded > local + 1e-6:
+            raise RoundRefused(
+                [
+                    f"the privacy ledger shows epsilon {recorded:.4f} spent on job {self.job_id} but this job's "
+                    f"local history accounts for {local:.4f}; the job cannot continue without double spending"
+                ]
+            )
 
     def _check_budget(self, round_index: int, history: list[tuple[float, float, int]], when: str) -> float:
         """Epsilon after ``history``; refuse (audited) if it exceeds the job's reservation."""

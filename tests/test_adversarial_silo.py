@@ -372,23 +372,64 @@ def test_dp_reopened_and_extra_rounds_cannot_exceed_reserved_epsilon(arena):
 
 
 @pytest.mark.slow
-def test_dp_spec_swapped_after_restart_is_refused_by_the_budget(arena):
-    """After a node restart the aggregator re-offers the accepted job with epsilon 50 instead of 1:
-    the round bounds still hold, but the noise would be calibrated for 50. The reservation made at
-    accept (1) is what the silo checks every round against, so it stops before training."""
+def test_dp_spec_swapped_after_restart_is_refused(arena):
+    """After a node restart the aggregator re-offers the accepted job with epsilon 50 instead of 1
+    (noise calibrated for 50): the silo holds it to the spec it accepted."""
     node = arena.node()
     job_id, spec = _dp_job(arena, epsilon=1.0)
     node.handle(task(job_id, spec, 0, 0))
     _serve_honest(arena, job_id, 0, 30)
     swapped = spec.replace('"epsilon":1.0', '"epsilon":50.0')
     assert swapped != spec
+    spent_before, _ = _ledger(node, job_id)
     restarted = arena.node()
     restarted.handle(task(job_id, swapped, 1, 1))
     spent, reserved = _ledger(restarted, job_id)
-    assert reserved == 1.0 and spent <= reserved
-    assert job_id in restarted.ignored and (job_id, 1) not in arena.hostile.uploads
+    assert reserved == 1.0 and spent == spent_before <= reserved
+    assert (job_id, 1) not in arena.hostile.uploads and job_id in restarted.ignored
+    declined = [reasons for job, _, reasons in arena.hostile.declines if job == job_id]
+    assert declined and "other terms than accepted" in declined[0][0]
+
+
+@pytest.mark.slow
+def test_dp_budget_is_the_reservation_even_when_the_job_directory_is_lost(arena):
+    """The job directory (and the spec pinned in it) is gone, the privacy ledger is not: the epsilon
+    reserved at accept still bounds what the re-offered job (epsilon 50) may spend, checked before training."""
+    import shutil
+
+    node = arena.node()
+    job_id, spec = _dp_job(arena, epsilon=1.0)
+    node.handle(task(job_id, spec, 0, 0, open_=False))  # accepted (epsilon 1 reserved); round 0 not open yet
+    shutil.rmtree(node.config.state_dir / "jobs" / job_id)
+    restarted = arena.node()
+    restarted.handle(task(job_id, spec.replace('"epsilon":1.0', '"epsilon":50.0'), 0, 0))
+    spent, reserved = _ledger(restarted, job_id)
+    assert reserved == 1.0 and spent == 0.0
+    assert (job_id, 0) not in arena.hostile.uploads and job_id in restarted.ignored
     refused = audit(arena, "dp_budget_refused", job_id)
-    assert refused and refused[0]["details"]["epsilon"] > 1.0
+    assert refused and refused[0]["details"]["epsilon"] > 1.0 and refused[0]["details"]["reserved"] == 1.0
+
+
+@pytest.mark.slow
+def test_dp_job_whose_history_was_lost_does_not_spend_again(arena):
+    """The ledger shows a round already spent, the job directory was rolled back: continuing would
+    train that round again at the full rate without counting what was spent."""
+    import shutil
+
+    node = arena.node()
+    job_id, spec = _dp_job(arena, epsilon=1.0)
+    node.handle(task(job_id, spec, 0, 0))
+    first_upload = arena.hostile.uploads[(job_id, 0)]
+    spent_before, _ = _ledger(node, job_id)
+    assert spent_before > 0
+    shutil.rmtree(node.config.state_dir / "jobs" / job_id)
+    restarted = arena.node()
+    restarted.handle(task(job_id, spec, 0, 0))
+    assert arena.hostile.uploads[(job_id, 0)] is first_upload, "round 0 was trained and released a second time"
+    spent, _ = _ledger(restarted, job_id)
+    assert spent == spent_before and job_id in restarted.ignored
+    declined = [reasons for job, _, reasons in arena.hostile.declines if job == job_id]
+    assert declined and "cannot continue without double spending" in declined[0][0]
 
 
 # ---------------------------------------------------------------------------------------------- crypto level
