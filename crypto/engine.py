@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as seal
 
+from crypto.contributors import CONTRIBUTOR_TAGS, PUBLIC_TAG_KEY, tag_key_from_secret
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
 from crypto.keys import PublicContext, SecretKeySet
 from crypto.packing import Layout, Manifest, chunk_digest, pack, unpack
@@ -47,6 +48,7 @@ class SumEncryptor:
             self.profile = get_profile("none")
             self.fingerprint = PLAIN_FINGERPRINT
             self._keys = None
+            self.tag_key = PUBLIC_TAG_KEY
             return
         if keys.profile.engine != "seal-seeded":
             raise CiphertextError(f"profile {keys.profile.name!r} cannot be used for encrypted sums")
@@ -58,6 +60,8 @@ class SumEncryptor:
         self._encoder = seal.CKKSEncoder(context)
         self._encryptor = seal.Encryptor(context, keys.secret_key)
         self._decryptor = seal.Decryptor(context, keys.secret_key)
+        assert keys.secret_key is not None
+        self.tag_key = tag_key_from_secret(save_bytes(keys.secret_key))  # see crypto.contributors
 
     @property
     def values_per_chunk(self) -> int:
@@ -96,8 +100,12 @@ class SumEncryptor:
             chunks.append(save_bytes(self._encryptor.encrypt_symmetric(plain)))
         return chunks
 
-    def decrypt(self, chunks: Sequence[bytes], value_count: int) -> np.ndarray:
-        """Decrypt aggregate chunks back to a flat vector of ``value_count`` values."""
+    def decrypt(self, chunks: Sequence[bytes], value_count: int, scale_bits: int | None = None) -> np.ndarray:
+        """Decrypt aggregate chunks back to a flat vector of ``value_count`` values.
+
+        A ciphertext's scale is unauthenticated metadata that decoding divides by: with ``scale_bits``
+        (the manifest's), any other scale is refused, so a relay cannot rescale values silently.
+        """
         per = self.values_per_chunk
         out = np.zeros(len(chunks) * per)
         if self._keys is None:
@@ -109,7 +117,10 @@ class SumEncryptor:
         half = per // 2
         plain = seal.Plaintext()
         for i, data in enumerate(chunks):
-            self._decryptor.decrypt(load_ciphertext(self._context, data), plain)
+            ciphertext = load_ciphertext(self._context, data)
+            if scale_bits is not None and ciphertext.scale != 2.0**scale_bits:
+                raise CiphertextError(f"chunk {i} has scale {ciphertext.scale:.6g}, not 2^{scale_bits}: tampered")
+            self._decryptor.decrypt(ciphertext, plain)
             slots[i * half : (i + 1) * half] = self._encoder.decode_complex(plain)
         return out[:value_count]
 
@@ -150,17 +161,27 @@ def make_manifest(
 
 
 def encrypt_weighted_update(
-    encryptor: SumEncryptor, tensors: Mapping[str, Any], weight: float, scale_bits: int | None = None
+    encryptor: SumEncryptor,
+    tensors: Mapping[str, Any],
+    weight: float,
+    scale_bits: int | None = None,
+    tags: np.ndarray | None = None,
 ) -> EncryptedBatch:
     """Pre-multiply every value by ``weight`` (the sample count) and append ``weight`` itself.
 
     The aggregate then holds sum_i(w_i * u_i) and sum_i(w_i); dividing at the silo gives the
-    weighted mean without the aggregator ever learning a single w_i.
+    weighted mean without the aggregator ever learning a single w_i. ``tags`` (contributor tag lanes,
+    see crypto.contributors) travel unweighted as a last tensor named CONTRIBUTOR_TAGS.
     """
     if not weight > 0:
         raise ValueRangeError(f"sample weight must be positive, got {weight}")
+    if tags is not None:
+        tensors = {**tensors, CONTRIBUTOR_TAGS: np.asarray(tags, dtype=np.float64)}
     vector, layout = pack(tensors)
-    weighted = np.append(vector * float(weight), float(weight))
+    weighted = vector * float(weight)
+    if tags is not None and tags.shape[0]:
+        weighted[-tags.shape[0] :] = tags
+    weighted = np.append(weighted, float(weight))
     scale = encryptor.profile.scale_bits if scale_bits is None else scale_bits
     chunks = encryptor.encrypt(weighted, scale)
     return EncryptedBatch(make_manifest(encryptor, layout, weighted.shape[0], scale, chunks), chunks)
@@ -170,9 +191,21 @@ def encrypt_weighted_update(
 class WeightedMean:
     tensors: dict[str, Any]
     total_weight: float
+    tags: np.ndarray | None = None  # decrypted contributor tag lanes (not divided), if the layout has them
 
 
 WHOLE_WEIGHT_TOLERANCE = 1e-3  # CKKS error on the total weight is ~1e-9; a foreign key gives noise of ~2^19
+
+
+def whole_weight_tolerance(scale_bits: int) -> float:
+    """How far from a whole number a decrypted total weight may be at this scale.
+
+    The CKKS error grows as the scale shrinks: at 2^20 (the statistics round) its standard deviation
+    was measured at 2.8e-4 (2 silos), 5.7e-4 (8) and 1.8e-3 (64), so a fixed 1e-3 sometimes refused
+    honest aggregates. 2^(13 - scale_bits) is 7.8e-3 at 2^20 (over 4 standard deviations at 64 silos)
+    and still catches a foreign-key contribution 98% of the time.
+    """
+    return max(WHOLE_WEIGHT_TOLERANCE, 2.0 ** (13 - scale_bits))
 
 
 def decrypt_weighted_mean(
@@ -190,9 +223,9 @@ def decrypt_weighted_mean(
         )
     if manifest.value_count != manifest.layout.total + 1:
         raise ManifestError("aggregate carries no appended weight")
-    vector = encryptor.decrypt(chunks, manifest.value_count)
+    vector = encryptor.decrypt(chunks, manifest.value_count, manifest.scale_bits)
     total = float(vector[-1])
-    whole = not whole_weights or abs(total - round(total)) <= WHOLE_WEIGHT_TOLERANCE
+    whole = not whole_weights or abs(total - round(total)) <= whole_weight_tolerance(manifest.scale_bits)
     if not total > 0.5 or not whole:
         kind = "a positive whole number of samples" if whole_weights else "positive"
         raise CiphertextError(
@@ -200,8 +233,14 @@ def decrypt_weighted_mean(
             f"or corrupted; this aggregate cannot be used"
         )
     means = vector[:-1]
+    tag_spec = manifest.layout.tensors[-1] if manifest.layout.tensors else None
+    tags = None
+    if tag_spec is not None and tag_spec.name == CONTRIBUTOR_TAGS:
+        tags = means[tag_spec.offset : tag_spec.offset + tag_spec.size].copy()
     means /= total
-    return WeightedMean(unpack(means, manifest.layout), total)
+    tensors = unpack(means, manifest.layout)
+    tensors.pop(CONTRIBUTOR_TAGS, None)
+    return WeightedMean(tensors, total, tags)
 
 
 class ChunkVerifier:

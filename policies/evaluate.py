@@ -114,6 +114,13 @@ def evaluate_site(
         f"contribution is hidden in a sum",
     )
     d.check(
+        "minimum contributors",
+        len(spec.participants) >= policy.min_contributors,
+        f"{len(spec.participants)} participants can make aggregates of the site's minimum {policy.min_contributors}",
+        f"only {len(spec.participants)} participants; this site applies no aggregate of fewer than "
+        f"{policy.min_contributors} contributors",
+    )
+    d.check(
         "HE profile",
         HE_ORDER[spec.he_profile] >= HE_ORDER[policy.min_he_profile],
         f"updates are protected by HE profile {spec.he_profile!r}",

@@ -137,6 +137,12 @@ class SitePolicy(Strict):
     allowed_columns: list[str] | None = Field(None, description="if set, only these columns (patterns) may be used")
     denied_columns: list[str] = Field(default_factory=lambda: ["name", "*_name", "ssn", "mrn", "dob", "address"])
     min_participants: int = Field(2, ge=2)
+    min_contributors: int = Field(
+        2,
+        ge=2,
+        description="the fewest contributors, counted from the encrypted contributor tags (not the aggregator's "
+        "claim), of an aggregate this silo applies; the job's min_silos applies too if larger",
+    )
     min_he_profile: Literal["none", "sum"] = "sum"
     max_rounds: int = Field(1000, ge=1)
     max_local_epochs: int = Field(100, ge=1)

@@ -13,6 +13,7 @@ from crypto.packing import Manifest
 from protocol import cipherfed_pb2 as pb
 from protocol.channel import TlsFiles, consortium_stub, secure_channel
 from protocol.messages import clip_reasons, read_aggregate, upload_messages
+from protocol.metrics import reportable
 
 T = TypeVar("T")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -67,7 +68,7 @@ class AggregatorClient:
         )
 
     def report_metrics(self, job_id: str, round_index: int, metrics: dict[str, float], audit_head: str = "") -> None:
-        report = pb.MetricsReport(job_id=job_id, round=round_index, metrics=metrics, audit_head=audit_head)
+        report = pb.MetricsReport(job_id=job_id, round=round_index, metrics=reportable(metrics), audit_head=audit_head)
         self.stub.ReportMetrics(report, timeout=30)
 
     def decline(self, job_id: str, round_index: int, reasons: list[str]) -> None:

@@ -28,7 +28,7 @@ from protocol.tomlconfig import ConfigError
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, LocalData, load_columns
-from silo_node.horizontal import HorizontalJob, SiloServices
+from silo_node.horizontal import HorizontalJob, RoundRefused, SiloServices
 from silo_node.keys import FetchedKey, NodeKeys, key_trust
 from silo_node.peer import aggregator_certificate
 from silo_node.privacy_ledger import PrivacyLedger
@@ -195,6 +195,7 @@ class SiloNode:
         data = self._load_for_job(job_id, spec.dataset.features, spec.dataset.label, None)
         if spec.dp is not None:
             self.ledger.reserve(self._dataset_key(), job_id, spec.dp.epsilon, spec.dp.delta)
+            self._check_ledger(job_id)
             total = self.ledger.reserved(self._dataset_key())
             budget = self.site_policy.dp.total_budget if self.site_policy and self.site_policy.dp else None
             self.events.record(
@@ -224,11 +225,19 @@ class SiloNode:
             self.ledger,
             self._dataset_key(),
             (lambda r: self.evaluate_policy(job_id, spec, f"round {r} upload", r)) if self.site_policy else None,
-            tuple(self.site_policy.allowed_factories) if self.site_policy else (),
+            allowed_factories=tuple(self.site_policy.allowed_factories) if self.site_policy else (),
+            min_contributors=self.site_policy.min_contributors if self.site_policy else 2,
         )
         return HorizontalJob(
             job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
         )
+
+    def _check_ledger(self, job_id: str) -> None:
+        """The privacy ledger must never show more epsilon spent on a job than was reserved for it."""
+        reserved = self.ledger.reservation(self._dataset_key(), job_id) or 0.0
+        spent = self.ledger.spent(self._dataset_key(), job_id)
+        if spent > reserved + 1e-9:
+            raise JobRefused([f"privacy ledger: job {job_id} spent epsilon {spent:.4f}, beyond its {reserved:.4f}"])
 
     def _load_for_job(
         self, job_id: str, features: list[str], label: str | None, id_column: str | None, role: str = "horizontal"
@@ -284,7 +293,7 @@ class SiloNode:
             return
         try:
             job = self._job(task)
-        except JobRefused as exc:
+        except (JobRefused, RoundRefused) as exc:
             self.ignored.add(task.job_id)
             job_id = task.job_id if is_safe_name(task.job_id, MAX_ID) else repr(task.job_id[:MAX_ID])
             self.events.record("job_declined", self.config.name, job=job_id, reasons=exc.reasons)
@@ -293,6 +302,11 @@ class SiloNode:
             return
         try:
             job.step(task)
+        except RoundRefused as exc:  # the aggregator asked for what the spec or this silo's limits forbid
+            self.ignored.add(task.job_id)
+            self.events.record("job_declined", self.config.name, job=task.job_id, reasons=exc.reasons)
+            if task.job_status == "running":
+                self.client.decline(task.job_id, -1, exc.reasons)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from audit.events import EventSink
+from crypto.contributors import ContributorError, own_tag, verify_tags
 from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.errors import CryptoError
 from crypto.signing import update_digest
 from policies import dp
 from policies.decision import Decision
@@ -45,6 +47,8 @@ class JobState:
     history: list[dict[str, Any]] = field(default_factory=list)
     dp_history: list[list[float]] = field(default_factory=list)  # (noise multiplier, sample rate, steps)
     declined_rounds: list[int] = field(default_factory=list)
+    trained_rounds: list[int] = field(default_factory=list)  # rounds this silo trained on its data (at most once)
+    acknowledged_rounds: list[int] = field(default_factory=list)  # rounds whose upload the aggregator receipted
 
 
 @dataclass
@@ -61,6 +65,15 @@ class SiloServices:
     dataset_key: str = ""
     round_gate: Callable[[int], Decision] | None = None  # site policy, checked before every upload
     allowed_factories: tuple[str, ...] = ()  # site policy: model factories this node may import
+    min_contributors: int = 2  # site policy: the fewest verified contributors of an aggregate this silo applies
+
+
+class RoundRefused(Exception):
+    """What the aggregator asked for breaks the job spec or this silo's limits: the silo leaves the job."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
 
 
 class HorizontalJob:
@@ -79,6 +92,7 @@ class HorizontalJob:
         self.client, self.encryptor, self.events = services.client, services.encryptor, services.events
         self._sign, self._audit_head = services.sign, services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
         self.state = self._load_state()
@@ -88,6 +102,8 @@ class HorizontalJob:
             std[std < 1e-8] = 1.0
             self.state.mean, self.state.std = x.mean(axis=0).tolist(), std.tolist()
         self.dp_plan = dp.plan(spec, len(self.train_rows)) if spec.dp is not None else None
+        if self.dp_plan is not None:
+            self._check_history_matches_ledger()
         self.model = make_adapter(spec, data.features.shape[1], services.allowed_factories)
         weights_path = self.dir / "global.npz"
         if weights_path.exists():
@@ -96,6 +112,19 @@ class HorizontalJob:
         self.global_weights = self.model.get_weights()
 
     # ------------------------------------------------------------------ persistence
+    def _pin_spec(self) -> None:
+        """The spec first accepted is the job: the aggregator cannot re-offer the job id with other terms
+        (more rounds, other participants or epsilon) after this node restarts."""
+        path = self.dir / "accepted_spec.json"
+        text = self.spec.model_dump_json()
+        if path.exists():
+            if path.read_text() != text:
+                raise RoundRefused([f"the aggregator re-offers job {self.job_id} with other terms than accepted"])
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
     def _load_state(self) -> JobState:
         path = self.dir / "state.json"
         return JobState(**json.loads(path.read_text())) if path.exists() else JobState()
@@ -123,7 +152,32 @@ class HorizontalJob:
         return self.data.labels[rows]
 
     # ------------------------------------------------------------------ one step of work
+    def check_task(self, task: pb.Task) -> None:
+        """Refuse a task whose round numbers no honest aggregator running this job spec would send."""
+        total = self.spec.total_rounds
+        where = f"job {self.job_id} has rounds 0..{total - 1}"
+        if not 0 <= task.completed_rounds <= total:
+            raise RoundRefused([f"the aggregator claims {task.completed_rounds} completed rounds; {where}"])
+        if task.completed_rounds < self.state.applied:
+            raise RoundRefused(
+                [
+                    f"the aggregator claims {task.completed_rounds} completed rounds but this silo already applied "
+                    f"{self.state.applied}: the job's history was rewound"
+                ]
+            )
+        if not 0 <= task.round <= total:
+            raise RoundRefused([f"the aggregator offers round {task.round}; {where}"])
+        is_open = task.job_status == "running" and task.round_status == "open"
+        if is_open and (task.round >= total or task.round != task.completed_rounds):
+            raise RoundRefused(
+                [
+                    f"the aggregator opens round {task.round} after {task.completed_rounds} completed rounds; "
+                    f"the next round of job {self.job_id} is {task.completed_rounds} (of {total})"
+                ]
+            )
+
     def step(self, task: pb.Task) -> None:
+        self.check_task(task)
         while self.state.applied < task.completed_rounds:
             self._apply_aggregate(self.state.applied)
         if (
@@ -164,6 +218,9 @@ class HorizontalJob:
             header, chunks = self._prepare_upload(round_index)
             _write_upload(cache, header, chunks)
         receipt = self.client.upload(header, chunks)
+        if round_index not in self.state.acknowledged_rounds:
+            self.state.acknowledged_rounds.append(round_index)
+            self._save()
         self.events.record(
             "update_sent",
             self.name,
@@ -195,8 +252,28 @@ class HorizontalJob:
     def _dp_history(self) -> list[tuple[float, float, int]]:
         return [(float(s), float(q), int(n)) for s, q, n in self.state.dp_history]
 
+    def _contributor_lane(self) -> int:
+        if self.name not in self.spec.participants:
+            raise RoundRefused([f"{self.name} is not among the job's participants"])
+        return self.spec.participants.index(self.name)
+
+    def _tags(self, round_index: int) -> np.ndarray:
+        lanes = len(self.spec.participants)
+        return own_tag(self.encryptor.tag_key, self.job_id, round_index, lanes, self._contributor_lane())
+
+    def _check_may_train(self, round_index: int) -> None:
+        """Train at most once per round and at most the spec's number of rounds, whatever the aggregator asks."""
+        trained = self.state.trained_rounds
+        if round_index in trained:
+            raise RoundRefused([f"round {round_index} was already trained here; this silo does not train twice"])
+        if len(trained) >= self.spec.rounds:
+            raise RoundRefused([f"this silo already trained the job's {self.spec.rounds} rounds"])
+        self.state.trained_rounds.append(round_index)
+        self._save()
+
     def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
         weight = float(len(self.train_rows))
+        tags = self._tags(round_index)
         if self._round_kind(round_index) == "stats":
             x = self.data.features[self.train_rows]
             batch = encrypt_weighted_update(
@@ -204,8 +281,10 @@ class HorizontalJob:
                 OrderedDict([("mean", x.mean(axis=0)), ("sqmean", (x**2).mean(axis=0))]),
                 weight,
                 scale_bits=STATS_SCALE_BITS if self.spec.he_profile != "none" else None,
+                tags=tags,
             )
         else:
+            self._check_may_train(round_index)
             self.model.set_weights(self.global_weights)
             seed = int.from_bytes(
                 hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
@@ -218,7 +297,7 @@ class HorizontalJob:
             delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
             if self.spec.update_clip_norm:
                 delta = dp.clip_update(delta, self.spec.update_clip_norm)
-            batch = encrypt_weighted_update(self.encryptor, delta, weight)
+            batch = encrypt_weighted_update(self.encryptor, delta, weight, tags=tags)
         head = self._audit_head()
         digest = update_digest(self.job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), head)
         header = pb.UploadHeader(
@@ -230,9 +309,51 @@ class HorizontalJob:
         )
         return header, batch.chunks
 
+    def _reserved_epsilon(self) -> float:
+        """The epsilon reserved for this job when it was accepted (the ledger's, not what a spec says now)."""
+        assert self.dp_plan is not None
+        ledger = self.services.ledger
+        reserved = ledger.reservation(self.services.dataset_key, self.job_id) if ledger is not None else None
+        return self.dp_plan.epsilon if reserved is None else min(reserved, self.dp_plan.epsilon)
+
+    def _check_history_matches_ledger(self) -> None:
+        """The ledger outlives a job directory: if it shows more spent than the local history accounts for
+        (the directory was lost or rolled back), continuing would count that spending twice."""
+        assert self.dp_plan is not None
+        ledger = self.services.ledger
+        if ledger is None:
+            return
+        recorded = ledger.spent(self.services.dataset_key, self.job_id)
+        local = dp.epsilon_spent(self._dp_history(), self.dp_plan.delta)
+        if recorded > local + 1e-6:
+            raise RoundRefused(
+                [
+                    f"the privacy ledger shows epsilon {recorded:.4f} spent on job {self.job_id} but this job's "
+                    f"local history accounts for {local:.4f}; the job cannot continue without double spending"
+                ]
+            )
+
+    def _check_budget(self, round_index: int, history: list[tuple[float, float, int]], when: str) -> float:
+        """Epsilon after ``history``; refuse (audited) if it exceeds the job's reservation."""
+        assert self.dp_plan is not None
+        epsilon = dp.epsilon_spent(history, self.dp_plan.delta)
+        reserved = self._reserved_epsilon()
+        if epsilon > reserved + 1e-9:
+            reason = (
+                f"round {round_index} would bring job {self.job_id} to epsilon {epsilon:.4f} {when}, beyond the "
+                f"{reserved:.4f} reserved for it at accept; this silo stops training for the job"
+            )
+            self.events.record(
+                "dp_budget_refused", self.name, job=self.job_id, round=round_index, epsilon=epsilon, reserved=reserved
+            )
+            raise RoundRefused([reason])
+        return epsilon
+
     def _train_private(self, round_index: int, seed: int) -> None:
         assert self.dp_plan is not None and isinstance(self.model, TorchAdapter)
         plan = self.dp_plan
+        planned = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+        self._check_budget(round_index, [*self._dp_history(), planned], "(planned)")
         steps, sample_rate = self.model.train_private(
             self._x(self.train_rows), self._y(self.train_rows), seed, plan.noise_multiplier, plan.max_grad_norm
         )
@@ -241,17 +362,25 @@ class HorizontalJob:
         spent = dp.epsilon_spent(self._dp_history(), plan.delta)
         if self.services.ledger is not None:
             self.services.ledger.record_spend(self.services.dataset_key, self.job_id, round_index, spent)
+        self._check_budget(round_index, self._dp_history(), "(as trained)")  # nothing over budget is released
 
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
         check_digests(manifest, chunks)
-        mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
+        try:  # the same bytes decrypt the same way: a bad aggregate is the aggregator's doing, not bad luck
+            mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
+        except CryptoError as exc:
+            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=str(exc))
+            raise RoundRefused([f"aggregate of round {round_index} refused: {exc}"]) from None
+        verified = self._verify_contributors(round_index, mean.tags, int(agg_header.contributors))
         self.events.record(
             "aggregate_decrypted",
             self.name,
             job=self.job_id,
             round=round_index,
             contributors=agg_header.contributors,
+            verified_contributors=verified,
+            aggregate_digest=manifest.digest().hex(),  # silos' audit logs can be compared for equivocation
             bytes=sum(len(c) for c in chunks),
         )
         if self._round_kind(round_index) == "stats":
@@ -272,6 +401,29 @@ class HorizontalJob:
             self.state.history.append({"round": round_index, **metrics})
             self._save()
             self.client.report_metrics(self.job_id, round_index, metrics, self._audit_head())
+
+    def _verify_contributors(self, round_index: int, tags: np.ndarray | None, claimed: int) -> int:
+        """Count, from the decrypted tag lanes, who really contributed; refuse anything but an honest sum."""
+        minimum = max(self.services.min_contributors, self.spec.min_silos, 2)
+        lanes = len(self.spec.participants)
+        try:
+            if tags is None or tags.shape[0] != lanes:
+                raise ContributorError(f"round {round_index}: the aggregate has no contributor tags ({lanes} lanes)")
+            count = verify_tags(
+                tags,
+                self.encryptor.tag_key,
+                self.job_id,
+                round_index,
+                own_lane=self._contributor_lane(),
+                own_required=round_index in self.state.acknowledged_rounds,
+                minimum=minimum,
+            ).count
+        except ContributorError as exc:
+            self.events.record(
+                "aggregate_refused", self.name, job=self.job_id, round=round_index, claimed=claimed, reason=str(exc)
+            )
+            raise RoundRefused([f"aggregate of round {round_index} refused: {exc}"]) from None
+        return count
 
     def _finish(self) -> None:
         export = self.dir / "final_model.npz"

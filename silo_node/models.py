@@ -232,7 +232,6 @@ def evaluate(adapter: Any, x: np.ndarray, y: np.ndarray, num_classes: int) -> di
     metrics = {
         "accuracy": float(accuracy_score(y, proba.argmax(axis=1))),
         "loss": float(log_loss(y, proba, labels=labels)),
-        "samples": float(x.shape[0]),
     }
     try:
         if num_classes == 2:

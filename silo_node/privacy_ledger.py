@@ -44,6 +44,14 @@ class PrivacyLedger:
                 "INSERT OR IGNORE INTO reservations VALUES (?,?,?,?,?)", (dataset, job_id, epsilon, delta, time.time())
             )
 
+    def reservation(self, dataset: str, job_id: str) -> float | None:
+        """The epsilon reserved for one job when it was accepted, or None if it never was."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT epsilon FROM reservations WHERE dataset = ? AND job_id = ?", (dataset, job_id)
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     def record_spend(self, dataset: str, job_id: str, round_index: int, epsilon: float) -> None:
         with self._lock:
             self._db.execute(

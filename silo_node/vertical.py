@@ -384,7 +384,6 @@ class ActiveParty(Party):
 
         metrics = {
             "test_accuracy": float(((scores > 0.5) == (y[test] > 0.5)).mean()),
-            "test_entities": float(len(test)),
         }
         if len(set(y[test].tolist())) == 2:
             metrics["test_auc"] = float(roc_auc_score(y[test], scores))
