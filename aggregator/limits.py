@@ -48,7 +48,8 @@ def check_job_id(job_id: str, field_name: str = "job_id") -> str:
     if not is_safe_name(job_id, MAX_JOB_ID_CHARS):  # the one rule (protocol/names.py), as the silos check it
         raise Refusal(
             Code.INVALID_ARGUMENT,
-            f"{field_name}: {echo(job_id)} is not a job id (1-80 letters, digits, '.', '_' or '-'); "
+            f"{field_name}: {echo(job_id)} is not a safe identifier for a job id "
+            "(1-80 letters, digits, '.', '_' or '-'); "
             "copy it from `cipherfed job list`",
         )
     return job_id
@@ -57,7 +58,8 @@ def check_job_id(job_id: str, field_name: str = "job_id") -> str:
 def check_name(value: str, field_name: str) -> str:
     if not is_safe_name(value):  # relay kinds and party names
         raise Refusal(
-            Code.INVALID_ARGUMENT, f"{field_name}: {echo(value)} is not a name (1-64 letters, digits, '.', '_' or '-')"
+            Code.INVALID_ARGUMENT,
+            f"{field_name}: {echo(value)} is not a safe identifier (1-64 letters, digits, '.', '_' or '-')",
         )
     return value
 
