@@ -30,6 +30,11 @@ class AggregatorConfig(BaseModel):
     max_workers: int = Field(32, ge=4)
     audit_log: Path | None = Field(None, description="signed audit log (default: state_dir/audit.jsonl)")
     consortium_policy: Path | None = None
+    server_name: str | None = Field(
+        None,
+        description="name `aggregator health` verifies in this server's certificate "
+        "(default: the certificate's first DNS name or IP address)",
+    )
 
 
 def load_aggregator_config(path: Path | str) -> AggregatorConfig:

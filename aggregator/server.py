@@ -21,7 +21,7 @@ from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
 from crypto.pki import certificate_fingerprint, load_certificate, load_private_key
-from policies.schema import load_consortium_policy
+from policies.schema import PolicyFile
 from protocol import cipherfed_pb2_grpc as pbg
 
 
@@ -33,7 +33,7 @@ class AggregatorServer:
         self.store = StateStore(config.state_dir / "aggregator.sqlite")
         self.keyring = PublicKeyring(config.keys_dir, self.store.all_public_contexts())
         self.events.record("public_contexts_loaded", "aggregator", fingerprints=self.keyring.fingerprints())
-        policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
+        policy = PolicyFile(config.consortium_policy, self._on_policy_reload) if config.consortium_policy else None
         self.engine = JobEngine(
             self.store, self.keyring, config.state_dir, self.events, config.min_silos_per_aggregate, policy
         )
@@ -63,6 +63,11 @@ class AggregatorServer:
             raise OSError(f"cannot listen on {config.listen}")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="deadline-ticker", daemon=True)
+
+    def _on_policy_reload(self, ok: bool, message: str) -> None:
+        self.events.record(
+            "consortium_policy_reloaded" if ok else "consortium_policy_refused", "aggregator", message=message
+        )
 
     def _on_refusal(self, caller: str, method: str, reason: str) -> None:
         self.events.record("rpc_refused", caller or "unknown", method=method, reason=reason)

@@ -76,6 +76,11 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 def load_certificate(path: Path | str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except FileNotFoundError:
+        where = "" if Path(path).is_absolute() else f" (looked in {Path.cwd()})"
+        raise PKIError(
+            f"certificate {path} does not exist{where}; run from the directory that holds it, or give its full path"
+        ) from None
     except (OSError, ValueError) as exc:
         raise PKIError(f"cannot read certificate {path}: {exc}") from None
 
@@ -102,6 +107,15 @@ def common_name(cert: x509.Certificate) -> str:
     if not names:
         raise PKIError("certificate has no common name")
     return str(names[0].value)
+
+
+def subject_alt_names(cert: x509.Certificate) -> list[str]:
+    """The host names (DNS first, then IP addresses) a TLS client may verify this certificate against."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
 
 
 def _now() -> dt.datetime:
