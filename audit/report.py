@@ -230,11 +230,13 @@ def _policy(by_event: dict[str, list[dict[str, Any]]]) -> str:
         if last.get(key) == outcome:
             repeats[key].append(str(d.get("stage", "")))
             continue
-        changed = key in last
+        before = last.get(key)
         last[key] = outcome
         reasons = d.get("reasons", [])
-        if changed and outcome[0]:
-            reasons = ["outcome changed: " + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")]
+        if before is not None and outcome[0]:  # allowed again: say which rules changed, not all eleven again
+            flipped = {rule for rule, passed in outcome[1] if (rule, not passed) in before[1]}
+            why = [f"{r.get('rule')}: {r.get('why')}" for r in d.get("rules", []) if r.get("rule") in flipped]
+            reasons = ["changed: " + ("; ".join(why) or "the set of rules checked")]
         rows.append(
             [_short_ts(r["ts"]), r["party"], key[1], d.get("stage", ""), _yes_no(outcome[0]), "; ".join(reasons)]
         )
@@ -242,7 +244,14 @@ def _policy(by_event: dict[str, list[dict[str, Any]]]) -> str:
         allowed = last[(party, job)][0]
         span = stages[0] if len(stages) == 1 else f"{stages[0]} ... {stages[-1]}"
         rows.append(
-            ["", party, job, f"{len(stages)} more: {span}", _yes_no(allowed), "unchanged: the same rules, same outcome"]
+            [
+                "",
+                party,
+                job,
+                f"{len(stages)} more ({span})",
+                _yes_no(allowed),
+                "unchanged: the same rules, same outcome",
+            ]
         )
     for r in by_event.get("job_declined", []):
         rows.append(
@@ -289,6 +298,10 @@ def _key_custody(by_event: dict[str, list[dict[str, Any]]]) -> str:
         fingerprint = r["details"].get("fingerprint")
         if fingerprint:
             entry(str(fingerprint))["stored"] = _short_ts(r["ts"])
+    for r in by_event.get("public_contexts_loaded", []):  # provisioned into the aggregator's keys_dir
+        for fingerprint in r["details"].get("fingerprints", []):
+            e = entry(str(fingerprint))
+            e["stored"] = e["stored"] or f"loaded {_short_ts(r['ts'])}"
     for r in by_event.get("key_unwrapped", []):
         entry(str(r["details"].get("fingerprint", "")))["unwrapped"].add(r["party"])
     for r in by_event.get("job_accepted", []):

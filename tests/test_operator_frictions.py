@@ -411,7 +411,7 @@ def test_friction5_report_shows_each_silos_policy_once_columns_unfolded_and_key_
     html, _ = build_report([tmp_path / "hospital-1" / "audit.jsonl", tmp_path / "hospital-2" / "audit.jsonl"])
     policy = html.split("Policy decisions")[1].split("<h2>")[0]
     assert policy.count("explanation 10") == 2  # each silo's eleven rules once, not once per round
-    assert "10 more: round 1 upload ... round 10 upload" in policy
+    assert "10 more (round 1 upload ... round 10 upload)" in policy
     assert "<details" not in html and "age, bmi, sbp, readmitted_30d" in html  # visible in print
     custody = html.split("Key custody")[1].split("<h2>")[0]
     assert fp in custody and "<td>hospital-1</td>" in custody and "hospital-2" in custody and "j-1" in custody
