@@ -66,6 +66,11 @@ class AggregatorConfig(BaseModel):
         description="host:port of a plain-HTTP Prometheus /metrics endpoint (off when unset); "
         "keep it on 127.0.0.1 or a monitoring network",
     )
+    server_name: str | None = Field(
+        None,
+        description="name `aggregator health` verifies in this server's certificate "
+        "(default: the certificate's first DNS name or IP address)",
+    )
 
     @field_validator("allowed_factories")
     @classmethod

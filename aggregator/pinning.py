@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from aggregator.store import StateStore
 from crypto import pki
-from policies.schema import ConsortiumPolicy
+from policies.schema import ConsortiumPolicy, PolicyFile
 
 RecordHook = Callable[[str, pki.Identity, dict[str, object]], None]  # (event, identity, details)
 
@@ -36,7 +36,7 @@ class IdentityPins:
     def __init__(
         self,
         store: StateStore,
-        policy: ConsortiumPolicy | None,
+        policy: ConsortiumPolicy | PolicyFile | None,
         own_fingerprint: str,
         revocation: pki.RevocationList,
         record: RecordHook,
@@ -53,8 +53,10 @@ class IdentityPins:
         """Raise PinRefused unless this certificate may act under its name and role."""
         if ident.fingerprint == self._own:
             return
-        if self._policy is not None:
-            self._check_policy(self._policy, ident)
+        # A PolicyFile is re-read when its file changes: pinning follows the policy in force now.
+        policy = self._policy.current() if isinstance(self._policy, PolicyFile) else self._policy
+        if policy is not None:
+            self._check_policy(policy, ident)
         else:
             self._check_pin(ident)
 

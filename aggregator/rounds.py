@@ -34,7 +34,7 @@ from crypto.packing import Manifest, chunk_digest
 from crypto.pki import Identity
 from crypto.signing import update_digest, verify_digest
 from policies.evaluate import evaluate_member, evaluate_release, evaluate_submission
-from policies.schema import ConsortiumPolicy
+from policies.schema import ConsortiumPolicy, PolicyFile
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec, job_spec_from_json, parse_job_spec
 from protocol.messages import MAX_CHUNK_BYTES, manifest_from_proto
@@ -158,7 +158,7 @@ class JobEngine:
         state_dir: Path,
         events: EventSink,
         min_per_aggregate: int = 2,
-        policy: ConsortiumPolicy | None = None,
+        policy: ConsortiumPolicy | PolicyFile | None = None,
         max_update_values: int = 1 << 28,
         allow_plaintext: bool = False,
         allowed_factories: tuple[str, ...] = (),
@@ -170,8 +170,8 @@ class JobEngine:
         self.allowed_factories = allowed_factories
         self.keyring = keyring
         self.events = events
-        self.policy = policy
-        self.min_per_aggregate = policy.min_silos_per_aggregate if policy else min_per_aggregate
+        self._policy_source = policy
+        self._default_min_per_aggregate = min_per_aggregate
         self.aggregates_dir = state_dir / "aggregates"
         self.spool_dir = state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +212,17 @@ class JobEngine:
         self.store.update_job(job_id, status=FAILED, reason=message)
         self.events.record("job_failed", "aggregator", job=job_id, reason=message)
 
+    @property
+    def policy(self) -> ConsortiumPolicy | None:
+        """The consortium policy in force now: a PolicyFile is re-read when its file changes."""
+        source = self._policy_source
+        return source.current() if isinstance(source, PolicyFile) else source
+
+    @property
+    def min_per_aggregate(self) -> int:
+        policy = self.policy
+        return policy.min_silos_per_aggregate if policy else self._default_min_per_aggregate
+
     def spec(self, job_id: str) -> JobSpec:
         spec = self._specs.get(job_id)
         if spec is None:
@@ -243,8 +254,9 @@ class JobEngine:
             spec = parse_job_spec(spec_toml, "job spec")
         except ConfigError as exc:
             raise Refusal(Code.INVALID_ARGUMENT, str(exc)) from None
-        if self.policy is not None:
-            decision = evaluate_submission(self.policy, spec, submitter, submitter_identity.fingerprint)
+        policy = self.policy  # one read: a reload mid-decision must not mix two versions
+        if policy is not None:
+            decision = evaluate_submission(policy, spec, submitter, submitter_identity.fingerprint)
             self.events.record("policy_decision", submitter, name=spec.name, **decision.as_details())
             if not decision.allowed:
                 raise Refusal(
@@ -353,8 +365,9 @@ class JobEngine:
             spec = self.spec(job_id)
             if silo.name not in spec.participants:
                 raise Refusal(Code.PERMISSION_DENIED, f"{silo.name} is not a participant of job {job_id}")
-            if self.policy is not None:
-                decision = evaluate_member(self.policy, silo.name, silo.fingerprint, f"upload round {round_index}")
+            policy = self.policy
+            if policy is not None:
+                decision = evaluate_member(policy, silo.name, silo.fingerprint, f"upload round {round_index}")
                 self.events.record("policy_decision", silo.name, job=job_id, round=round_index, **decision.as_details())
                 if not decision.allowed:
                     raise Refusal(Code.PERMISSION_DENIED, "; ".join(decision.reasons))
@@ -549,7 +562,7 @@ class JobEngine:
             if round_index + 1 < spec.total_rounds:
                 self._open_round(job_id, spec, round_index + 1, 1, now)
             else:
-                self.store.update_job(job_id, status=COMPLETED, reason=f"{spec.total_rounds} rounds completed")
+                self.store.update_job(job_id, status=COMPLETED, reason=f"{spec.rounds_description} completed")
                 self.events.record("job_completed", "aggregator", job=job_id, rounds=spec.total_rounds)
         else:
             if not release.allowed:  # the consortium's release threshold, in its own words

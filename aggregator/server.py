@@ -25,7 +25,7 @@ from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from cipherfed import __version__
 from crypto.pki import Identity, certificate_fingerprint, load_certificate, load_private_key
-from policies.schema import load_consortium_policy
+from policies.schema import PolicyFile
 from protocol import cipherfed_pb2_grpc as pbg
 
 
@@ -45,7 +45,7 @@ class AggregatorServer:
             fingerprints=self.keyring.fingerprints(),
             unloadable=self.keyring.unloadable[:20],
         )
-        policy = load_consortium_policy(config.consortium_policy) if config.consortium_policy else None
+        policy = PolicyFile(config.consortium_policy, self._on_policy_reload) if config.consortium_policy else None
         self.engine = JobEngine(
             self.store,
             self.keyring,
@@ -106,6 +106,11 @@ class AggregatorServer:
         self._stop = threading.Event()
         self.metrics_port: int | None = None
         self._ticker = threading.Thread(target=self._tick_loop, name="deadline-ticker", daemon=True)
+
+    def _on_policy_reload(self, ok: bool, message: str) -> None:
+        self.events.record(
+            "consortium_policy_reloaded" if ok else "consortium_policy_refused", "aggregator", message=message
+        )
 
     def _on_refusal(self, caller: str, method: str, reason: str, certificate: dict[str, str]) -> None:
         details: dict[str, Any] = {"method": method, "reason": reason, **certificate}

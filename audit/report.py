@@ -2,8 +2,8 @@
 
 It answers the privacy officer's questions in order: is the record intact; which jobs ran and who
 took part; which data each silo used (names and counts, never values); what left each silo and in
-what form; which policy decisions were made and why; how much privacy budget was spent; and how
-the model trained.
+what form; which policy decisions were made and why; who holds the encryption key; how much privacy
+budget was spent; and how the model trained.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def build_report(paths: list[Path], ca_cert: x509.Certificate | None = None) -> 
     sections.append(_data_used(by_event))
     sections.append(_egress(by_event))
     sections.append(_policy(by_event))
+    sections.append(_key_custody(by_event))
     sections.append(_privacy_budget(by_event))
     sections.append(_curves(by_event))
     html = (
@@ -159,7 +160,7 @@ def _data_used(by_event: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
     for r in sorted(by_event.get("dataset_used", []), key=lambda r: (r["party"], r["ts"])):
         columns = [str(c) for c in r["details"].get("columns", [])]
-        listing = Markup(f"<details><summary>{len(columns)} columns</summary>{escape(', '.join(columns))}</details>")
+        listing = f"{len(columns)}: {', '.join(columns)}"  # spelled out, never folded: the report is printed
         rows.append([r["party"], r["job"], r["details"].get("dataset", ""), r["details"].get("rows", ""), listing])
     return (
         "<h2>4. Data used at each silo</h2><p class='muted'>Names and counts only: no value ever leaves a silo "
@@ -208,18 +209,48 @@ def _egress(by_event: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
+def _outcome(details: dict[str, Any]) -> tuple[bool, tuple[tuple[str, bool], ...]]:
+    """What a decision decided, rule by rule (the wording may carry round numbers; the outcome does not)."""
+    rules = tuple((str(r.get("rule")), bool(r.get("passed"))) for r in details.get("rules", []))
+    return bool(details.get("allowed")), rules
+
+
 def _policy(by_event: dict[str, list[dict[str, Any]]]) -> str:
-    rows = []
+    """Each party's first decision on a job in full; after that only decisions whose outcome changed.
+
+    A silo re-checks its site policy before every upload, so a 10-round job holds 11 identical
+    eleven-rule explanations per silo; repeating them hides the one decision that differs.
+    """
+    rows: list[list[Any]] = []
+    last: dict[tuple[str, str], tuple[bool, tuple[tuple[str, bool], ...]]] = {}
+    repeats: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in by_event.get("policy_decision", []):
-        d = r["details"]
+        d, key = r["details"], (r["party"], r.get("job") or "")
+        outcome = _outcome(d)
+        if last.get(key) == outcome:
+            repeats[key].append(str(d.get("stage", "")))
+            continue
+        before = last.get(key)
+        last[key] = outcome
+        reasons = d.get("reasons", [])
+        if before is not None and outcome[0]:  # allowed again: say which rules changed, not all eleven again
+            flipped = {rule for rule, passed in outcome[1] if (rule, not passed) in before[1]}
+            why = [f"{r.get('rule')}: {r.get('why')}" for r in d.get("rules", []) if r.get("rule") in flipped]
+            reasons = ["changed: " + ("; ".join(why) or "the set of rules checked")]
+        rows.append(
+            [_short_ts(r["ts"]), r["party"], key[1], d.get("stage", ""), _yes_no(outcome[0]), "; ".join(reasons)]
+        )
+    for (party, job), stages in repeats.items():
+        allowed = last[(party, job)][0]
+        span = stages[0] if len(stages) == 1 else f"{stages[0]} ... {stages[-1]}"
         rows.append(
             [
-                _short_ts(r["ts"]),
-                r["party"],
-                r.get("job") or "",
-                d.get("stage", ""),
-                _yes_no(bool(d.get("allowed"))),
-                "; ".join(d.get("reasons", [])),
+                "",
+                party,
+                job,
+                f"{len(stages)} more ({span})",
+                _yes_no(allowed),
+                "unchanged: the same rules, same outcome",
             ]
         )
     for r in by_event.get("job_declined", []):
@@ -233,7 +264,84 @@ def _policy(by_event: dict[str, list[dict[str, Any]]]) -> str:
                 "; ".join(r["details"].get("reasons", [])),
             ]
         )
-    return "<h2>6. Policy decisions</h2>" + _table(["time (UTC)", "party", "job", "stage", "allowed", "reasons"], rows)
+    return (
+        "<h2>6. Policy decisions</h2><p class='muted'>Each party's first decision on each job is shown with every "
+        "rule; later decisions appear only when their outcome changed, and the rest are counted.</p>"
+        + _table(["time (UTC)", "party", "job", "stage", "allowed", "reasons"], rows)
+    )
+
+
+def _key_custody(by_event: dict[str, list[dict[str, Any]]]) -> str:
+    """Which silo holds each HE secret key, who received a wrapped copy, and which jobs used it."""
+    keys: dict[str, dict[str, Any]] = {}
+
+    def entry(fingerprint: str) -> dict[str, Any]:
+        return keys.setdefault(
+            fingerprint,
+            {
+                "custodian": "",
+                "scope": "",
+                "created": "",
+                "wrapped": [],
+                "stored": "",
+                "unwrapped": set(),
+                "jobs": set(),
+            },
+        )
+
+    for r in by_event.get("key_generated", []):
+        e = entry(str(r["details"].get("fingerprint", "")))
+        e.update(custodian=r["party"], scope=r["details"].get("scope", ""), created=_short_ts(r["ts"]))
+    for r in by_event.get("key_wrapped", []):
+        entry(str(r["details"].get("fingerprint", "")))["wrapped"] = list(r["details"].get("recipients", []))
+    for r in by_event.get("key_material_stored", []):
+        fingerprint = r["details"].get("fingerprint")
+        if fingerprint:
+            entry(str(fingerprint))["stored"] = _short_ts(r["ts"])
+    for r in by_event.get("public_contexts_loaded", []):  # provisioned into the aggregator's keys_dir
+        for fingerprint in r["details"].get("fingerprints", []):
+            e = entry(str(fingerprint))
+            e["stored"] = e["stored"] or f"loaded {_short_ts(r['ts'])}"
+    for r in by_event.get("key_unwrapped", []):
+        entry(str(r["details"].get("fingerprint", "")))["unwrapped"].add(r["party"])
+    for r in by_event.get("job_accepted", []):
+        fingerprint = r["details"].get("key_fingerprint")
+        if fingerprint and fingerprint != "plaintext":  # the "none" profile's comparison runs use no key
+            entry(str(fingerprint))["jobs"].add(str(r.get("job")))
+    rows = [
+        [
+            fp,
+            e["custodian"]
+            or Markup('<span class="muted">not in these logs (provisioned outside `keys create`)</span>'),
+            e["scope"],
+            e["created"],
+            ", ".join(e["wrapped"]),
+            e["stored"],
+            ", ".join(sorted(e["unwrapped"])),
+            ", ".join(sorted(e["jobs"])),
+        ]
+        for fp, e in sorted(keys.items())
+        if fp
+    ]
+    return (
+        "<h2>7. Key custody</h2><p class='muted'>The HE secret key is generated at one member silo (the custodian) "
+        "and kept there; each other member receives a copy wrapped to its own certificate, relayed by the aggregator, "
+        "which stores only the public context and opaque blobs. Neither the aggregator nor the coordinator holds a "
+        "secret key.</p>"
+        + _table(
+            [
+                "key fingerprint",
+                "custodian",
+                "scope",
+                "created (UTC)",
+                "wrapped for",
+                "public part at aggregator",
+                "unwrapped by",
+                "jobs",
+            ],
+            rows,
+        )
+    )
 
 
 def _privacy_budget(by_event: dict[str, list[dict[str, Any]]]) -> str:
@@ -258,7 +366,7 @@ def _privacy_budget(by_event: dict[str, list[dict[str, Any]]]) -> str:
         else ""
     )
     return (
-        "<h2>7. Differential-privacy budget</h2>"
+        "<h2>8. Differential-privacy budget</h2>"
         + note
         + (_table(["silo", "job", "epsilon spent (cumulative in job)"], rows) if rows else "")
         + (_table(["silo", "dataset", "total epsilon", "budget"], totals) if totals else "")
@@ -278,7 +386,7 @@ def _curves(by_event: dict[str, list[dict[str, Any]]]) -> str:
         line_chart(series, f"{job}: validation accuracy at each silo", "round", "accuracy")
         for job, series in per_job.items()
     ]
-    return "<h2>8. Training curves</h2>" + ("".join(charts) if charts else "<p class='muted'>no metrics reported</p>")
+    return "<h2>9. Training curves</h2>" + ("".join(charts) if charts else "<p class='muted'>no metrics reported</p>")
 
 
 def write_report(paths: list[Path], output: Path, ca_cert: x509.Certificate | None = None) -> Verification:

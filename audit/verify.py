@@ -32,8 +32,13 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.log}:{self.line}" + (f" (seq {self.seq})" if self.seq is not None else "")
+        where = f"{self.log}:{self.line}" if self.line else self.log  # line 0: the file as a whole
+        where += f" (seq {self.seq})" if self.seq is not None else ""
         return f"{where}: {self.kind}: {self.message}"
+
+
+# A log that is not there (or holds nothing) cannot be checked; saying FAILED would read like tampering.
+NOT_CHECKED = frozenset({"missing", "empty", "unreadable"})
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Verification:
         return sum(len(log.records) for log in self.logs)
 
     def summary(self) -> str:
+        if self.problems and all(p.kind in NOT_CHECKED for p in self.problems):
+            return "NOT VERIFIED: " + "; ".join(str(p) for p in self.problems[:5])
         if self.ok:
             return (
                 f"verified {self.record_count} records in {len(self.logs)} log(s); "
@@ -84,13 +91,25 @@ def _timestamp(record: dict[str, Any]) -> dt.datetime | None:
 def verify_log(path: Path, ca_cert: x509.Certificate | None = None) -> LogResult:
     result = LogResult(Path(path))
     name = Path(path).name
+    if not Path(path).exists():
+        where = Path(path) if Path(path).is_absolute() else f"{path} (relative to {Path.cwd()})"
+        message = (
+            f"no such file: {where}; check the path (each party's log is state_dir/audit.jsonl on its own "
+            "machine: copy it here first)"
+        )
+        result.problems.append(Problem(name, 0, None, "missing", message))
+        return result
     try:
         lines = Path(path).read_bytes().split(b"\n")
     except OSError as exc:
-        result.problems.append(Problem(name, 0, None, "unreadable", str(exc)))
+        result.problems.append(Problem(name, 0, None, "unreadable", f"{exc.strerror or exc}"))
         return result
     if lines and lines[-1] == b"":
         lines.pop()
+    if not lines:
+        message = "the file holds no records (the party has not started yet, or the file was emptied)"
+        result.problems.append(Problem(name, 0, None, "empty", message))
+        return result
     signer: x509.Certificate | None = None
     expected_seq, prev = 0, GENESIS_PREV
 
@@ -196,6 +215,8 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
     """All parseable records of the given logs, without verification (for review and reports)."""
     records: list[dict[str, Any]] = []
     for path in paths:
+        if not Path(path).exists():
+            continue  # reported as missing by verify_logs; a review shows what is there
         for raw in Path(path).read_bytes().split(b"\n"):
             if raw.strip():
                 try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from cipherfed import __version__, cmd_audit, cmd_ca, cmd_console, cmd_job, cmd_keys, cmd_policy, cmd_roles
 from crypto.errors import CryptoError
-from protocol.tomlconfig import ConfigError
+from protocol.tomlconfig import ConfigError, missing_file_hint
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (UserError, ConfigError, CryptoError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except FileNotFoundError as exc:
+        print(f"cipherfed: error: {missing_file_hint(exc.filename or str(exc))}", file=sys.stderr)
+        return 1
+    except (UserError, ConfigError, CryptoError, PermissionError, ValueError) as exc:
         print(f"cipherfed: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

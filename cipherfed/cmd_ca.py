@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto import pki
+from crypto.errors import CryptoError
 
 
 def register(sub: Any) -> None:
@@ -38,7 +39,16 @@ def register(sub: Any) -> None:
     sign.add_argument("--ip", action="append", default=[])
     sign.set_defaults(handler=_sign)
 
-    revoke = cmds.add_parser("revoke", help="revoke a certificate by serial (hex); the aggregator reloads the list")
+    fingerprint = cmds.add_parser(
+        "fingerprint", help="print a certificate's SHA-256 fingerprint (what policies pin), with its name and role"
+    )
+    fingerprint.add_argument("cert", type=Path, nargs="+", help="certificate file(s), e.g. admin/coordinator.crt")
+    fingerprint.add_argument("--toml", action="store_true", help="print [[members]] entries for consortium-policy.toml")
+    fingerprint.set_defaults(handler=_fingerprint)
+
+    revoke = cmds.add_parser(
+        "revoke", help="revoke a certificate by serial (hex); copy crl.pem to the aggregator's [tls].crl path"
+    )
     revoke.add_argument("dir", type=Path, help="CA directory")
     revoke.add_argument("serial", help="serial number in hex, as printed by `ca issue`/`ca sign`")
     revoke.set_defaults(handler=_revoke)
@@ -72,5 +82,24 @@ def _revoke(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"serial {args.serial!r} is not a hexadecimal number (see `ca issue` output)") from None
     crl = pki.revoke(args.dir, serial)
-    print(f"revoked serial {args.serial}; revocation list {crl} updated (the aggregator reloads it)")
+    print(f"revoked serial {args.serial}; revocation list {crl} updated")
+    print(
+        "copy it to the path in the aggregator's aggregator.toml [tls].crl (on the aggregator's machine); "
+        "the aggregator reloads that file when it changes, no restart needed"
+    )
+    return 0
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    for path in args.cert:
+        cert = pki.load_certificate(path)
+        name, fp = pki.common_name(cert), pki.certificate_fingerprint(cert)
+        try:
+            role = pki.certificate_role(cert)
+        except CryptoError:
+            role = "(none)"
+        if args.toml:
+            print(f'[[members]]\nname = "{name}"\nrole = "{role}"\ncert_fingerprint = "{fp}"\n')
+        else:
+            print(f"{fp}  {name}  role={role}  {path}")
     return 0

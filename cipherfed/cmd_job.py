@@ -76,7 +76,7 @@ def _rpc_error(exc: grpc.RpcError) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     spec = parse_job_spec(args.spec.read_text(), str(args.spec))
-    print(f"{args.spec}: valid ({spec.partition}, {spec.total_rounds} rounds, he_profile {spec.he_profile})")
+    print(f"{args.spec}: valid ({spec.partition}, {spec.rounds_description}, he_profile {spec.he_profile})")
     return 0
 
 
@@ -134,8 +134,10 @@ def _list(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         return _rpc_error(exc)
     table = Table(title="jobs", title_justify="left")
-    for column in ("job", "name", "status", "round", "created (UTC)"):
-        table.add_column(column)
+    widest = max((len(j.job_id) for j in jobs.jobs), default=3)
+    table.add_column("job", no_wrap=True, min_width=widest)  # an id is copied into other commands: never cut
+    for column in ("name", "status", "round", "created (UTC)"):
+        table.add_column(column, overflow="fold")
     for j in jobs.jobs:
         table.add_row(j.job_id, j.name, j.status, f"{j.current_round + 1}/{j.rounds_total}", j.created)
     Console().print(table)

@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         type=Path,
         action="append",
         required=True,
-        help="a member silo's certificate (repeat); each copy is wrapped to one certificate",
+        help="a member silo's certificate (repeat), as sent by the coordinator who signed it; each copy is "
+        "wrapped to one certificate",
     )
     create.add_argument(
         "--scope",

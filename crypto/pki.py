@@ -66,17 +66,31 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     write_secret_file(path, pem)
 
 
+def read_pki_file(path: Path | str, what: str) -> bytes:
+    """A PKI file's bytes; a missing one is said plainly (which file, from where), never as a bare errno."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        where = "" if Path(path).is_absolute() else f" (looked in {Path.cwd()})"
+        raise PKIError(
+            f"{what} {path} does not exist{where}; run from the directory that holds it, or give its full path"
+        ) from None
+    except OSError as exc:
+        raise PKIError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_pki_file(path, "private key"), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PKIError(f"{path}: not an EC private key")
     return key
 
 
 def load_certificate(path: Path | str) -> x509.Certificate:
+    data = read_pki_file(path, "certificate")
     try:
-        return x509.load_pem_x509_certificate(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
         raise PKIError(f"cannot read certificate {path}: {exc}") from None
 
 
@@ -102,6 +116,15 @@ def common_name(cert: x509.Certificate) -> str:
     if not names:
         raise PKIError("certificate has no common name")
     return str(names[0].value)
+
+
+def subject_alt_names(cert: x509.Certificate) -> list[str]:
+    """The host names (DNS first, then IP addresses) a TLS client may verify this certificate against."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
 
 
 def _now() -> dt.datetime:
@@ -226,9 +249,10 @@ def sign_csr(
 ) -> Path:
     """Admin side: sign a node's CSR with a role; the certificate is written next to the CSR."""
     csr_path = Path(csr_path)
+    data = read_pki_file(csr_path, "CSR")
     try:
-        csr = x509.load_pem_x509_csr(csr_path.read_bytes())
-    except (OSError, ValueError) as exc:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as exc:
         raise PKIError(f"cannot read CSR {csr_path}: {exc}") from None
     if not csr.is_signature_valid:
         raise PKIError(f"CSR {csr_path} has an invalid self-signature")

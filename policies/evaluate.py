@@ -129,8 +129,8 @@ def evaluate_site(
     d.check(
         "rounds",
         spec.rounds <= policy.max_rounds,
-        f"{spec.rounds} rounds (max {policy.max_rounds})",
-        f"{spec.rounds} rounds exceeds this site's maximum of {policy.max_rounds}",
+        f"{spec.rounds_description} (max {policy.max_rounds} training rounds)",
+        f"{spec.rounds_description}: {spec.rounds} training rounds exceed this site's maximum of {policy.max_rounds}",
     )
     d.check(
         "local epochs",
@@ -222,16 +222,14 @@ def _dp_rules(d: Decision, policy: SitePolicy, spec: JobSpec, spent: float) -> N
 def evaluate_submission(
     policy: ConsortiumPolicy, spec: JobSpec, submitter: str, submitter_fingerprint: str
 ) -> Decision:
+    """The aggregator's one decision on a submission; ``cipherfed policy check`` calls exactly this."""
     d = Decision("job submitted")
-    member = policy.member(submitter)
+    refusal = _submitter_refusal(policy, submitter, submitter_fingerprint)
     d.check(
         "submitter",
-        member is not None
-        and member.role == "admin"
-        and member.cert_fingerprint == submitter_fingerprint
-        and (not policy.job_submitters or submitter in policy.job_submitters),
+        refusal is None,
         f"{submitter} is an admin member allowed to submit jobs",
-        f"{submitter} may not submit jobs (not an admin member with this certificate, or not in job_submitters)",
+        f"{submitter} may not submit jobs: {refusal}",
     )
     silos = {m.name for m in policy.members if m.role == "silo"}
     strangers = [p for p in spec.participants if p not in silos]
@@ -259,8 +257,8 @@ def evaluate_submission(
     d.check(
         "rounds",
         spec.total_rounds <= policy.max_rounds,
-        f"{spec.total_rounds} rounds (max {policy.max_rounds})",
-        f"{spec.total_rounds} rounds exceeds the consortium maximum of {policy.max_rounds}",
+        f"{spec.rounds_description} (max {policy.max_rounds} rounds in all)",
+        f"{spec.rounds_description} exceeds the consortium maximum of {policy.max_rounds} rounds in all",
     )
     threshold = policy.min_silos_per_aggregate
     vertical = spec.partition == "vertical"
@@ -275,6 +273,24 @@ def evaluate_submission(
         f"{threshold} contributors",
     )
     return d
+
+
+def _submitter_refusal(policy: ConsortiumPolicy, submitter: str, fingerprint: str) -> str | None:
+    """Why this certificate may not submit, in the words a coordinator can act on (None: it may)."""
+    member = policy.member(submitter)
+    if member is None:
+        return "not a member of the consortium policy"
+    if member.role != "admin":
+        return f"a {member.role} member, not an admin"
+    if member.cert_fingerprint != fingerprint:
+        shown = fingerprint[:16] + "..." if fingerprint else "(no certificate given)"
+        return (
+            f"its certificate {shown} is not the one pinned in the policy ({member.cert_fingerprint[:16]}...); "
+            "pin the output of `cipherfed ca fingerprint` for this certificate"
+        )
+    if policy.job_submitters and submitter not in policy.job_submitters:
+        return "not in job_submitters"
+    return None
 
 
 def evaluate_member(policy: ConsortiumPolicy, name: str, fingerprint: str, stage: str) -> Decision:

@@ -7,6 +7,8 @@ privacy officer. Both are plain files a person can read and sign off on.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -193,9 +195,91 @@ def load_policy(path: Path | str) -> Policy:
     raise ConfigError(str(path), [("kind", 'must be "site" or "consortium"')])
 
 
+# The fingerprints deploy/examples/consortium-policy.toml ships with: they stand for "put the real one here".
+EXAMPLE_FINGERPRINTS = frozenset(c * 64 for c in "1234")
+
+
+def is_placeholder_fingerprint(fingerprint: str) -> bool:
+    """All one digit, a short repeated pattern (``abab...``, ``0123456789abcdef`` x4) or an example's value.
+
+    A real SHA-256 has none of these shapes; a policy that pins one pins nobody, and the member it names
+    would be refused later with a far less helpful message.
+    """
+    fp = fingerprint.lower().replace(":", "")
+    if fp in EXAMPLE_FINGERPRINTS:
+        return True
+    return any(len(fp) % period == 0 and fp == fp[:period] * (len(fp) // period) for period in range(1, 17))
+
+
+def placeholder_problems(policy: ConsortiumPolicy | SitePolicy) -> list[str]:
+    """One line per pin that is a placeholder fingerprint, saying how to get the real one."""
+    if isinstance(policy, SitePolicy):
+        return [
+            f"trusted_aggregators: {fp[:16]}... is a placeholder, not a certificate's fingerprint; print the "
+            "aggregator's with `cipherfed ca fingerprint aggregator.crt` (or read it in `cipherfed node doctor`)"
+            for fp in policy.trusted_aggregators
+            if is_placeholder_fingerprint(fp)
+        ]
+    return [
+        f"member {m.name!r}: cert_fingerprint {m.cert_fingerprint[:16]}... is a placeholder, not a certificate's "
+        f"fingerprint; print the real one with `cipherfed ca fingerprint {m.name}.crt` and paste it here"
+        for m in policy.members
+        if is_placeholder_fingerprint(m.cert_fingerprint)
+    ]
+
+
 def load_site_policy(path: Path | str) -> SitePolicy:
     return load_toml(SitePolicy, path)
 
 
 def load_consortium_policy(path: Path | str) -> ConsortiumPolicy:
     return load_toml(ConsortiumPolicy, path)
+
+
+def load_consortium_policy_for_use(path: Path | str) -> ConsortiumPolicy:
+    """A consortium policy the aggregator may enforce: valid, and with no placeholder fingerprints."""
+    policy = load_consortium_policy(path)
+    problems = placeholder_problems(policy)
+    if problems:
+        raise ConfigError(str(path), [("members", p) for p in problems])
+    return policy
+
+
+class PolicyFile:
+    """The consortium policy, re-read when its file changes (like the revocation list): no restart needed.
+
+    An edit that does not validate (or pins a placeholder) is refused and the previous policy stays in
+    force; ``on_change(ok, message)`` reports each reload either way so it can be audited.
+    """
+
+    def __init__(self, path: Path | str, on_change: Callable[[bool, str], None] | None = None) -> None:
+        self.path = Path(path)
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._policy = load_consortium_policy_for_use(self.path)  # a bad file at start is an error, not a warning
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> ConsortiumPolicy:
+        stamp = self._file_stamp()
+        with self._lock:
+            if stamp is None or stamp == self._stamp:
+                return self._policy
+            self._stamp = stamp
+            try:
+                self._policy = load_consortium_policy_for_use(self.path)
+            except ConfigError as exc:
+                self._report(False, f"{exc}; the previous policy stays in force")
+            else:
+                self._report(True, f"{self.path} reloaded ({len(self._policy.members)} members)")
+            return self._policy
+
+    def _report(self, ok: bool, message: str) -> None:
+        if self.on_change is not None:
+            self.on_change(ok, message)

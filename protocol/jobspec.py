@@ -238,6 +238,14 @@ class JobSpec(Strict):
     def total_rounds(self) -> int:
         return self.rounds + (1 if self.stats_round else 0)
 
+    @property
+    def rounds_description(self) -> str:
+        """The one wording every command uses: ``10 training rounds + 1 statistics round (11 in all)``."""
+        training = f"{self.rounds} training round{'s' if self.rounds != 1 else ''}"
+        if not self.stats_round:
+            return training
+        return f"{training} + 1 statistics round ({self.total_rounds} in all)"
+
 
 def parse_job_spec(text: str, source: str = "job spec") -> JobSpec:
     return parse_toml_text(JobSpec, text, source)

@@ -25,6 +25,13 @@ class ConfigError(ValueError):
         super().__init__(f"{source} is not valid:\n{lines}")
 
 
+def missing_file_hint(path: Path | str) -> str:
+    """A missing file, said so a person in the wrong directory sees it at once."""
+    path = Path(path)
+    where = "" if path.is_absolute() else f" (relative paths are taken from the current directory, {Path.cwd()})"
+    return f"{path} does not exist{where}; run the command from the directory that holds it, or give its full path"
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
@@ -49,6 +56,8 @@ def load_toml(model: type[ModelT], path: Path | str) -> ModelT:
     path = Path(path)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("(file)", missing_file_hint(path))]) from None
     except OSError as exc:
         raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
     return parse_toml_text(model, text, str(path))

@@ -79,6 +79,7 @@ class SiloNode:
         self.failures: dict[str, int] = {}
         self._aggregator_fp: str | None = None
         self.ignored: set[str] = set()
+        self.finished = FinishedJobs(config.state_dir / "finished-jobs.txt")
         self.stop_event = threading.Event()
         self.version = 0
 
@@ -289,8 +290,8 @@ class SiloNode:
         return runner
 
     def handle(self, task: pb.Task) -> None:
-        if task.job_id in self.ignored or task.declined:
-            return
+        if task.job_id in self.ignored or task.declined or task.job_id in self.finished:
+            return  # finished before a restart: re-accepting it would read the data (and audit its use) again
         try:
             job = self._job(task)
         except (JobRefused, RoundRefused) as exc:
@@ -332,14 +333,18 @@ class SiloNode:
                     self.client.decline(task.job_id, -1, [reason])
         else:
             self.failures.pop(task.job_id, None)
+            if _is_finished(job):
+                self.finished.add(task.job_id)
+                self.jobs.pop(task.job_id, None)
 
     # ------------------------------------------------------------------ loop
     def _heartbeat(self, server_time_ms: int) -> None:
         """Proof of life for container/systemd health checks: the node has no port to probe."""
-        path = self.config.state_dir / "heartbeat"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{time.time():.3f} {server_time_ms}\n")
-        tmp.replace(path)
+        _write_atomic(self.config.state_dir / "heartbeat", f"{time.time():.3f} {server_time_ms}\n")
+
+    def _contact_lost(self, code: str) -> None:
+        """A failed poll is recorded next to the heartbeat, so `node health` never vouches for a dead link."""
+        _write_atomic(self.config.state_dir / "heartbeat.failed", f"{time.time():.3f} {code}\n")
 
     def run(self) -> None:
         own = pki.certificate_fingerprint(self.certificate)
@@ -364,6 +369,7 @@ class SiloNode:
                     self.handle(task)
             except grpc.RpcError as exc:
                 delay = backoff.next_delay()
+                self._contact_lost(exc.code().name)
                 self.events.record(
                     "aggregator_unreachable",
                     self.config.name,
@@ -377,6 +383,35 @@ class SiloNode:
                 job.stopped.set()
         self.events.record("node_stopped", self.config.name)
         self.client.close()
+
+
+class FinishedJobs:
+    """Ids of jobs this node has finished, one per line, kept across restarts (state_dir/finished-jobs.txt)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ids = set(path.read_text().split()) if path.exists() else set()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def add(self, job_id: str) -> None:
+        if job_id not in self._ids:
+            self._ids.add(job_id)
+            with open(self.path, "a") as f:
+                f.write(job_id + "\n")
+
+
+def _is_finished(job: HorizontalJob | VerticalRunner) -> bool:
+    if isinstance(job, HorizontalJob):
+        return job.state.finished
+    return job.status != "running"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def run(config_path: Path) -> int:

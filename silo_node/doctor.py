@@ -70,7 +70,10 @@ class Doctor:
         server = self._aggregator(config) if cert_ok else None
         self._data(config)
         self._policy(config, server)
-        self._he_keys(config, server)
+        if cert_ok:
+            self._he_keys(config, server)
+        else:  # the HE key is wrapped to this node's certificate: nothing to check without a usable one
+            self.add("HE key", "skip", "not checked: this node's certificate or key failed above", "fix that first")
         self._disk(config)
         return self.checks
 
@@ -94,6 +97,15 @@ class Doctor:
                 self.add("key permissions", "ok", f"{path} is private (0600)")
 
     def _certificate(self, config: NodeConfig) -> bool:
+        for path, what in ((config.tls.cert, "this node's certificate"), (config.tls.ca, "the consortium CA")):
+            if not path.exists():
+                self.add(
+                    "certificate",
+                    "fail",
+                    f"{path} ({what}) does not exist",
+                    f"put {path.name} from the consortium admin (the reply to your CSR) in {path.parent}",
+                )
+                return False
         try:
             cert = pki.load_certificate(config.tls.cert)
             ca = pki.load_certificate(config.tls.ca)
@@ -215,7 +227,7 @@ class Doctor:
                 "data columns",
                 "fail",
                 f"{config.data.path} lacks column(s) {', '.join(missing)}",
-                f"the file has: {', '.join(names)[:300]}; fix [data] features/label/id_column",
+                f"the file has {len(names)} columns: {', '.join(names)}; fix [data] features/label/id_column",
             )
         else:
             self.add(
@@ -341,3 +353,14 @@ def heartbeat_age(config: NodeConfig) -> float | None:
     if not path.exists():
         return None
     return time.time() - float(path.read_text().split()[0])
+
+
+def contact_lost(config: NodeConfig) -> tuple[float, str] | None:
+    """(seconds ago, gRPC code) of the last failed poll if no poll has succeeded since, else None."""
+    failed = config.state_dir / "heartbeat.failed"
+    if not failed.exists():
+        return None
+    at, _, code = failed.read_text().strip().partition(" ")
+    ok = config.state_dir / "heartbeat"
+    last_ok = float(ok.read_text().split()[0]) if ok.exists() else 0.0
+    return (time.time() - float(at), code) if float(at) > last_ok else None

@@ -14,8 +14,9 @@ NODE_TOML = """# cipherfed silo node: {name}
 name = "{name}"                     # must equal the common name of this node's certificate
 consortium = "{consortium}"
 aggregator = "{aggregator}"         # host:port of the consortium's aggregator
-# server_name = "aggregator.example.org"   # if the aggregator's certificate names another host
-state_dir = "state"                 # job state, privacy ledger and the signed audit log (state/audit.jsonl)
+{server_name_line}
+state_dir = "{state_dir}"{state_pad}# job state, privacy ledger, trained models (jobs/<job>/final_model.npz) and
+                                    # the signed audit log (audit.jsonl); must be writable by the node
 poll_wait_s = 5.0
 # site_policy = "site-policy.toml"  # your privacy officer's policy; see `cipherfed policy validate`
 
@@ -46,10 +47,29 @@ class Enrollment:
     key: Path
     csr: Path
     config: Path
+    state_dir: str = "state"
 
 
-def init_node(name: str, aggregator: str, directory: Path, consortium: str = "") -> Enrollment:
+SYSTEM_STATE_DIR = Path("/var/lib/cipherfed")  # what deploy/systemd/cipherfed-node.service may write
+
+
+def default_state_dir(config_dir: Path) -> str:
+    """``/var/lib/cipherfed`` for a system install (config under /etc, read-only under the systemd unit),
+    else ``state`` next to node.toml."""
+    resolved = Path(config_dir).resolve()
+    return str(SYSTEM_STATE_DIR) if resolved.parts[:2] == ("/", "etc") else "state"
+
+
+def init_node(
+    name: str,
+    aggregator: str,
+    directory: Path,
+    consortium: str = "",
+    state_dir: str | None = None,
+    server_name: str | None = None,
+) -> Enrollment:
     directory = Path(directory)
+    state = state_dir or default_state_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "node.toml"
     if (directory / f"{name}.key").exists():
@@ -62,6 +82,11 @@ def init_node(name: str, aggregator: str, directory: Path, consortium: str = "")
                 aggregator=aggregator,
                 config=config,
                 consortium=consortium or "CHANGE ME: the consortium's name",
+                state_dir=state,
+                server_name_line=f'server_name = "{server_name}"   # the name in the aggregator\'s certificate'
+                if server_name
+                else '# server_name = "aggregator.example.org"   # if the aggregator\'s certificate names another host',
+                state_pad=" " * max(1, 23 - len(state)),
             )
         )
-    return Enrollment(key, csr, config)
+    return Enrollment(key, csr, config, state)

@@ -439,6 +439,7 @@ class HorizontalJob:
             path=str(export),
             sha256=hashlib.sha256(export.read_bytes()).hexdigest(),
         )
+        print(f"job {self.job_id} completed: trained model written to {export}", flush=True)
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -17,6 +17,7 @@ def doc_commands():
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
             for command in block.replace("\\\n", " ").splitlines():
                 command = command.split("  #")[0].strip()
+                command = re.split(r" (?:\||>>?) ", command)[0]  # the cipherfed part of `... | tee f`, `... >> f`
                 if command.startswith("cipherfed "):
                     commands.append(pytest.param(command, id=f"{doc.name}: {command[:60]}"))
     return commands
