@@ -4,6 +4,7 @@ Screenshots of every page are written to the test's temporary folder, and to doc
 CONSOLE_SCREENSHOTS=docs/images is set (that is how the images in docs/console.md were made).
 """
 
+import hashlib
 import http.client
 import os
 import re
@@ -39,7 +40,8 @@ def _write_policy(c: LocalConsortium) -> Path:
     )
     for name, role, cert in members:
         text += f'\n[[members]]\nname = "{name}"\nrole = "{role}"\ncert_fingerprint = "{_fingerprint(cert)}"\n'
-    text += '\n[[members]]\nname = "silo-e"\nrole = "silo"\ncert_fingerprint = "' + "ab" * 32 + '"\n'
+    never_seen = hashlib.sha256(b"silo-e: a member that never connects").hexdigest()  # not a placeholder pattern
+    text += '\n[[members]]\nname = "silo-e"\nrole = "silo"\ncert_fingerprint = "' + never_seen + '"\n'
     path = c.agg_dir / "consortium-policy.toml"
     path.write_text(text)
     return path
