@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench clean
+.PHONY: demo test lint protos bench clean image deploy-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.crypto_throughput --params 1000000 --silos 8 --json benchmarks/results/crypto_throughput.json
+
+# The container image, and the compose consortium run for real (aggregator + 3 silos + a one-shot job,
+# audit verified, torn down): needs a running Docker engine; see scripts/deploy-test.sh.
+image: $(STAMP)
+	CIPHERFED_PYTHON=$(abspath $(BIN))/python scripts/deploy-test.sh --build
+
+deploy-test: $(STAMP)
+	CIPHERFED_PYTHON=$(abspath $(BIN))/python scripts/deploy-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
