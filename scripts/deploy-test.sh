@@ -143,6 +143,13 @@ epoch_of() { date -d "$1" +%s.%N; }
 since() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
 cid() { "${COMPOSE[@]}" ps -a -q "$1"; }
 
+# CPU seconds a container has used so far (cgroup v1 or v2): unlike wall time, not inflated by a busy host
+cpu_seconds() {
+    "$DOCKER" exec "$1" sh -c 'if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then
+            awk "{printf \"%.1f\", \$1 / 1e9}" /sys/fs/cgroup/cpuacct/cpuacct.usage
+        else awk "/^usage_usec/ {printf \"%.1f\", \$2 / 1e6}" /sys/fs/cgroup/cpu.stat; fi' 2>/dev/null || echo "?"
+}
+
 wait_until() {  # wait_until TIMEOUT_S DESCRIPTION COMMAND...: poll every 0.2 s
     local deadline=$((SECONDS + $1)) what=$2
     shift 2
@@ -165,7 +172,8 @@ run_consortium() {
     wait_until 120 "the aggregator's health check" \
         "$DOCKER" exec "$agg" cipherfed aggregator health --config /etc/cipherfed/aggregator.toml
     AGG_READY_S=$(since "$started" "$(date +%s.%N)")
-    log "aggregator healthy ${AGG_READY_S} s after its container started"
+    AGG_READY_CPU=$(cpu_seconds "$agg")
+    log "aggregator healthy ${AGG_READY_S} s after its container started (${AGG_READY_CPU} CPU s)"
 
     log "key custodian hospital-1: keys create (secret stays in its volume, wrapped copies via the aggregator)"
     local out fp
@@ -184,13 +192,14 @@ run_consortium() {
     started=$(epoch_of "$("$DOCKER" inspect -f '{{.State.StartedAt}}' "$node")")
     wait_until 120 "hospital-1's first poll" "$DOCKER" exec "$node" test -e /var/lib/cipherfed/heartbeat
     NODE_POLL_S=$(since "$started" "$(date +%s.%N)")
-    log "hospital-1 polled the aggregator ${NODE_POLL_S} s after its container started"
+    NODE_POLL_CPU=$(cpu_seconds "$node")
+    log "hospital-1 polled the aggregator ${NODE_POLL_S} s after its container started (${NODE_POLL_CPU} CPU s)"
 
     local job code
     job=$(cid job)
     [[ -n $job ]] || die "the job container was not created"
     code=$(timeout "$JOB_TIMEOUT" "$DOCKER" wait "$job") || die "the job did not finish within $JOB_TIMEOUT s"
-    "$DOCKER" logs "$job" 2>&1 | tail -n 8 | sed 's/^/    job | /'
+    "$DOCKER" logs "$job" 2>&1 | tail -n 8 | awk '{print "    job | " $0}'  # awk: ends the last line too
     [[ $code == 0 ]] || die "the job container exited with $code"
     log "job completed"
 }
@@ -255,7 +264,8 @@ main() {
     verify_audit
     log "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
     log "measured: image $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')," \
-        "aggregator container start -> healthy ${AGG_READY_S} s, node container start -> first poll ${NODE_POLL_S} s"
+        "aggregator container start -> healthy ${AGG_READY_S} s (${AGG_READY_CPU} CPU s)," \
+        "node container start -> first poll ${NODE_POLL_S} s (${NODE_POLL_CPU} CPU s)"
 }
 
 main "$@"
