@@ -15,8 +15,11 @@
 #   keys create), the way docs/run-consortium.md and docs/install-node.md describe, in a fresh directory,
 #   by the image itself (scripts/deploy-test-provision.sh): the host needs Python only for `pip wheel`.
 # - Everything the run creates (containers, network, volumes, work directory) is removed on exit, also on
-#   failure, after printing the containers' logs. Images are kept: they are the cache of the next run.
-#   To drop them too: docker rmi cipherfed:0.1.0 cipherfed-base:bookworm
+#   failure, after printing the containers' logs. Images are kept: they are the cache of the next run
+#   (the image a rebuild replaces is removed). To drop everything this script ever made:
+#     docker rmi cipherfed:0.1.0 cipherfed-base:bookworm; docker builder prune -af; rm -rf build/wheelhouse
+#   A run killed before its teardown leaves project cipherfed-deploytest: the next run removes it first,
+#   or by hand: docker-compose -p cipherfed-deploytest -f deploy/compose.yaml -f deploy/compose.job.yaml down -v
 #
 # Environment: BASE_IMAGE (skip the base choice), CIPHERFED_IMAGE (default cipherfed:0.1.0),
 # CIPHERFED_PYTHON (host Python whose pip builds the wheelhouse, default .venv/bin/python), DOCKER (client),
@@ -124,9 +127,14 @@ build_image() {
         echo "$stamp" >"$wheels/.pyproject.sha256"
     fi
     log "building $IMAGE on $BASE_IMAGE"
-    local started=$SECONDS
+    local started=$SECONDS previous
+    previous=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
     "${NICE[@]}" "$BUILD_DOCKER" build --quiet -f "$REPO/deploy/docker/Dockerfile" \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" "$REPO" >/dev/null
+    # the image this build replaced would stay behind untagged (1.3 GB per source change on a CI machine)
+    if [[ -n $previous && $previous != $("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE") ]]; then
+        "$DOCKER" rmi "$previous" >/dev/null 2>&1 || true
+    fi
     log "built $IMAGE in $((SECONDS - started)) s: $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" |
         awk '{printf "%.0f MB", $1 / 1e6}')"
 }
