@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench clean chromium
+.PHONY: demo test lint protos bench clean chromium image deploy-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# The container image, and the compose consortium run for real (aggregator + 3 silos + a one-shot job,
+# audit verified, torn down): needs a running Docker engine; see scripts/deploy-test.sh.
+image: $(STAMP)
+	CIPHERFED_PYTHON=$(abspath $(BIN))/python scripts/deploy-test.sh --build
+
+deploy-test: $(STAMP)
+	CIPHERFED_PYTHON=$(abspath $(BIN))/python scripts/deploy-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
