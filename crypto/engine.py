@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +121,16 @@ class SumEncryptor(UpdateEncryptor):
         out = np.zeros(len(chunks) * per)
         slots = complex_unpack_view(out)
         half = per // 2
-        for i, data in enumerate(chunks):
-            ciphertext = self._ops.load(data)
-            if scale_bits is not None and ciphertext.scale != 2.0**scale_bits:
-                raise CiphertextError(f"chunk {i} has scale {ciphertext.scale:.6g}, not 2^{scale_bits}: tampered")
-            slots[i * half : (i + 1) * half] = self._ops.decrypt_slots(ciphertext)
+
+        def scale_checked() -> Iterator[Any]:
+            for i, data in enumerate(chunks):
+                ciphertext = self._ops.load(data)
+                if scale_bits is not None and ciphertext.scale != 2.0**scale_bits:
+                    raise CiphertextError(f"chunk {i} has scale {ciphertext.scale:.6g}, not 2^{scale_bits}: tampered")
+                yield ciphertext  # decrypted only after its check (the generator is lazy)
+
+        for i, decoded in enumerate(self._ops.decrypt_each(scale_checked())):
+            slots[i * half : (i + 1) * half] = decoded
         return out[:value_count]
 
 

@@ -9,6 +9,8 @@ belong in :mod:`crypto.engine` only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import tenseal.sealapi as seal
 
@@ -72,11 +74,18 @@ class SealSecretOps:
     def load(self, data: bytes) -> seal.Ciphertext:
         return load_ciphertext(self._context, data)
 
-    def decrypt_slots(self, ciphertext: seal.Ciphertext) -> np.ndarray:
-        """Decrypt and decode one ciphertext to its complex slots, dividing by whatever scale it claims."""
+    def decrypt_each(self, ciphertexts: Iterable[seal.Ciphertext]) -> Iterator[list[complex]]:
+        """Decrypt and decode each ciphertext to its complex slots, dividing by whatever scale it claims.
+
+        One plaintext buffer per call (not per chunk: allocating one costs as much as a decode; not per
+        object: one encryptor serves every job of a key, on several threads). Lists, as the binding
+        returns them: assigning a list into a numpy slice is faster than converting it first.
+        """
         plain = seal.Plaintext()
-        self._decryptor.decrypt(ciphertext, plain)
-        return np.asarray(self._encoder.decode_complex(plain))
+        for ciphertext in ciphertexts:
+            self._decryptor.decrypt(ciphertext, plain)
+            slots: list[complex] = self._encoder.decode_complex(plain)
+            yield slots
 
 
 class SealArithmetic:
