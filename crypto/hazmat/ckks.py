@@ -21,8 +21,6 @@ __all__ = [
     "SealSecretOps",
     "complex_pack",
     "complex_unpack_view",
-    "load",
-    "save",
 ]
 
 
@@ -39,15 +37,6 @@ def complex_pack(vector: np.ndarray, values_per_chunk: int) -> np.ndarray:
 def complex_unpack_view(reals: np.ndarray) -> np.ndarray:
     """The complex slots view of a float64 output buffer: the inverse of :func:`complex_pack`."""
     return reals.view(np.complex128)
-
-
-def load(context: seal.SEALContext, data: bytes) -> seal.Ciphertext:
-    """Load a ciphertext; SEAL checks only that it is well formed for the parameters, not whose it is."""
-    return load_ciphertext(context, data)
-
-
-def save(ciphertext: seal.Ciphertext) -> bytes:
-    return save_bytes(ciphertext)
 
 
 class SealSecretOps:
