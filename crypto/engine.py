@@ -1,28 +1,40 @@
-"""Encrypted weighted sums: encrypt at silos, accumulate in place at the aggregator, decrypt at silos.
+"""Encrypted weighted sums, as recipes: encrypt at silos, accumulate in place at the aggregator, decrypt at silos.
 
-Profile ``sum`` uses raw SEAL through ``tenseal.sealapi``: complex packing (two reals per slot)
-and seeded symmetric encryption, so an upload costs about 8 bytes per parameter (2x float32).
-The aggregator side (:class:`ChunkVerifier`, :class:`Accumulator`) is built from a
-:class:`PublicContext` only: it can load and add, and has no object that could decrypt.
-Profile ``none`` moves float64 plaintext through the same path for comparison runs.
+Every public name here is a *recipe*: it does one job together with the checks that make it safe —
+values bounded and finite before encryption, every chunk matched against its signed manifest's digest
+before it is loaded or added, key fingerprints compared, a ciphertext's scale compared with the
+manifest's, the decrypted total weight required to be whole (a foreign key shows as noise), contributor
+tags split off. The raw SEAL and plaintext-chunk calls underneath live in :mod:`crypto.hazmat`, which
+checks nothing; only this package may import it.
+
+Profile ``sum`` uses raw SEAL: complex packing (two reals per slot) and seeded symmetric encryption,
+so an upload costs about 8 bytes per parameter (2x float32). The aggregator side (:class:`ChunkVerifier`,
+:class:`Accumulator`) is built from a :class:`PublicContext` only: it can load and add, and has no
+object that could decrypt. Profile ``none`` moves float64 plaintext through the same recipes for
+comparison runs, but only through the separately named :class:`UnencryptedSumForComparisonOnly`:
+``SumEncryptor`` never silently becomes a plaintext engine. A new encryptor (another profile) is one
+more :class:`UpdateEncryptor` subclass next to these two.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from crypto.contributors import CONTRIBUTOR_TAGS, PUBLIC_TAG_KEY, tag_key_from_secret
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
+from crypto.hazmat import plain as hazmat_plain
+from crypto.hazmat.ckks import SealArithmetic, SealSecretOps, complex_unpack_view
+from crypto.hazmat.plain import PlainArithmetic
 from crypto.keys import PublicContext, SecretKeySet
 from crypto.packing import Layout, Manifest, chunk_digest, pack, unpack
-from crypto.profiles import get_profile
-from crypto.seal_io import load_ciphertext, save_bytes
+from crypto.profiles import Profile, get_profile
+from crypto.seal_io import save_bytes
 
 PLAIN_FINGERPRINT = "plaintext"
 PLAIN_VALUES_PER_CHUNK = 8192
@@ -40,35 +52,23 @@ def contribution_bound(profile_name: str, scale_bits: int) -> float:
     return float(2 ** (data_bits - scale_bits - 1)) / MAX_CONTRIBUTORS
 
 
-class SumEncryptor:
-    """Silo side of profile ``sum`` (or ``none``): encrypt and decrypt flat vectors."""
+class UpdateEncryptor(ABC):
+    """Silo side of one profile: encrypt and decrypt flat vectors, with the checks every profile needs.
 
-    def __init__(self, keys: SecretKeySet | None) -> None:
-        if keys is None:
-            self.profile = get_profile("none")
-            self.fingerprint = PLAIN_FINGERPRINT
-            self._keys = None
-            self.tag_key = PUBLIC_TAG_KEY
-            return
-        if keys.profile.engine != "seal-seeded":
-            raise CiphertextError(f"profile {keys.profile.name!r} cannot be used for encrypted sums")
-        self.profile = keys.profile
-        self.fingerprint = keys.fingerprint
-        self._keys = keys
-        context = keys.public.seal_context
-        self._context = context
-        self._encoder = seal.CKKSEncoder(context)
-        self._encryptor = seal.Encryptor(context, keys.secret_key)
-        self._decryptor = seal.Decryptor(context, keys.secret_key)
-        assert keys.secret_key is not None
-        self.tag_key = tag_key_from_secret(save_bytes(keys.secret_key))  # see crypto.contributors
+    Subclasses supply the raw chunk codec (``_encrypt_checked``, ``decrypt``); the bound and finiteness
+    checks run here, once, for all of them.
+    """
+
+    profile: Profile
+    fingerprint: str
+    tag_key: bytes  # contributor tag key, see crypto.contributors
 
     @property
     def values_per_chunk(self) -> int:
         return self.profile.values_per_ciphertext
 
     def encrypt(self, vector: np.ndarray, scale_bits: int | None = None) -> list[bytes]:
-        """Cut ``vector`` into chunks and encrypt each (seeded symmetric, complex packing)."""
+        """Refuse NaN/infinite values and values beyond the profile's bound, then cut and encrypt."""
         scale_bits = self.profile.scale_bits if scale_bits is None else scale_bits
         bound = contribution_bound(self.profile.name, scale_bits)
         peak = float(np.max(np.abs(vector))) if vector.size else 0.0
@@ -80,25 +80,36 @@ class SumEncryptor:
                 f"at scale 2^{scale_bits}; values beyond it would wrap silently (lower the learning rate, "
                 f"clip the update, or scale the sample weights)"
             )
-        per = self.values_per_chunk
-        chunks: list[bytes] = []
-        if self._keys is None:
-            for start in range(0, vector.shape[0], per):
-                chunks.append(np.ascontiguousarray(vector[start : start + per], dtype="<f8").tobytes())
-            return chunks
-        scale = 2.0**scale_bits
-        half = per // 2
-        # Reals (x0, x1, x2, ...) become slots (x0 + i*x1, x2 + i*x3, ...): exactly the memory
-        # layout of complex128, so a view does the packing without copies.
-        padded = np.zeros(-(-vector.shape[0] // per) * per)
-        padded[: vector.shape[0]] = vector
-        packed = padded.view(np.complex128)
-        for start in range(0, packed.shape[0], half):
-            slots = packed[start : start + half].tolist()
-            plain = seal.Plaintext()
-            self._encoder.encode(slots, scale, plain)
-            chunks.append(save_bytes(self._encryptor.encrypt_symmetric(plain)))
-        return chunks
+        return self._encrypt_checked(vector, scale_bits)
+
+    @abstractmethod
+    def _encrypt_checked(self, vector: np.ndarray, scale_bits: int) -> list[bytes]:
+        """Encrypt a vector that ``encrypt`` has already bounded."""
+
+    @abstractmethod
+    def decrypt(self, chunks: Sequence[bytes], value_count: int, scale_bits: int | None = None) -> np.ndarray:
+        """Decrypt aggregate chunks back to a flat vector of ``value_count`` values."""
+
+
+class SumEncryptor(UpdateEncryptor):
+    """Silo side of profile ``sum``: CKKS under the job's secret key. Needs a :class:`SecretKeySet`."""
+
+    def __init__(self, keys: SecretKeySet) -> None:
+        if not isinstance(keys, SecretKeySet):
+            raise TypeError(
+                f"SumEncryptor needs the job's SecretKeySet, got {type(keys).__name__}; for a plaintext "
+                f"('none' profile) comparison run use crypto.engine.UnencryptedSumForComparisonOnly() explicitly"
+            )
+        if keys.profile.engine != "seal-seeded" or keys.secret_key is None:
+            raise CiphertextError(f"profile {keys.profile.name!r} cannot be used for encrypted sums")
+        self.profile = keys.profile
+        self.fingerprint = keys.fingerprint
+        self._context = keys.public.seal_context
+        self._ops = SealSecretOps(self._context, keys.secret_key)
+        self.tag_key = tag_key_from_secret(save_bytes(keys.secret_key))
+
+    def _encrypt_checked(self, vector: np.ndarray, scale_bits: int) -> list[bytes]:
+        return self._ops.encrypt_packed(vector, scale_bits, self.values_per_chunk)
 
     def decrypt(self, chunks: Sequence[bytes], value_count: int, scale_bits: int | None = None) -> np.ndarray:
         """Decrypt aggregate chunks back to a flat vector of ``value_count`` values.
@@ -108,27 +119,51 @@ class SumEncryptor:
         """
         per = self.values_per_chunk
         out = np.zeros(len(chunks) * per)
-        if self._keys is None:
-            for i, data in enumerate(chunks):
-                values = _plain_values(data)
-                out[i * per : i * per + values.shape[0]] = values
-            return out[:value_count]
-        slots = out.view(np.complex128)  # inverse of the packing in encrypt()
+        slots = complex_unpack_view(out)
         half = per // 2
-        plain = seal.Plaintext()
+
+        def scale_checked() -> Iterator[Any]:
+            for i, data in enumerate(chunks):
+                ciphertext = self._ops.load(data)
+                if scale_bits is not None and ciphertext.scale != 2.0**scale_bits:
+                    raise CiphertextError(f"chunk {i} has scale {ciphertext.scale:.6g}, not 2^{scale_bits}: tampered")
+                yield ciphertext  # decrypted only after its check (the generator is lazy)
+
+        for i, decoded in enumerate(self._ops.decrypt_each(scale_checked())):
+            slots[i * half : (i + 1) * half] = decoded
+        return out[:value_count]
+
+
+class UnencryptedSumForComparisonOnly(UpdateEncryptor):
+    """Profile ``none``: NOT ENCRYPTED. Float64 values in the clear, for comparison runs only.
+
+    The aggregator and anyone on the path see every contribution. It exists so that a consortium can
+    measure what encryption costs; a consortium policy may forbid the profile. Deliberately not a
+    ``SumEncryptor``: choosing it must be visible in the code that does.
+    """
+
+    def __init__(self) -> None:
+        self.profile = get_profile("none")
+        self.fingerprint = PLAIN_FINGERPRINT
+        self.tag_key = PUBLIC_TAG_KEY
+
+    def _encrypt_checked(self, vector: np.ndarray, scale_bits: int) -> list[bytes]:
+        return hazmat_plain.encode_chunks(vector, self.values_per_chunk)
+
+    def decrypt(self, chunks: Sequence[bytes], value_count: int, scale_bits: int | None = None) -> np.ndarray:
+        per = self.values_per_chunk
+        out = np.zeros(len(chunks) * per)
         for i, data in enumerate(chunks):
-            ciphertext = load_ciphertext(self._context, data)
-            if scale_bits is not None and ciphertext.scale != 2.0**scale_bits:
-                raise CiphertextError(f"chunk {i} has scale {ciphertext.scale:.6g}, not 2^{scale_bits}: tampered")
-            self._decryptor.decrypt(ciphertext, plain)
-            slots[i * half : (i + 1) * half] = self._encoder.decode_complex(plain)
+            values = _plain_values(data)
+            out[i * per : i * per + values.shape[0]] = values
         return out[:value_count]
 
 
 def _plain_values(data: bytes) -> np.ndarray:
+    """A plaintext chunk, bounded in length and required to hold only finite values."""
     if len(data) % 8 or len(data) > PLAIN_VALUES_PER_CHUNK * 8:
         raise CiphertextError(f"plaintext chunk of {len(data)} bytes is malformed")
-    values = np.frombuffer(data, dtype="<f8")
+    values = hazmat_plain.decode(data)
     if not np.all(np.isfinite(values)):
         raise CiphertextError("plaintext chunk holds NaN or infinite values")
     return values
@@ -145,7 +180,7 @@ class EncryptedBatch:
 
 
 def make_manifest(
-    encryptor: SumEncryptor, layout: Layout, value_count: int, scale_bits: int, chunks: Sequence[bytes]
+    encryptor: UpdateEncryptor, layout: Layout, value_count: int, scale_bits: int, chunks: Sequence[bytes]
 ) -> Manifest:
     manifest = Manifest(
         encryptor.profile.name,
@@ -161,7 +196,7 @@ def make_manifest(
 
 
 def encrypt_weighted_update(
-    encryptor: SumEncryptor,
+    encryptor: UpdateEncryptor,
     tensors: Mapping[str, Any],
     weight: float,
     scale_bits: int | None = None,
@@ -209,7 +244,7 @@ def whole_weight_tolerance(scale_bits: int) -> float:
 
 
 def decrypt_weighted_mean(
-    encryptor: SumEncryptor, manifest: Manifest, chunks: Sequence[bytes], whole_weights: bool = True
+    encryptor: UpdateEncryptor, manifest: Manifest, chunks: Sequence[bytes], whole_weights: bool = True
 ) -> WeightedMean:
     """Decrypt an aggregate of weighted updates and divide by the decrypted total weight.
 
@@ -261,7 +296,7 @@ class ChunkVerifier:
             raise ManifestError(f"profile {manifest.profile!r} does not match the job's encryption")
         if public is not None and manifest.profile != public.profile.name:
             raise ManifestError(f"upload profile {manifest.profile!r}, job profile {public.profile.name!r}")
-        self._context = public.seal_context if public is not None else None
+        self._ops = SealArithmetic(public.seal_context) if public is not None else None
         self.manifest = manifest
         self.next_index = 0
 
@@ -272,7 +307,7 @@ class ChunkVerifier:
             raise ManifestError(f"chunk {index} is beyond the manifest's {self.manifest.chunk_count} chunks")
         if chunk_digest(data) != self.manifest.chunk_digests[index]:
             raise CiphertextError(f"chunk {index} does not match its digest in the signed manifest")
-        loaded: Any = _plain_values(data) if self._context is None else load_ciphertext(self._context, data)
+        loaded: Any = _plain_values(data) if self._ops is None else self._ops.load(data)
         self.next_index += 1
         return loaded
 
@@ -294,7 +329,9 @@ class Accumulator:
     """
 
     def __init__(self, public: PublicContext | None, chunk_count: int) -> None:
-        self._evaluator = seal.Evaluator(public.seal_context) if public is not None else None
+        self._ops: SealArithmetic | PlainArithmetic = (
+            SealArithmetic(public.seal_context) if public is not None else PlainArithmetic()
+        )
         self._sums: list[Any] = [None] * chunk_count
         self._counts = [0] * chunk_count
 
@@ -305,14 +342,12 @@ class Accumulator:
     def add(self, index: int, loaded: Any) -> None:
         current = self._sums[index]
         if current is None:
-            self._sums[index] = loaded if self._evaluator is not None else np.array(loaded, dtype=np.float64)
-        elif self._evaluator is not None:
+            self._sums[index] = self._ops.first(loaded)
+        else:
             try:
-                self._evaluator.add_inplace(current, loaded)
+                self._ops.add_inplace(current, loaded)
             except (RuntimeError, ValueError) as exc:
                 raise CiphertextError(f"chunk {index} cannot be added to the round's sum: {exc}") from None
-        else:
-            current += loaded
         self._counts[index] += 1
 
     def subtract(self, index: int, loaded: Any) -> None:
@@ -321,17 +356,13 @@ class Accumulator:
         self._counts[index] -= 1
         if self._counts[index] == 0:
             self._sums[index] = None  # nothing left: avoid a transparent (all-zero) ciphertext
-        elif self._evaluator is not None:
-            self._evaluator.sub_inplace(self._sums[index], loaded)
         else:
-            self._sums[index] -= loaded
+            self._ops.sub_inplace(self._sums[index], loaded)
 
     def serialize(self) -> list[bytes]:
         if any(count == 0 for count in self._counts):
             raise ManifestError("accumulator has chunks with no contribution")
-        if self._evaluator is None:
-            return [np.ascontiguousarray(s, dtype="<f8").tobytes() for s in self._sums]
-        return [save_bytes(s) for s in self._sums]
+        return [self._ops.save(s) for s in self._sums]
 
 
 def accumulate_batches(

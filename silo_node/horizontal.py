@@ -22,7 +22,7 @@ import numpy as np
 
 from audit.events import EventSink
 from crypto.contributors import ContributorError, own_tag, verify_tags
-from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.engine import UpdateEncryptor, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.errors import CryptoError
 from crypto.signing import update_digest
 from policies import dp
@@ -57,7 +57,7 @@ class SiloServices:
 
     name: str
     client: AggregatorClient
-    encryptor: SumEncryptor
+    encryptor: UpdateEncryptor
     sign: Callable[[bytes], bytes]
     events: EventSink
     audit_head: Callable[[], str]

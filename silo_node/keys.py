@@ -39,7 +39,7 @@ from crypto.endorsement import (
     load_custodian_cert,
     verify_endorsement,
 )
-from crypto.engine import SumEncryptor
+from crypto.engine import SumEncryptor, UnencryptedSumForComparisonOnly, UpdateEncryptor
 from crypto.errors import CryptoError, KeyMaterialError
 from crypto.keys import SecretKeySet, load_secret_key_set
 from crypto.wrapping import unwrap_key
@@ -104,7 +104,7 @@ class NodeKeys:
         self._sets: dict[str, SecretKeySet] = {}
         self._endorsed: dict[str, tuple[Endorsement, x509.Certificate, bool]] = {}  # fp -> (.., .., custodian pin)
         self._refused: dict[str, str] = {}  # fingerprint or file name -> why it is not used
-        self._encryptors: dict[str, SumEncryptor] = {}
+        self._encryptors: dict[str, UpdateEncryptor] = {}
         self._lock = threading.Lock()
         self.on_unwrap: Callable[[str, str], None] | None = None
         self.on_refused: Callable[[str, str], None] | None = None
@@ -242,9 +242,9 @@ class NodeKeys:
                 + "); ask the key custodian to run `cipherfed keys create` including this node"
             )
 
-    def encryptor(self, profile: str, fingerprint: str | None) -> SumEncryptor:
+    def encryptor(self, profile: str, fingerprint: str | None) -> UpdateEncryptor:
         if profile == "none":
-            return SumEncryptor(None)
+            return UnencryptedSumForComparisonOnly()
         if not fingerprint:
             raise KeyMaterialError("the job names no key fingerprint")
         keys = self.key_set(fingerprint)  # verified again for every new job

@@ -6,6 +6,7 @@ import pytest
 from crypto.engine import (
     ChunkVerifier,
     SumEncryptor,
+    UnencryptedSumForComparisonOnly,
     accumulate_batches,
     decrypt_weighted_mean,
     encrypt_weighted_update,
@@ -150,7 +151,7 @@ def test_values_that_would_wrap_are_refused(keys):
 
 
 def test_plaintext_profile_uses_the_same_path():
-    enc = SumEncryptor(None)
+    enc = UnencryptedSumForComparisonOnly()
     rng = np.random.default_rng(5)
     ups, weights = _updates(rng, 3)
     batches = [encrypt_weighted_update(enc, u, w) for u, w in zip(ups, weights)]

@@ -6,8 +6,10 @@ intent, it is a compatibility bug (old silos, old aggregates or old audit logs w
 If it was, bump the format's version tag and regenerate (see tests/vectors/generate_formats.py).
 """
 
+import hashlib
 import io
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,103 @@ def test_frame_encoding_is_frozen():
     encoded = b"".join(frame(f) for f in frames)
     assert encoded.hex() == v["expected_hex"]
     assert list(read_frames(io.BytesIO(encoded))) == frames
+
+
+# Key export v2 (issue 12): a frozen TEST-ONLY `sum` key set. A silo of one release must open the
+# secret export a custodian of another release wrote, and both must name the key by the same fingerprint.
+
+KEY_EXPORT = VECTORS["key_export"]
+SECRET_EXPORT = (Path(__file__).parent / "vectors" / KEY_EXPORT["secret_export_file"]).read_bytes()
+
+
+def _frozen_public_context():
+    from crypto.keys import PublicContext
+    from crypto.profiles import get_profile
+
+    v = KEY_EXPORT
+    return PublicContext(
+        get_profile(v["profile"]),
+        bytes.fromhex(v["key_id_hex"]),
+        v["expected_fingerprint"],
+        bytes.fromhex(v["public_parameters_hex"]),
+        bytes.fromhex(v["expected_commitment_hex"]),
+    )
+
+
+def _header_json(export: bytes, kind: bytes) -> str:
+    assert export[:5] == b"CFKEY" and export[5] == 2 and export[6:7] == kind
+    (length,) = struct.unpack(">I", export[7:11])
+    return export[11 : 11 + length].decode()
+
+
+def test_the_frozen_secret_export_file_is_intact():
+    assert hashlib.sha256(SECRET_EXPORT).hexdigest() == KEY_EXPORT["secret_export_sha256"]
+
+
+def test_fingerprint_v2_of_the_frozen_key_set_from_its_inputs():
+    from crypto.keys import compute_commitment, compute_fingerprint, load_secret_key_set
+
+    secret_bytes = load_secret_key_set(SECRET_EXPORT).secret_bytes
+    assert hashlib.sha256(secret_bytes).hexdigest() == KEY_EXPORT["secret_bytes_sha256"]
+    key_id = bytes.fromhex(KEY_EXPORT["key_id_hex"])
+    commitment = compute_commitment(key_id, secret_bytes)
+    assert commitment.hex() == KEY_EXPORT["expected_commitment_hex"]
+    fingerprint = compute_fingerprint(
+        KEY_EXPORT["profile"], bytes.fromhex(KEY_EXPORT["public_parameters_hex"]), key_id, commitment
+    )
+    assert fingerprint == KEY_EXPORT["expected_fingerprint"]
+
+
+def test_key_export_headers_are_frozen():
+    assert _header_json(SECRET_EXPORT, b"S") == KEY_EXPORT["expected_secret_header_json"]
+    public_export = bytes.fromhex(KEY_EXPORT["public_export_hex"])
+    assert _header_json(public_export, b"P") == KEY_EXPORT["expected_public_header_json"]
+
+
+def test_todays_encoder_writes_the_frozen_export_bytes():
+    from crypto.keys import SecretKeySet, load_secret_key_set
+
+    public = _frozen_public_context()
+    assert public.export().hex() == KEY_EXPORT["public_export_hex"]
+    secret_bytes = load_secret_key_set(SECRET_EXPORT).secret_bytes
+    assert SecretKeySet(public, None, secret_bytes).export_secret() == SECRET_EXPORT
+
+
+def test_the_frozen_exports_load_under_their_fingerprint_and_round_trip():
+    from crypto.keys import load_public_context, load_secret_key_set
+
+    keys = load_secret_key_set(SECRET_EXPORT)
+    public = load_public_context(bytes.fromhex(KEY_EXPORT["public_export_hex"]))
+    assert keys.fingerprint == public.fingerprint == KEY_EXPORT["expected_fingerprint"]
+    assert keys.export_secret() == SECRET_EXPORT
+    assert keys.export_public().hex() == KEY_EXPORT["public_export_hex"]
+
+
+def test_the_frozen_key_still_decrypts_what_it_encrypts_and_derives_the_frozen_tag_key():
+    import numpy as np
+
+    from crypto.engine import SumEncryptor, accumulate_batches, decrypt_weighted_mean, encrypt_weighted_update
+    from crypto.keys import load_public_context, load_secret_key_set
+
+    encryptor = SumEncryptor(load_secret_key_set(SECRET_EXPORT))
+    assert encryptor.tag_key.hex() == KEY_EXPORT["expected_tag_key_hex"]
+    public = load_public_context(bytes.fromhex(KEY_EXPORT["public_export_hex"]))
+    batch = encrypt_weighted_update(encryptor, {"w": np.arange(6.0).reshape(2, 3) / 10}, 3.0)
+    result = decrypt_weighted_mean(
+        encryptor, batch.manifest, accumulate_batches(public, public.fingerprint, [batch]).serialize()
+    )
+    assert np.allclose(result.tensors["w"], np.arange(6.0).reshape(2, 3) / 10) and round(result.total_weight) == 3
+
+
+# Contributor tags (issue 11): every silo of a job derives the same keyed tag values, whatever its release.
+
+
+def test_contributor_tag_key_and_values_are_frozen():
+    from crypto.contributors import PUBLIC_TAG_KEY, tag_key_from_secret, tag_values
+
+    v = VECTORS["contributor_tags"]
+    tag_key = tag_key_from_secret(bytes.fromhex(v["secret_material_hex"]))
+    assert tag_key.hex() == v["expected_tag_key_hex"]
+    assert [x.hex() for x in tag_values(tag_key, v["job_id"], v["round"], v["lanes"]).tolist()] == v["expected_tau"]
+    public = tag_values(PUBLIC_TAG_KEY, v["job_id"], v["round"], v["lanes"]).tolist()
+    assert [x.hex() for x in public] == v["expected_public_tau"]
