@@ -121,6 +121,16 @@ def _consistency_bytes(statement: ContributorStatement) -> bytes:
     return encode_fields(CONSISTENCY_TAG, statement.encode())
 
 
+def consistency_needed(statement: ContributorStatement, threshold: int) -> int:
+    """Signatures an answer needs: t, and a majority of the roster.
+
+    An honest silo signs one statement per round, so with a majority required two contradictory
+    statements cannot both be signed unless colluding silos sign both; in a sparse graph, where t
+    counts only a neighbourhood, this is what stops a split view across neighbourhoods.
+    """
+    return max(threshold, len(statement.roster) // 2 + 1)
+
+
 @dataclass(frozen=True)
 class StatementSignature:
     """A contributor's signature over a statement: "this is the contributor set I saw"."""
@@ -306,10 +316,11 @@ class ShareResponder:
                     valid.add(entry.signer)
             except AdvertisementError:
                 continue
-        if len(valid) < material.threshold:
+        needed = consistency_needed(request.statement, material.threshold)
+        if len(valid) < needed:
             raise UnmaskRefused(
-                f"only {len(valid)} contributors signed this contributor set, threshold {material.threshold}: "
-                "the aggregator may be showing different sets to different silos; refused"
+                f"only {len(valid)} contributors signed this contributor set, {needed} needed (the threshold and a "
+                "majority of the roster): the aggregator may be showing different sets to different silos; refused"
             )
 
     def export_state(self) -> dict[str, object]:
