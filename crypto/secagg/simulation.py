@@ -101,6 +101,8 @@ class SimRound:
     envelopes: list[ShareEnvelope]
     certificates: dict[str, x509.Certificate]
     timings: dict[str, float] = field(default_factory=dict)
+    statement: ContributorStatement | None = None
+    responses: list[UnmaskResponse] = field(default_factory=list)
 
     @property
     def masked(self) -> dict[str, np.ndarray]:
@@ -178,6 +180,7 @@ def finish_round(sim: SimRound, aggregator: Member, length: int) -> tuple[np.nda
             silo = sim.silos[fp]
             assert silo.responder is not None and silo.material is not None
             responses.append(silo.responder.respond(request, silo.material, sim.certificates, aggregator.cert))
+    sim.statement, sim.responses = statement, responses
     with _clock(sim.timings, "unmask"):
         result = unmask(statement, responses, sim.roster, sim.graph, sim.threshold, sim.w, length, sim.certificates)
     masked_sum = np.zeros(length, dtype=np.uint64)

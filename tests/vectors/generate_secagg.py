@@ -30,7 +30,9 @@ def build() -> dict[str, object]:
     statement = ContributorStatement.make(ctx, roster, roster[:2])
     cases = []
     for seed, length, w in ((bytes(32), 8, 16), (bytes(range(32)), 8, 62), (b"\xff" * 32, 5, 1)):
-        cases.append({"seed": seed.hex(), "length": length, "w": w, "expected": [int(x) for x in expand(seed, length, w)]})
+        cases.append(
+            {"seed": seed.hex(), "length": length, "w": w, "expected": [int(x) for x in expand(seed, length, w)]}
+        )
     a_private = bytes([7] * 32)
     b_private = bytes([9] * 32)
     a_key = X25519PrivateKey.from_private_bytes(a_private)
