@@ -33,10 +33,10 @@ def expand(seed: bytes, length: int, w: int) -> np.ndarray:
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH:
         raise SecAggError(f"mask length must be an integer in [0, {MAX_LENGTH}]")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
-    zeros = memoryview(np.zeros(8 * length, dtype=np.uint8))
+    zeros = bytes(8 * length)
     # update_into needs room for one extra block minus a byte: two spare words
     out = np.empty(length + 2, dtype="<u8")
-    written = encryptor.update_into(zeros, memoryview(out).cast("B"))
+    written = encryptor.update_into(zeros, out.data.cast("B"))
     if written != 8 * length or encryptor.finalize():
         raise SecAggError("AES-CTR keystream came out short")
     words = out[:length].astype(np.uint64, copy=False)
