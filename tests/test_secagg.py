@@ -265,3 +265,14 @@ def test_responder_state_survives_a_restart():
     restored = ShareResponder(members[0].fingerprint, members[0].key)
     restored.load_state(json.loads(json.dumps(responder.export_state())))
     assert restored.revealed == responder.revealed and restored.committed == responder.committed
+
+
+def test_cost_benchmark_runs_at_a_tiny_size_and_reports_every_phase():
+    from benchmarks.secagg_cost import main
+
+    out = main(["--silos", "6", "--params", "500", "--neighbours", "4", "--dropouts", "1"])
+    graphs = [r["graph"] for r in out["results"]]
+    assert graphs == ["complete", "k=4"]
+    for r in out["results"]:
+        assert set(r["per_silo_seconds"]) >= {"shamir_share_and_seal", "open_shares", "mask_expansion_incl_agreement"}
+        assert r["aggregator_unmask_seconds"] > 0 and r["bytes_per_silo"]["unmask_response"] > 0
