@@ -279,22 +279,22 @@ def test_a_wrong_share_is_caught_named_and_does_not_corrupt_the_sum(aggregator):
     members, values, sim = _round(6, 3, dropped=())
     everyone = list(sim.roster.members)
     total, _ = finish_round(sim, aggregator, 40)
-    cheat = sim.responses[0]
+    # the cheat has the smallest x, so its wrong shares are in the first subset tried for every silo
+    cheat = min(sim.responses, key=lambda r: sim.roster.x_of(r.responder))
+    honest = [r for r in sim.responses if r is not cheat]
     bad = [dataclasses.replace(s, share=dataclasses.replace(s.share, y=s.share.y ^ 1)) for s in cheat.shares]
     resigned = dataclasses.replace(cheat, shares=tuple(bad))
     resigned = dataclasses.replace(resigned, signature=sim.silos[cheat.responder].member.key.sign(
         resigned.signed_bytes(), _ecdsa()))  # fmt: skip
-    result = unmask(
-        sim.statement, [resigned, *sim.responses[1:]], sim.roster, sim.graph, 3, sim.w, 40, sim.certificates
-    )
+    result = unmask(sim.statement, [resigned, *honest], sim.roster, sim.graph, 3, sim.w, 40, sim.certificates)
     masked_sum = sum((sim.silos[fp].masked for fp in everyone), np.zeros(40, dtype=np.uint64))
     assert np.array_equal((masked_sum + result.correction) & np.uint64((1 << sim.w) - 1), total)
     assert set(result.wrong_shares) == {s.silo for s in cheat.shares}
     assert all(v == [cheat.responder] for v in result.wrong_shares.values())
     # an answer the aggregator forged in a silo's name, or replayed from another statement, is set aside
-    forged = dataclasses.replace(sim.responses[1], signature=aggregator.key.sign(b"x", _ecdsa()))
-    replayed = dataclasses.replace(sim.responses[2], statement_digest=bytes(32))
-    result = unmask(sim.statement, [forged, replayed, *sim.responses[3:], sim.responses[0]], sim.roster, sim.graph,
+    forged = dataclasses.replace(honest[0], signature=aggregator.key.sign(b"x", _ecdsa()))
+    replayed = dataclasses.replace(honest[1], statement_digest=bytes(32))
+    result = unmask(sim.statement, [forged, replayed, *honest[2:], cheat], sim.roster, sim.graph,
                     3, sim.w, 40, sim.certificates)  # fmt: skip
     assert set(result.rejected_responses) == {forged.responder, replayed.responder}
 

@@ -14,6 +14,7 @@ pass one silo's key off as another's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Iterable
@@ -182,14 +183,17 @@ class Roster:
         return tuple(a.sender for a in self.adverts)
 
     def advert(self, fingerprint: str) -> Advertisement:
-        for a in self.adverts:
-            if a.sender == fingerprint:
-                return a
-        raise AdvertisementError(f"silo {fingerprint[:16]}… has no advertisement in this round")
+        return self.adverts[self.x_of(fingerprint) - 1]
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {a.sender: i for i, a in enumerate(self.adverts)}
 
     def x_of(self, fingerprint: str) -> int:
         """The public Shamir x coordinate of a silo: 1 + its index in fingerprint order."""
-        return 1 + self.members.index(self.advert(fingerprint).sender)
+        if fingerprint not in self._index:
+            raise AdvertisementError(f"silo {fingerprint[:16]}… has no advertisement in this round")
+        return 1 + self._index[fingerprint]
 
 
 def pairwise_seed(

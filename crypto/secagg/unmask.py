@@ -4,11 +4,13 @@ Steps, after the masked uploads of a round are in:
 1. The aggregator proposes a ``ContributorStatement`` (the round's roster split into contributors
    and dropped silos). Each contributor checks it against its own view and signs it
    (``ShareResponder.sign_statement``), committing to that one statement for the round.
-2. The aggregator sends an ``UnmaskRequest``: the statement, its own signature, and at least t of
-   the contributors' signatures (Bonawitz et al.'s consistency check). Without those signatures an
-   aggregator could tell half the silos "X contributed" and the other half "X dropped" and collect
-   X's self seed from one half and X's mask key from the other: no single silo would see both, yet
-   X's update would be exposed (tests/test_secagg.py shows the attack working without the check).
+2. The aggregator sends an ``UnmaskRequest``: the statement, its own signature, and the
+   contributors' signatures (Bonawitz et al.'s consistency check: t of them and a majority of the
+   roster). A silo answers only if, for every silo it holds shares of, at least t share holders
+   are listed as contributors. Either check alone stops the "personalised contributor set" attack
+   (tell each silo R "only X and you contributed"; collect X's self seed and everyone else's mask
+   key, one kind per silo from each R, and unmask X with no colluder at all); with both removed
+   the attack in tests/test_adversarial_secagg.py recovers X's update exactly.
 3. Each survivor answers with one share per neighbour: the self-seed share if it contributed, the
    mask-key share if it dropped, never both for one silo in one round (``ShareResponder``).
 4. ``unmask`` reconstructs the secrets, checks each against its public commitment, and returns the
