@@ -376,3 +376,12 @@ def test_the_collusion_bound_is_tight_t_colluding_silos_do_unmask(aggregator):
         stream = expand(pairwise_seed(CTX, key, victim, mine, sim.roster.advert(peer)), length, w)
         estimate -= stream if victim < peer else np.uint64(0) - stream
     assert np.array_equal(estimate & np.uint64((1 << w) - 1), values[victim])
+
+
+def test_a_low_order_mask_key_is_refused_instead_of_agreeing_on_a_known_seed():
+    """A signed advertisement of the all-zero point would make every pairwise seed with it public."""
+    alice, mallory = make_members(2)
+    keys = RoundKeys.generate()
+    zero = dataclasses.replace(advertise(RoundKeys.generate(), CTX, mallory.cert, mallory.key), mask_public=bytes(32))
+    with pytest.raises(AdvertisementError, match="low-order point"):
+        pairwise_seed(CTX, keys.mask_private, alice.fingerprint, keys.mask_public(), zero)
