@@ -11,6 +11,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import chisquare, pearsonr
 
 from crypto.secagg import (
@@ -207,6 +209,12 @@ def test_inconsistent_unsigned_and_foreign_requests_are_refused(aggregator):
     fake = [StatementSignature(fp, aggregator.key.sign(b"x", _ecdsa())) for fp in everyone]
     with pytest.raises(UnmaskRefused, match="only 0 contributors signed"):
         respond(make_request(statement, aggregator.cert, aggregator.key, fake))
+    says_i_dropped = ContributorStatement.make(CTX, everyone, [fp for fp in everyone if fp != everyone[1]])
+    with pytest.raises(UnmaskRefused, match="says this silo dropped"):
+        respond(make_request(says_i_dropped, aggregator.cert, aggregator.key, request.consistency))
+    other_roster = ContributorStatement.make(CTX, everyone[:-1], everyone[:-1])
+    with pytest.raises(UnmaskRefused, match="roster differs from the peers this silo masked with"):
+        respond(make_request(other_roster, aggregator.cert, aggregator.key, request.consistency))
     assert silo.responder.revealed == {}
     assert respond(request).responder == everyone[1]
 
@@ -385,3 +393,34 @@ def test_a_low_order_mask_key_is_refused_instead_of_agreeing_on_a_known_seed():
     zero = dataclasses.replace(advertise(RoundKeys.generate(), CTX, mallory.cert, mallory.key), mask_public=bytes(32))
     with pytest.raises(AdvertisementError, match="low-order point"):
         pairwise_seed(CTX, keys.mask_private, alice.fingerprint, keys.mask_public(), zero)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plans=st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=5))
+def test_whatever_the_aggregator_asks_a_silo_never_reveals_both_shares_of_one_silo(plans, aggregator, shared_round):
+    """Any sequence of well-signed requests (colluders sign everything): one kind per silo per round."""
+    members, sim = shared_round
+    everyone = list(sim.roster.members)
+    me = everyone[0]
+    silo = sim.silos[me]
+    responder = type(silo.responder)(me, silo.member.key)
+    revealed: dict[str, set[str]] = {}
+    for alive in plans:
+        contributors = [me] + [fp for fp, keep in zip(everyone[1:], alive, strict=False) if keep]
+        statement = ContributorStatement.make(CTX, everyone, contributors)
+        colluders = [type(silo.responder)(fp, sim.silos[fp].member.key) for fp in contributors]
+        signatures = [c.sign_statement(statement, sim.silos[c.me].material) for c in colluders if c.me != me]
+        request = make_request(statement, aggregator.cert, aggregator.key, signatures)
+        try:
+            answer = responder.respond(request, silo.material, sim.certificates, aggregator.cert)
+        except (UnmaskRefused, NotEnoughSurvivors):
+            continue
+        for share in answer.shares:
+            revealed.setdefault(share.silo, set()).add(share.kind)
+    assert all(len(kinds) == 1 for kinds in revealed.values())
+
+
+@pytest.fixture(scope="module")
+def shared_round():
+    members, _, sim = _round(7, 4)
+    return members, sim
