@@ -1,0 +1,95 @@
+"""The silo's side of a round: share its secrets with its holders, then mask its vector.
+
+A silo's masked vector is (x + PRG(self seed) + sum over peers p of sign(me, p) * PRG(seed(me, p)))
+mod 2^w, where sign is + when me sorts before p (by fingerprint) and - otherwise, so every pairwise
+mask appears once with each sign in the sum over the contributors and cancels exactly mod 2^w.
+Each masked value alone is uniform in [0, 2^w) (one-time pad), whatever x is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from crypto.errors import ValueRangeError
+from crypto.secagg.encoding import RoundContext
+from crypto.secagg.errors import SecAggError
+from crypto.secagg.keys import Roster, RoundKeys, pairwise_seed
+from crypto.secagg.prg import check_width, expand
+from crypto.secagg.shamir import split
+from crypto.secagg.transport import ShareEnvelope, seal_shares
+
+
+def share_secrets(
+    context: RoundContext,
+    keys: RoundKeys,
+    me: str,
+    roster: Roster,
+    holders: Iterable[str],
+    threshold: int,
+    signing_key: ec.EllipticCurvePrivateKey,
+) -> list[ShareEnvelope]:
+    """t-of-|holders| shares of the self seed and of the mask private key, one envelope per holder."""
+    targets = sorted(set(holders) & set(roster.members) - {me})
+    if len(targets) < threshold:
+        raise SecAggError(
+            f"only {len(targets)} share holders advertised keys this round, threshold {threshold}: "
+            "wait for more silos or skip the round"
+        )
+    xs = [roster.x_of(h) for h in targets]
+    self_shares = split(keys.self_seed, threshold, xs)
+    mask_shares = split(keys.mask_private_bytes(), threshold, xs)
+    return [
+        seal_shares(context, keys, me, roster.advert(h), s, m, signing_key)
+        for h, s, m in zip(targets, self_shares, mask_shares, strict=True)
+    ]
+
+
+def check_values(values: np.ndarray, w: int) -> np.ndarray:
+    """The update as uint64, refusing anything outside [0, 2^w): a wrapped value would corrupt the sum."""
+    check_width(w)
+    array = np.asarray(values)
+    if array.ndim != 1 or array.dtype.kind not in "ui":
+        raise ValueRangeError("secure aggregation masks a one-dimensional integer vector")
+    if array.size and (int(array.min()) < 0 or int(array.max()) >= 1 << w):
+        raise ValueRangeError(f"values must lie in [0, 2^{w}); quantize and offset before masking")
+    return array.astype(np.uint64, copy=False)
+
+
+def signed_pair_mask(
+    context: RoundContext, keys: RoundKeys, me: str, peer_advert_sender: str, roster: Roster, length: int, w: int
+) -> np.ndarray:
+    """sign(me, peer) * PRG(seed(me, peer)) mod 2^64 (reduce mod 2^w at the end)."""
+    seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer_advert_sender))
+    stream = expand(seed, length, w)
+    return stream if me < peer_advert_sender else (np.uint64(0) - stream)
+
+
+def mask_vector(
+    values: np.ndarray,
+    w: int,
+    context: RoundContext,
+    keys: RoundKeys,
+    me: str,
+    roster: Roster,
+    mask_set: Iterable[str],
+    threshold: int,
+) -> np.ndarray:
+    """(values + self mask + signed pairwise masks with ``mask_set``) mod 2^w.
+
+    ``mask_set`` is the set of graph neighbours whose shares this silo received and opened this
+    round; it must hold at least ``threshold`` silos, or the silo refuses to contribute (with too
+    few peers, revealing its self mask later would leave only masks a small coalition knows).
+    """
+    x = check_values(values, w)
+    peers = sorted(set(mask_set) - {me})
+    if len(peers) < threshold:
+        raise SecAggError(f"only {len(peers)} peers to mask with, threshold {threshold}: refusing to contribute")
+    total = expand(keys.self_seed, x.size, w)
+    for peer in peers:
+        total += signed_pair_mask(context, keys, me, peer, roster, x.size, w)
+    total += x
+    total &= np.uint64((1 << w) - 1)
+    return total
