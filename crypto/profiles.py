@@ -83,6 +83,9 @@ def validate_parameters(profile: Profile) -> None:
 PROFILES: dict[str, Profile] = {
     # Additions only: one data prime; seeded symmetric encryption halves the upload.
     "sum": Profile("sum", 8192, (60, 40), 40, "seal-seeded"),
+    # Same SEAL parameters as `sum`, at the scale crypto/lanes.py derives from the measured noise
+    # (benchmarks/lane_headroom.py): quantized integers, two lanes per real, summed exactly.
+    "compact": Profile("compact", 8192, (60, 40), 19, "seal-seeded"),
     # One ciphertext-plaintext multiplication (vertical gradients): public-key encryption so that
     # passive parties can encrypt under the active party's key; no Galois keys (no rotations).
     "vertical": Profile("vertical", 8192, (60, 40, 60), 40, "tenseal-public"),
