@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto.engine import EncryptedBatch
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
 from crypto.keys import SecretKeySet
 from crypto.lanes import (
@@ -92,18 +93,15 @@ def default_bits(max_silos: int) -> int:
 
 
 @dataclass
-class CompactBatch:
-    """One silo's encrypted upload plus what it must record: clipped values and a capped weight."""
+class CompactBatch(EncryptedBatch):
+    """One silo's encrypted upload plus what it must record: clipped values and a capped weight.
 
-    manifest: Manifest
-    chunks: list[bytes]
+    An :class:`EncryptedBatch`, so the aggregator side (verifier, accumulator) takes it unchanged.
+    """
+
     clipped: int
     weight: int
     weight_capped: bool
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(c) for c in self.chunks)
 
 
 @dataclass
@@ -111,6 +109,13 @@ class CompactMean:
     tensors: dict[str, Any]
     total_weight: int
     contributors: int  # from the decrypted header: honest contributions actually summed
+
+
+@dataclass
+class LaneSums:
+    values: np.ndarray  # int64: the exact sum over contributions of each quantized value
+    contributors: int
+    total_weight: int
 
 
 class CompactEncryptor:
@@ -174,14 +179,19 @@ class CompactEncryptor:
 
     def decrypt_mean(self, manifest: Manifest, chunks: Sequence[bytes]) -> CompactMean:
         """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean."""
+        sums = self.decrypt_lane_sums(manifest, chunks)
+        scale = self.params.step * self.params.weight_cap / sums.total_weight
+        mean = np.multiply(sums.values, scale)  # int64 * float -> float64 in one pass
+        return CompactMean(unpack(mean, manifest.layout), sums.total_weight, sums.contributors)
+
+    def decrypt_lane_sums(self, manifest: Manifest, chunks: Sequence[bytes]) -> LaneSums:
+        """The exact integer sums of every value, with the decrypted contributor count and total weight."""
         self._check_manifest(manifest, len(chunks))
         reals = to_integers(self._codec.decrypt(chunks))
         grid = reals.reshape(len(chunks), -1)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
-        layout = self.params.layout
-        lane_sums = unpack_lanes(grid[:, HEADER_REALS:].ravel(), layout, manifest.value_count, contributors)
-        mean = lane_sums.astype(np.float64) * (self.params.step * self.params.weight_cap / total)
-        return CompactMean(unpack(mean, manifest.layout), total, contributors)
+        values = unpack_lanes(grid[:, HEADER_REALS:].ravel(), self.params.layout, manifest.value_count, contributors)
+        return LaneSums(values, contributors, total)
 
     def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:
         if manifest.fingerprint != self.fingerprint:

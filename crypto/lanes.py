@@ -148,17 +148,19 @@ def _refusal(bits: int, max_silos: int, lane_bits: int, fit: int, wanted: object
 def pack_lanes(values: np.ndarray, layout: LaneLayout) -> np.ndarray:
     """Signed integers (|v| <= level) -> reals holding ``lanes_per_real`` of them each (float64, exact)."""
     ints = np.asarray(values, dtype=np.int64)
-    if ints.size and int(np.abs(ints).max()) > layout.level:
+    if ints.size and (int(ints.max()) > layout.level or int(ints.min()) < -layout.level):
         raise ValueRangeError(f"a lane value exceeds ±{layout.level}, the range of {layout.bits}-bit values")
-    lanes = layout.lanes_per_real
-    padded = np.zeros(layout.reals_for(ints.shape[0]) * lanes, dtype=np.int64)
-    padded[: ints.shape[0]] = ints
-    grid = padded.reshape(-1, lanes)
-    reals = grid[:, lanes - 1].copy()
-    for j in range(lanes - 2, -1, -1):  # Horner: ((l_{L-1} * 2^w) + l_{L-2}) * 2^w + ...
-        reals <<= layout.lane_bits
-        reals += grid[:, j]
-    return reals.astype(np.float64)  # |X| <= 2^39 < 2^53: exact
+    # Lane-major: lane j of real k holds value j * R + k (R reals), so every step below, and the
+    # inverse in unpack_lanes, works on contiguous blocks. Float64 arithmetic is exact here:
+    # every partial sum is an integer of magnitude <= 2^39 < 2^53.
+    count = ints.shape[0]
+    used = layout.reals_for(count)
+    reals = np.zeros(used)
+    reals[: min(used, count)] = ints[:used]
+    for j in range(1, layout.lanes_per_real):
+        block = ints[j * used : (j + 1) * used]
+        reals[: block.shape[0]] += block * float(1 << (j * layout.lane_bits))
+    return reals
 
 
 def to_integers(reals: np.ndarray) -> np.ndarray:
@@ -171,12 +173,14 @@ def to_integers(reals: np.ndarray) -> np.ndarray:
     """
     nearest = np.rint(reals)
     if reals.size:
-        off = float(np.abs(reals - nearest).max())
-        peak = float(np.abs(nearest).max())
-        if not off <= INTEGER_TOLERANCE or not peak <= 2.0**EXACT_INTEGER_BITS:
+        off = reals - nearest
+        worst_off = max(-float(off.min()), float(off.max()))
+        peak = max(-float(nearest.min()), float(nearest.max()))
+        if not worst_off <= INTEGER_TOLERANCE or not peak <= 2.0**EXACT_INTEGER_BITS:
             raise CiphertextError(
-                f"decrypted values are not exact integer sums (off by up to {off:.3g}, magnitude up to {peak:.3g}): "
-                f"a contribution was encrypted under another key or corrupted; this aggregate cannot be used"
+                f"decrypted values are not exact integer sums (off by up to {worst_off:.3g}, magnitude up to "
+                f"{peak:.3g}, exact up to 2^{EXACT_INTEGER_BITS}): a contribution was encrypted under another key, "
+                f"corrupted, or more contributions were summed than the job allows; this aggregate cannot be used"
             )
     return nearest.astype(np.int64)
 
@@ -184,22 +188,31 @@ def to_integers(reals: np.ndarray) -> np.ndarray:
 def unpack_lanes(reals: np.ndarray, layout: LaneLayout, count: int, contributors: int) -> np.ndarray:
     """Exact integer reals -> the first ``count`` lane sums; every lane checked against its limit.
 
-    Lanes beyond ``count`` (padding) must be zero. A lane outside ±lane_limit(contributors), or
+    ``reals`` may be longer than the reals that carry ``count`` values (ciphertext padding); the
+    extra reals, and the lanes beyond ``count``, must be zero. A lane outside ±lane_limit(contributors), or
     a real not fully consumed by its lanes, means a sum overflowed or was tampered with: refused.
     """
-    rest = np.asarray(reals, dtype=np.int64).copy()
+    used = layout.reals_for(count)
+    if reals.shape[0] < used:
+        raise CiphertextError(f"aggregate holds {reals.shape[0]} reals, {used} are needed for {count} values")
+    if reals[used:].any():
+        raise CiphertextError("padding reals of the aggregate are not zero: it was tampered with; refusing it")
+    rest = np.array(reals[:used], dtype=np.int64)  # a copy: consumed lane by lane below
     lanes = layout.lanes_per_real
     half = np.int64(1 << (layout.lane_bits - 1))
     mask = np.int64((1 << layout.lane_bits) - 1)
-    grid = np.empty((rest.shape[0], lanes), dtype=np.int64)
-    for j in range(lanes):
-        low = ((rest + half) & mask) - half  # centered residue in [-2^(w-1), 2^(w-1))
-        grid[:, j] = low
+    grid = np.empty((lanes, rest.shape[0]), dtype=np.int64)
+    for j in range(lanes - 1):
+        low = grid[j]
+        np.add(rest, half, out=low)
+        np.bitwise_and(low, mask, out=low)
+        low -= half  # centered residue in [-2^(w-1), 2^(w-1))
         rest -= low
         rest >>= layout.lane_bits
+    grid[lanes - 1] = rest  # the top lane is what is left; the limit check below bounds it too
     limit = layout.lane_limit(contributors)
-    flat = grid.ravel()
-    if rest.any() or (flat.size and int(np.abs(flat).max()) > limit):
+    flat = grid.ravel()  # lane-major, as pack_lanes lays the values out
+    if flat.size and (int(flat.max()) > limit or int(flat.min()) < -limit):
         raise CiphertextError(
             f"a decrypted lane sum is outside ±{limit} (the most {contributors} contributions of "
             f"{layout.bits}-bit values can reach): the sum overflowed or was tampered with; refusing it"

@@ -100,10 +100,11 @@ def quantize(values: np.ndarray, bound: float, bits: int, stream: UniformStream,
         scaled = block * scale
         scaled += stream.uniform(block.shape[0])
         np.floor(scaled, out=scaled)
-        # |x| <= level up to a few ulps of float rounding and u <= 1 - 2^-32, so the floor is
-        # within ±level; the clip only guards that argument against a future edit.
-        np.clip(scaled, -level, level, out=scaled)
         out[start : start + block.shape[0]] = scaled
+    # |x| <= level up to a few ulps of float rounding and u <= 1 - 2^-32, so every floor is within
+    # ±level; checked once here (cheap reductions) so that no later edit can make a value wrap.
+    if out.size and (int(out.max()) > level or int(out.min()) < -level):
+        raise ValueRangeError(f"quantized value outside ±{level}: internal error, refusing to encrypt")
     return Quantized(out, clipped)
 
 

@@ -37,8 +37,10 @@ class SeededRealCodec:
         """One ciphertext per N reals (the last one zero-padded); returns the serialized chunks."""
         per = self.reals_per_ciphertext
         count = -(-reals.shape[0] // per)
-        padded = np.zeros(count * per)
-        padded[: reals.shape[0]] = reals
+        padded = reals
+        if reals.shape[0] != count * per or reals.dtype != np.float64:
+            padded = np.zeros(count * per)
+            padded[: reals.shape[0]] = reals
         # (x0, x1, x2, ...) as complex128 is (x0 + i*x1, x2 + i*x3, ...): packing by a view.
         slots = padded.view(np.complex128)
         half = per // 2
@@ -53,7 +55,7 @@ class SeededRealCodec:
     def decrypt(self, chunks: Sequence[bytes]) -> np.ndarray:
         """All N reals of every chunk, in order (padding included: callers check it is zero)."""
         per = self.reals_per_ciphertext
-        out = np.zeros(len(chunks) * per)
+        out = np.empty(len(chunks) * per)  # every element is written below
         slots = out.view(np.complex128)
         half = per // 2
         plain = seal.Plaintext()
