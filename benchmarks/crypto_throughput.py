@@ -10,7 +10,8 @@ default parameters (N=8192, [60, 40, 40], scale 2^40). Everything runs on one co
 With ``--profile compact`` the top-level keys describe the compact profile (quantized to --bits with
 clipping at ±--bound, lanes sized for --max-silos) and ``sum_profile`` holds the same keys for
 profile ``sum`` measured in the same process; ``engine_cpu_ratio_vs_sum`` compares their CPU time
-per parameter (encrypt + aggregate + decrypt).
+per parameter (encrypt + aggregate + decrypt). ``--repeats N`` measures each profile N times,
+alternating, and reports the fastest pass of each (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -155,6 +156,20 @@ def _engine_result(
     }
 
 
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of several passes, component by component; sizes and errors from the worst pass."""
+    best = dict(runs[0])
+    for key in ("encrypt_params_per_s", "aggregate_params_per_s", "decrypt_params_per_s"):
+        best[key] = max(r[key] for r in runs)
+    best["cpu_ns_per_param"] = {k: min(r["cpu_ns_per_param"][k] for r in runs) for k in runs[0]["cpu_ns_per_param"]}
+    best["engine_cpu_ns_per_param"] = sum(best["cpu_ns_per_param"].values())
+    for key in ("max_abs_error", "upload_bytes_per_param", "aggregate_bytes_per_param"):
+        best[key] = max(r[key] for r in runs)
+    if "rms_error" in best:
+        best["rms_error"] = max(r["rms_error"] for r in runs)
+    return best
+
+
 def bench_baseline(updates: list[np.ndarray], weights: list[float], mean: np.ndarray) -> dict[str, Any]:
     params = updates[0].shape[0]
     context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40])
@@ -204,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--max-silos", type=int, default=DEFAULT_MAX_SILOS, help="compact: consortium size the lanes allow"
     )
     parser.add_argument("--bits", type=int, help="compact: quantization bits (default: widest with two lanes per real)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes per profile; the fastest is reported")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="compact: clipping bound per value")
     args = parser.parse_args(argv)
     updates, weights, mean = _data(args.params, args.silos, args.seed)
@@ -220,13 +236,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_silos = max(args.max_silos, args.silos)
         bits = default_bits(max_silos) if args.bits is None else args.bits
         params_q = CompactParams(bits, args.bound, max_silos, WEIGHT_CAP)
-        result.update(bench_compact(updates, weights, mean, params_q))
-        result["sum_profile"] = bench_engine(updates, weights, mean)
+        # Alternate the two profiles and keep each one's fastest pass: the machine is shared, and
+        # interleaving gives both the same background load.
+        compact_runs, sum_runs = [], []
+        for _ in range(args.repeats):
+            compact_runs.append(bench_compact(updates, weights, mean, params_q))
+            sum_runs.append(bench_engine(updates, weights, mean))
+        result.update(_best(compact_runs))
+        result["sum_profile"] = _best(sum_runs)
         result["engine_cpu_ratio_vs_sum"] = (
             result["engine_cpu_ns_per_param"] / result["sum_profile"]["engine_cpu_ns_per_param"]
         )
     else:
-        result.update(bench_engine(updates, weights, mean))
+        result.update(_best([bench_engine(updates, weights, mean) for _ in range(args.repeats)]))
+    result["repeats"] = args.repeats
     if not args.no_baseline:
         result["baseline"] = bench_baseline(updates, weights, mean)
     emit(result, args.json_path)

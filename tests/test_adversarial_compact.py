@@ -12,7 +12,7 @@ from crypto.compact import CompactEncryptor, CompactParams, default_bits
 from crypto.engine import Accumulator, ChunkVerifier, accumulate_batches
 from crypto.errors import CiphertextError, ValueRangeError
 from crypto.keys import generate_key_set, load_public_context
-from crypto.lanes import compact_layout
+from crypto.lanes import compact_layout, pack_lanes, to_integers, unpack_lanes
 from crypto.packing import Manifest
 from crypto.quantize import UniformStream, max_level, quantize
 from crypto.seal_io import load_ciphertext
@@ -139,3 +139,23 @@ def test_aggregate_under_a_different_lane_layout_is_refused(keys, public):
     batch = CompactEncryptor(keys, CompactParams(8, 0.5, 4, 10)).encrypt_update({"v": np.zeros(40000)}, 5)
     with pytest.raises(CiphertextError, match="values per chunk"):
         CompactEncryptor(keys, CompactParams(16, 0.5, 4, 10)).decrypt_mean(batch.manifest, batch.chunks)
+
+
+def test_lane_sum_beyond_what_the_contributors_can_reach_is_refused():
+    """Three full-scale contributions decoded as if there were two: a lane exceeds 2 * level."""
+    layout = compact_layout(12, 4)
+    level = max_level(12)
+    reals = sum(pack_lanes(np.full(6, level), layout) for _ in range(3))
+    assert unpack_lanes(to_integers(reals), layout, 6, 3).tolist() == [3 * level] * 6
+    with pytest.raises(CiphertextError, match="outside ±4094"):
+        unpack_lanes(to_integers(reals), layout, 6, 2)
+
+
+def test_non_zero_padding_is_refused():
+    layout = compact_layout(12, 4)
+    reals = np.append(pack_lanes(np.arange(5), layout), [0.0, 7.0])
+    with pytest.raises(CiphertextError, match="padding reals"):
+        unpack_lanes(to_integers(reals), layout, 5, 1)
+    odd = pack_lanes(np.arange(6), layout)  # a sixth value where the layout expects five
+    with pytest.raises(CiphertextError, match="padding lanes"):
+        unpack_lanes(to_integers(odd), layout, 5, 1)

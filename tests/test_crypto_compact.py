@@ -207,3 +207,72 @@ def test_rollback_by_subtraction_is_exact(keys, public):
     sums = enc.decrypt_lane_sums(a.manifest, acc.serialize())
     assert (sums.contributors, sums.total_weight) == (1, 100)
     assert np.abs(sums.values - max_level(12) / 2).max() <= 0.5  # 1023 or 1024: only a's rounding left
+
+
+# ---- benchmarks at a tiny size ------------------------------------------------------------------
+
+
+def test_lane_headroom_benchmark_runs_and_backs_the_constants(tmp_path):
+    from tests.test_cli_and_benchmarks import run_benchmark
+
+    result = run_benchmark(
+        "benchmarks.lane_headroom", ["--scales", "19,24", "--counts", "1,2", "--chunks", 1], tmp_path
+    )
+    rows = {r["scale_bits"]: r for r in result["rows"]}
+    assert rows[19]["modulus_limit_bits"] == EXACT_INTEGER_BITS  # the constant crypto/lanes.py uses
+    for row in rows.values():
+        for scaled in row["max_abs_error_scaled_log2"].values():
+            assert 6 < scaled < 13  # ~2^10 for one ciphertext, independent of the scale
+    assert result["recommended"]["scale_bits"] == 19
+
+
+def test_crypto_throughput_compact_profile_runs_on_a_tiny_size(tmp_path):
+    from tests.test_cli_and_benchmarks import run_benchmark
+
+    result = run_benchmark(
+        "benchmarks.crypto_throughput",
+        ["--profile", "compact", "--params", 20000, "--silos", 2, "--no-baseline"],
+        tmp_path,
+    )
+    keys = (
+        "upload_bytes_per_param",
+        "aggregate_bytes_per_param",
+        "encrypt_params_per_s",
+        "aggregate_params_per_s",
+        "decrypt_params_per_s",
+        "max_abs_error",
+        "engine_cpu_ns_per_param",
+    )
+    for key in keys:
+        assert result[key] > 0
+        assert result["sum_profile"][key] > 0
+    assert result["profile"] == "compact" and result["bits"] == 16 and result["lanes_per_real"] == 2
+    assert result["max_abs_error"] < 1e-3
+    assert result["upload_bytes_per_param"] < result["sum_profile"]["upload_bytes_per_param"] / 1.9
+    assert result["engine_cpu_ratio_vs_sum"] > 0
+
+
+def test_compact_accuracy_benchmark_runs_on_a_tiny_size(tmp_path):
+    from tests.test_cli_and_benchmarks import run_benchmark
+
+    result = run_benchmark(
+        "benchmarks.compact_accuracy",
+        [
+            "--params",
+            3000,
+            "--silos",
+            4,
+            "--caps",
+            1,
+            "--bounds",
+            0.5,
+            "--distributions",
+            "normal",
+            "--weights",
+            "uniform-100-1000",
+        ],
+        tmp_path,
+    )
+    (row,) = result["rows"]
+    assert row["clipped_values"] == 0
+    assert 0 < row["rms_error"] <= row["predicted_rms_bound"]
