@@ -20,7 +20,7 @@ import tenseal.sealapi as seal
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
 from crypto.keys import PublicContext, SecretKeySet
 from crypto.packing import Layout, Manifest, chunk_digest, pack, unpack
-from crypto.profiles import get_profile
+from crypto.profiles import QUANTIZED_PROFILES, get_profile
 from crypto.seal_io import load_ciphertext, save_bytes
 
 PLAIN_FINGERPRINT = "plaintext"
@@ -50,6 +50,10 @@ class SumEncryptor:
             return
         if keys.profile.engine != "seal-seeded":
             raise CiphertextError(f"profile {keys.profile.name!r} cannot be used for encrypted sums")
+        if keys.profile.name in QUANTIZED_PROFILES:
+            raise CiphertextError(
+                f"profile {keys.profile.name!r} is quantized: encrypt with crypto.compact.CompactEncryptor"
+            )
         self.profile = keys.profile
         self.fingerprint = keys.fingerprint
         self._keys = keys

@@ -159,3 +159,13 @@ def test_non_zero_padding_is_refused():
     odd = pack_lanes(np.arange(6), layout)  # a sixth value where the layout expects five
     with pytest.raises(CiphertextError, match="padding lanes"):
         unpack_lanes(to_integers(odd), layout, 5, 1)
+
+
+def test_compact_keys_are_refused_by_the_float_sum_path(keys):
+    """A compact key (scale 2^19) used for float sums would silently lose precision: refused."""
+    from crypto.engine import SumEncryptor
+
+    with pytest.raises(CiphertextError, match="quantized: encrypt with crypto.compact.CompactEncryptor"):
+        SumEncryptor(keys)
+    with pytest.raises(CiphertextError, match="cannot be used for the compact profile"):
+        CompactEncryptor(generate_key_set("sum"), _params())

@@ -231,7 +231,7 @@ def test_crypto_throughput_compact_profile_runs_on_a_tiny_size(tmp_path):
 
     result = run_benchmark(
         "benchmarks.crypto_throughput",
-        ["--profile", "compact", "--params", 20000, "--silos", 2, "--no-baseline"],
+        ["--profile", "compact", "--params", 32760, "--silos", 2, "--no-baseline"],
         tmp_path,
     )
     keys = (
@@ -276,3 +276,20 @@ def test_compact_accuracy_benchmark_runs_on_a_tiny_size(tmp_path):
     (row,) = result["rows"]
     assert row["clipped_values"] == 0
     assert 0 < row["rms_error"] <= row["predicted_rms_bound"]
+
+
+def test_compact_profile_uses_the_sum_parameters_at_the_measured_scale():
+    import tenseal.sealapi as seal
+
+    from crypto.lanes import SCALE_BITS
+    from crypto.profiles import HE_STANDARD_128_MAX_BITS, get_profile
+
+    compact, plain_sum = get_profile("compact"), get_profile("sum")
+    assert (compact.poly_modulus_degree, compact.coeff_modulus_bits, compact.engine) == (
+        plain_sum.poly_modulus_degree,
+        plain_sum.coeff_modulus_bits,
+        plain_sum.engine,
+    )
+    assert compact.scale_bits == SCALE_BITS
+    assert sum(compact.coeff_modulus_bits) <= HE_STANDARD_128_MAX_BITS[8192]
+    assert sum(compact.coeff_modulus_bits) <= seal.CoeffModulus.MaxBitCount(8192, seal.SEC_LEVEL_TYPE.TC128)
