@@ -45,6 +45,7 @@ from crypto.lanes import (
     SCALE_BITS,
     LaneLayout,
     compact_layout,
+    max_bits_for,
     pack_lanes,
     to_integers,
     unpack_lanes,
@@ -90,8 +91,6 @@ class CompactParams:
 
 def default_bits(max_silos: int) -> int:
     """The widest quantization that keeps two lanes per real for this consortium size."""
-    from crypto.lanes import max_bits_for
-
     return max_bits_for(max_silos)
 
 

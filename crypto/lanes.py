@@ -115,9 +115,9 @@ def compact_layout(bits: int, max_silos: int, lanes: int | None = None) -> LaneL
     Any combination under which a lane sum could carry into its neighbour, or the real exceed its
     exact-integer range, is refused with a message that says what to change.
     """
-    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueRangeError(f"compact profile: bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    if not isinstance(max_silos, int) or not 1 <= max_silos <= MAX_SILOS:
+    if isinstance(max_silos, bool) or not isinstance(max_silos, int) or not 1 <= max_silos <= MAX_SILOS:
         raise ValueRangeError(
             f"compact profile: max_silos must be an integer in 1..{MAX_SILOS} (the lane headroom was "
             f"measured for sums of up to {MAX_SILOS} ciphertexts), got {max_silos!r}"
@@ -189,8 +189,9 @@ def unpack_lanes(reals: np.ndarray, layout: LaneLayout, count: int, contributors
     """Exact integer reals -> the first ``count`` lane sums; every lane checked against its limit.
 
     ``reals`` may be longer than the reals that carry ``count`` values (ciphertext padding); the
-    extra reals, and the lanes beyond ``count``, must be zero. A lane outside ±lane_limit(contributors), or
-    a real not fully consumed by its lanes, means a sum overflowed or was tampered with: refused.
+    extra reals, and the lanes beyond ``count``, must be zero. A lane (the top one included, which
+    takes whatever the lower lanes leave) outside ±lane_limit(contributors) means a sum overflowed
+    or was tampered with: refused.
     """
     used = layout.reals_for(count)
     if reals.shape[0] < used:

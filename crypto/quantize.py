@@ -27,6 +27,9 @@ from crypto.errors import ValueRangeError
 SEED_BYTES = 32
 MIN_BITS = 2  # 1-bit signed has only 0
 MAX_BITS = 32
+# A job spec may come from a hostile coordinator: keep bound * 2^MAX_BITS and level / bound finite.
+MIN_BOUND = 1e-12
+MAX_BOUND = 1e12
 # Values are processed in blocks so that the temporaries of each step stay in cache.
 _BLOCK = 1 << 16
 
@@ -40,7 +43,7 @@ class UniformStream:
     def __init__(self, seed: bytes | None = None) -> None:
         key = secrets.token_bytes(SEED_BYTES) if seed is None else seed
         if len(key) != SEED_BYTES:
-            raise ValueError(f"stochastic-rounding seed must be {SEED_BYTES} bytes, got {len(key)}")
+            raise ValueRangeError(f"stochastic-rounding seed must be {SEED_BYTES} bytes, got {len(key)}")
         # A fresh key per stream, so the all-zero nonce (counter starting at 0) is never reused.
         self._cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
 
@@ -64,10 +67,12 @@ def max_level(bits: int) -> int:
 
 def check_quantizer(bits: int, bound: float) -> None:
     """Refuse bit widths and bounds that cannot give a meaningful, finite quantizer."""
+    if isinstance(bits, bool) or isinstance(bound, bool):
+        raise ValueRangeError("quantization bits and bound must be numbers, not booleans")
     if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueRangeError(f"quantization bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    if not (isinstance(bound, float | int) and math.isfinite(bound) and bound > 0):
-        raise ValueRangeError(f"quantization bound must be a positive finite number, got {bound!r}")
+    if not (isinstance(bound, float | int) and MIN_BOUND <= bound <= MAX_BOUND):
+        raise ValueRangeError(f"quantization bound must be a number in {MIN_BOUND:g}..{MAX_BOUND:g}, got {bound!r}")
 
 
 def quantize(values: np.ndarray, bound: float, bits: int, stream: UniformStream, factor: float = 1.0) -> Quantized:

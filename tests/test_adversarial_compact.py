@@ -169,3 +169,23 @@ def test_compact_keys_are_refused_by_the_float_sum_path(keys):
         SumEncryptor(keys)
     with pytest.raises(CiphertextError, match="cannot be used for the compact profile"):
         CompactEncryptor(generate_key_set("sum"), _params())
+
+
+@pytest.mark.parametrize(
+    ("bits", "bound", "silos", "needle"),
+    [
+        (16, 5e-324, 16, "bound must be a number"),
+        (16, float("inf"), 16, "bound must be a number"),
+        (16, float("nan"), 16, "bound must be a number"),
+        (16, 1e300, 16, "bound must be a number"),
+        (True, 0.5, 16, "booleans"),
+        (16, 0.5, True, "max_silos"),
+        (1, 0.5, 4, "bits must be an integer in 2..32"),
+        (33, 0.5, 4, "bits must be an integer in 2..32"),
+        (16, 0.5, 0, "max_silos"),
+    ],
+)
+def test_hostile_quantization_parameters_are_refused(bits, bound, silos, needle):
+    """A hostile coordinator's job spec: every field is bounded before anything is computed."""
+    with pytest.raises(ValueRangeError, match=needle):
+        CompactParams(bits, bound, silos, 10)
