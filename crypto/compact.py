@@ -189,10 +189,11 @@ class CompactEncryptor:
     def decrypt_lane_sums(self, manifest: Manifest, chunks: Sequence[bytes]) -> LaneSums:
         """The exact integer sums of every value, with the decrypted contributor count and total weight."""
         self._check_manifest(manifest, len(chunks))
-        reals = to_integers(self._codec.decrypt(chunks))
+        reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
         grid = reals.reshape(len(chunks), -1)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
-        values = unpack_lanes(grid[:, HEADER_REALS:].ravel(), self.params.layout, manifest.value_count, contributors)
+        data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
+        values = unpack_lanes(data, self.params.layout, manifest.value_count, contributors, overwrite=True)
         return LaneSums(values, contributors, total)
 
     def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:

@@ -163,8 +163,11 @@ def pack_lanes(values: np.ndarray, layout: LaneLayout) -> np.ndarray:
     return reals
 
 
-def to_integers(reals: np.ndarray) -> np.ndarray:
+def to_integers(reals: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Round decoded reals to integers, refusing any that is not a valid exact sum.
+
+    With ``overwrite`` the caller gives up ``reals`` (its contents are destroyed), which saves a
+    temporary the size of the aggregate.
 
     A real farther than INTEGER_TOLERANCE from an integer, or beyond the exact range, cannot come
     from adding honest contributions under this key (their error is 0.0143 at most): it is what a
@@ -173,7 +176,7 @@ def to_integers(reals: np.ndarray) -> np.ndarray:
     """
     nearest = np.rint(reals)
     if reals.size:
-        off = reals - nearest
+        off = np.subtract(reals, nearest, out=reals) if overwrite else reals - nearest
         worst_off = max(-float(off.min()), float(off.max()))
         peak = max(-float(nearest.min()), float(nearest.max()))
         if not worst_off <= INTEGER_TOLERANCE or not peak <= 2.0**EXACT_INTEGER_BITS:
@@ -185,20 +188,23 @@ def to_integers(reals: np.ndarray) -> np.ndarray:
     return nearest.astype(np.int64)
 
 
-def unpack_lanes(reals: np.ndarray, layout: LaneLayout, count: int, contributors: int) -> np.ndarray:
+def unpack_lanes(
+    reals: np.ndarray, layout: LaneLayout, count: int, contributors: int, overwrite: bool = False
+) -> np.ndarray:
     """Exact integer reals -> the first ``count`` lane sums; every lane checked against its limit.
 
     ``reals`` may be longer than the reals that carry ``count`` values (ciphertext padding); the
-    extra reals, and the lanes beyond ``count``, must be zero. A lane (the top one included, which
-    takes whatever the lower lanes leave) outside ±lane_limit(contributors) means a sum overflowed
-    or was tampered with: refused.
+    extra reals, and the lanes beyond ``count``, must be zero (``overwrite``: as in to_integers).
+    A lane (the top one included, which takes whatever the lower lanes leave) outside
+    ±lane_limit(contributors) means a sum overflowed or was tampered with: refused.
     """
     used = layout.reals_for(count)
     if reals.shape[0] < used:
         raise CiphertextError(f"aggregate holds {reals.shape[0]} reals, {used} are needed for {count} values")
     if reals[used:].any():
         raise CiphertextError("padding reals of the aggregate are not zero: it was tampered with; refusing it")
-    rest = np.array(reals[:used], dtype=np.int64)  # a copy: consumed lane by lane below
+    # consumed lane by lane below: a copy unless the caller gave ``reals`` up (``overwrite``)
+    rest = reals[:used] if overwrite and reals.dtype == np.int64 else np.array(reals[:used], dtype=np.int64)
     lanes = layout.lanes_per_real
     half = np.int64(1 << (layout.lane_bits - 1))
     mask = np.int64((1 << layout.lane_bits) - 1)
