@@ -16,11 +16,12 @@ Signed lanes with a centered (balanced) decomposition rather than offset binary,
 
 Where the numbers come from (``python -m benchmarks.lane_headroom``, N=8192, coeff [60,40],
 complex packing, seeded symmetric encryption, 8 ciphertexts of 8192 reals per contribution, random
-and constant worst-case patterns at the modulus limit, scales 2^14..2^40, run of 2026-11-22): the
-largest absolute error on any decoded real after summing 64 ciphertexts is 2^12.8..2^12.9 / 2^S,
+and constant worst-case patterns at the modulus limit, scales 2^14..2^40, two runs of 2026-11-22):
+the largest absolute error on any decoded real after summing 64 ciphertexts is 2^12.8..2^13.0 / 2^S,
 whatever S (2^9.9 for one ciphertext, 2^11.9 for 16). We take the smallest scale at which that
 error is SAFETY_FACTOR = 12 times below the integer-check tolerance 1/4: S = 19 (measured 0.0143
-against a limit of 0.0208; S = 18 measured 0.0286). There the modulus limit
+and 0.0138 against a limit of 0.0208; the worst error at any scale, 2^13.02, would still be 0.0157;
+S = 18 measured 0.0286 and 0.0271). There the modulus limit
 sqrt(2) * 2^K * 2^S < q/2 gives K = 39: every integer of magnitude <= 2^39 decodes exactly,
 with a worst error 35x below the rounding threshold 1/2 (for the roughly Gaussian error, over a
 hundred standard deviations).
