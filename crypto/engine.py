@@ -33,7 +33,7 @@ from crypto.hazmat.ckks import SealArithmetic, SealSecretOps, complex_unpack_vie
 from crypto.hazmat.plain import PlainArithmetic
 from crypto.keys import PublicContext, SecretKeySet
 from crypto.packing import Layout, Manifest, chunk_digest, pack, unpack
-from crypto.profiles import Profile, get_profile
+from crypto.profiles import QUANTIZED_PROFILES, Profile, get_profile
 from crypto.seal_io import save_bytes
 
 PLAIN_FINGERPRINT = "plaintext"
@@ -102,6 +102,10 @@ class SumEncryptor(UpdateEncryptor):
             )
         if keys.profile.engine != "seal-seeded" or keys.secret_key is None:
             raise CiphertextError(f"profile {keys.profile.name!r} cannot be used for encrypted sums")
+        if keys.profile.name in QUANTIZED_PROFILES:
+            raise CiphertextError(
+                f"profile {keys.profile.name!r} is quantized: encrypt with crypto.compact.CompactEncryptor"
+            )
         self.profile = keys.profile
         self.fingerprint = keys.fingerprint
         self._context = keys.public.seal_context

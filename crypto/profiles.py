@@ -91,13 +91,22 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# Profiles whose values are quantized to integers before encryption: a job using one also fixes
+# the quantization (bits, bound, consortium size, weight cap; see crypto/compact.py).
+QUANTIZED_PROFILES: dict[str, Profile] = {
+    # Same SEAL parameters as `sum`, at the scale crypto/lanes.py derives from the measured noise
+    # (benchmarks/lane_headroom.py): quantized integers, two lanes per real, summed exactly.
+    "compact": Profile("compact", 8192, (60, 40), 19, "seal-seeded"),
+}
+
+
 def get_profile(name: str) -> Profile:
     """The validated profile of that name, or a clear error listing the known ones."""
-    try:
-        profile = PROFILES[name]
-    except KeyError:
+    profile = PROFILES.get(name) or QUANTIZED_PROFILES.get(name)
+    if profile is None:
         raise InsecureParametersError(
-            f"unknown HE profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}"
-        ) from None
+            f"unknown HE profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}; "
+            f"quantized: {', '.join(sorted(QUANTIZED_PROFILES))}"
+        )
     validate_parameters(profile)
     return profile

@@ -1,0 +1,232 @@
+"""Profile ``compact``: weighted updates as quantized integer lanes, two per CKKS real, summed exactly.
+
+Upload (silo): clip each value of the update u to ±bound and count the clipped ones; multiply by
+the silo's relative weight w / W (w: its sample count, W: the job's public cap on one silo's
+weight); quantize to b-bit integers with stochastic rounding; pack ``lanes_per_real`` integers per
+real (crypto/lanes.py) and encrypt N reals per ciphertext. The first HEADER_REALS reals of every
+ciphertext are a header: the contributor count (each silo writes 1) and the weight w, both exact
+integers.
+
+Aggregate (aggregator): the existing :class:`crypto.engine.Accumulator` adds the ciphertexts; the
+aggregator sees neither w nor any lane.
+
+Download (silo): decrypt, require every real to be an exact integer within range (a contribution
+under another key decrypts to noise and fails this on practically every real), require every
+ciphertext's header to agree and to be plausible (1 <= count <= max_silos, count <= total weight
+<= count * W), split the lanes exactly, and return
+
+    mean = step * W * (sum of lane integers) / (total weight),  step = bound / (2^(b-1) - 1),
+
+an unbiased estimate of the weighted mean sum_i w_i u_i / sum_i w_i of the clipped updates.
+
+Weighting decision. Integer lanes have no room for w_i * q_i (sample counts would add ~log2 W
+bits to every lane), so each silo scales its update by w_i / W <= 1 before quantizing and the
+lane budget is unchanged. The price is precision: the rounding error of the mean grows by
+W / mean(w_i), i.e. log2(W / mean(w_i)) bits. W must therefore be set close to the largest silo's
+sample count; a silo with more samples than W is weighted as W (its influence is capped, and the
+encryptor reports it). The total weight travels in its own exact real, so the aggregator learns no
+w_i and the silos learn only sum_i w_i, as with profile ``sum``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crypto.engine import EncryptedBatch
+from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
+from crypto.keys import SecretKeySet
+from crypto.lanes import (
+    EXACT_INTEGER_BITS,
+    SCALE_BITS,
+    LaneLayout,
+    compact_layout,
+    max_bits_for,
+    pack_lanes,
+    to_integers,
+    unpack_lanes,
+)
+from crypto.packing import Manifest, chunk_digest, pack, unpack
+from crypto.quantize import UniformStream, check_quantizer, quantize, step
+from crypto.seal_reals import SeededRealCodec
+
+PROFILE_NAME = "compact"
+HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
+DEFAULT_MAX_SILOS = 16
+# Clipping biases the mean, rounding only adds zero-mean noise of ~step/2 per value: prefer a wide
+# bound. 1.0 is 20 standard deviations of N(0, 0.05) updates and clips ~5e-5 of heavy-tailed
+# (Student-t(3)) ones, while the rounding error of a 16-silo mean stays ~1e-5 (benchmarks/compact_accuracy.py).
+DEFAULT_BOUND = 1.0
+
+
+@dataclass(frozen=True)
+class CompactParams:
+    """Quantization of one job: fixed before the first round, identical at every silo."""
+
+    bits: int
+    bound: float
+    max_silos: int
+    weight_cap: int
+    layout: LaneLayout = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_quantizer(self.bits, self.bound)
+        object.__setattr__(self, "layout", compact_layout(self.bits, self.max_silos))
+        cap = self.weight_cap
+        limit = (1 << EXACT_INTEGER_BITS) // self.max_silos
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= limit:
+            raise ValueRangeError(
+                f"compact profile: weight_cap (the largest sample count one silo is weighted with) must be an "
+                f"integer in 1..{limit} for {self.max_silos} silos, got {cap!r}"
+            )
+
+    @property
+    def step(self) -> float:
+        return step(self.bound, self.bits)
+
+
+def default_bits(max_silos: int) -> int:
+    """The widest quantization that keeps two lanes per real for this consortium size."""
+    return max_bits_for(max_silos)
+
+
+@dataclass
+class CompactBatch(EncryptedBatch):
+    """One silo's encrypted upload plus what it must record: clipped values and a capped weight.
+
+    An :class:`EncryptedBatch`, so the aggregator side (verifier, accumulator) takes it unchanged.
+    """
+
+    clipped: int
+    weight: int
+    weight_capped: bool
+
+
+@dataclass
+class CompactMean:
+    tensors: dict[str, Any]
+    total_weight: int
+    contributors: int  # from the decrypted header: honest contributions actually summed
+
+
+@dataclass
+class LaneSums:
+    values: np.ndarray  # int64: the exact sum over contributions of each quantized value
+    contributors: int
+    total_weight: int
+
+
+class CompactEncryptor:
+    """Silo side of profile ``compact``: quantize, pack lanes, encrypt; decrypt, check, unpack."""
+
+    def __init__(self, keys: SecretKeySet, params: CompactParams) -> None:
+        if keys.profile.name != PROFILE_NAME:
+            raise CiphertextError(f"profile {keys.profile.name!r} keys cannot be used for the compact profile")
+        if keys.profile.scale_bits != SCALE_BITS:
+            raise CiphertextError(f"compact keys must use scale 2^{SCALE_BITS}, not 2^{keys.profile.scale_bits}")
+        self.profile = keys.profile
+        self.fingerprint = keys.fingerprint
+        self.params = params
+        self._codec = SeededRealCodec(keys)
+
+    @property
+    def data_reals_per_chunk(self) -> int:
+        return self._codec.reals_per_ciphertext - HEADER_REALS
+
+    @property
+    def values_per_chunk(self) -> int:
+        return self.params.layout.lanes_per_real * self.data_reals_per_chunk
+
+    def encrypt_update(self, tensors: Mapping[str, Any], weight: float, seed: bytes | None = None) -> CompactBatch:
+        """Quantize ``tensors`` weighted by ``weight`` (a whole sample count) and encrypt them."""
+        vector, layout = pack(tensors)
+        if vector.shape[0] == 0:
+            raise ValueRangeError("update has no values; nothing to encrypt")
+        if not (math.isfinite(weight) and weight >= 1 and float(weight).is_integer()):
+            raise ValueRangeError(f"sample weight must be a whole number >= 1 for the compact profile, got {weight}")
+        capped = int(weight) > self.params.weight_cap
+        w = min(int(weight), self.params.weight_cap)
+        quantized = quantize(
+            vector, self.params.bound, self.params.bits, UniformStream(seed), factor=w / self.params.weight_cap
+        )
+        chunks = self._codec.encrypt(
+            self._with_headers(pack_lanes(quantized.values, self.params.layout), w), SCALE_BITS
+        )
+        manifest = Manifest(
+            PROFILE_NAME,
+            self.fingerprint,
+            layout,
+            layout.total,
+            self.values_per_chunk,
+            SCALE_BITS,
+            tuple(chunk_digest(c) for c in chunks),
+        )
+        manifest.check_consistent()
+        return CompactBatch(manifest, chunks, quantized.clipped, w, capped)
+
+    def _with_headers(self, data: np.ndarray, weight: int) -> np.ndarray:
+        per = self.data_reals_per_chunk
+        count = -(-data.shape[0] // per)
+        grid = np.zeros((count, HEADER_REALS + per))
+        grid[:, 0] = 1.0
+        grid[:, 1] = float(weight)
+        padded = np.zeros(count * per)
+        padded[: data.shape[0]] = data
+        grid[:, HEADER_REALS:] = padded.reshape(count, per)
+        return grid.ravel()
+
+    def decrypt_mean(self, manifest: Manifest, chunks: Sequence[bytes]) -> CompactMean:
+        """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean."""
+        sums = self.decrypt_lane_sums(manifest, chunks)
+        scale = self.params.step * self.params.weight_cap / sums.total_weight
+        mean = np.multiply(sums.values, scale)  # int64 * float -> float64 in one pass
+        return CompactMean(unpack(mean, manifest.layout), sums.total_weight, sums.contributors)
+
+    def decrypt_lane_sums(self, manifest: Manifest, chunks: Sequence[bytes]) -> LaneSums:
+        """The exact integer sums of every value, with the decrypted contributor count and total weight."""
+        self._check_manifest(manifest, len(chunks))
+        reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
+        grid = reals.reshape(len(chunks), -1)
+        contributors, total = self._check_headers(grid[:, :HEADER_REALS])
+        data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
+        values = unpack_lanes(data, self.params.layout, manifest.value_count, contributors, overwrite=True)
+        return LaneSums(values, contributors, total)
+
+    def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:
+        if manifest.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"aggregate is under key {manifest.fingerprint}, this silo holds {self.fingerprint}"
+            )
+        if manifest.profile != PROFILE_NAME or manifest.scale_bits != SCALE_BITS:
+            raise ManifestError(f"aggregate is profile {manifest.profile!r} at 2^{manifest.scale_bits}, not compact")
+        if manifest.values_per_chunk != self.values_per_chunk or manifest.value_count != manifest.layout.total:
+            raise ManifestError(
+                f"aggregate packs {manifest.values_per_chunk} values per chunk; this job's lane layout packs "
+                f"{self.values_per_chunk}"
+            )
+        manifest.check_consistent()
+        if chunk_count != manifest.chunk_count:
+            raise ManifestError(f"aggregate has {chunk_count} chunks, its manifest lists {manifest.chunk_count}")
+
+    def _check_headers(self, headers: np.ndarray) -> tuple[int, int]:
+        counts, weights = headers[:, 0], headers[:, 1]
+        contributors, total = int(counts[0]), int(weights[0])
+        if (counts != contributors).any() or (weights != total).any():
+            raise CiphertextError(
+                "the chunks of this aggregate sum different sets of contributions (headers disagree); refusing it"
+            )
+        if not 1 <= contributors <= self.params.max_silos:
+            raise CiphertextError(
+                f"aggregate decrypts to {contributors} contributions; this job allows 1..{self.params.max_silos} "
+                f"(more could carry between lanes): refusing it"
+            )
+        if not contributors <= total <= contributors * self.params.weight_cap:
+            raise CiphertextError(
+                f"decrypted total weight {total} is impossible for {contributors} contributions of weight "
+                f"1..{self.params.weight_cap}: a contribution is corrupted or under another key"
+            )
+        return contributors, total
