@@ -29,7 +29,6 @@ class JobEngine(Jobs):
         clock: Clock | None = None,
         consortium: str = "",
     ) -> None:
-        self.store = store
         super().__init__(
             store,
             AggregateFiles(state_dir / "aggregates"),

@@ -97,9 +97,6 @@ class Jobs:
             if spec.partition == "horizontal":
                 self.rounds.recover(job.job_id, spec, job.current_round)
 
-    def spec(self, job_id: str) -> JobSpec:
-        return self.specs.get(job_id)
-
     @property
     def version(self) -> int:
         return self.feed.version
