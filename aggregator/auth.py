@@ -23,7 +23,8 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from aggregator.errors import Refusal
+from aggregator.core.errors import DomainError
+from aggregator.edge.status import STATUS_OF
 from aggregator.limits import Slot, StreamLimiter, StreamWatchdog, check_request, touching
 from aggregator.members import Presence
 from aggregator.pinning import IdentityPins, PinRefused
@@ -206,8 +207,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if request is not None:
                 try:
                     check_request(request)
-                except Refusal as exc:
-                    self._refuse(context, ident.name, method, exc.code, exc.message)
+                except DomainError as exc:
+                    self._refuse(context, ident.name, method, STATUS_OF[type(exc)], exc.message)
             self._auth.presence.saw(ident, method)
             return self._admit_long(context, ident, method, limits)
 

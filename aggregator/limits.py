@@ -20,16 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import grpc
-
-from aggregator.errors import Refusal
+from aggregator.core.errors import InvalidArgument
 from protocol.messages import MAX_REASON_CHARS, MAX_REASONS
 from protocol.names import MAX_JOB_ID_CHARS, is_safe_name
 
 T = TypeVar("T")
-Code = grpc.StatusCode
 
 METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,47}$")
 MAX_METRICS = 16
@@ -46,8 +43,7 @@ def echo(value: str) -> str:
 
 def check_job_id(job_id: str, field_name: str = "job_id") -> str:
     if not is_safe_name(job_id, MAX_JOB_ID_CHARS):  # the one rule (protocol/names.py), as the silos check it
-        raise Refusal(
-            Code.INVALID_ARGUMENT,
+        raise InvalidArgument(
             f"{field_name}: {echo(job_id)} is not a safe identifier for a job id "
             "(1-80 letters, digits, '.', '_' or '-'); "
             "copy it from `cipherfed job list`",
@@ -57,32 +53,27 @@ def check_job_id(job_id: str, field_name: str = "job_id") -> str:
 
 def check_name(value: str, field_name: str) -> str:
     if not is_safe_name(value):  # relay kinds and party names
-        raise Refusal(
-            Code.INVALID_ARGUMENT,
-            f"{field_name}: {echo(value)} is not a safe identifier (1-64 letters, digits, '.', '_' or '-')",
+        raise InvalidArgument(
+            f"{field_name}: {echo(value)} is not a safe identifier (1-64 letters, digits, '.', '_' or '-')"
         )
     return value
 
 
 def check_text(value: str, field_name: str, limit: int = MAX_REASON_CHARS) -> str:
     if len(value) > limit:
-        raise Refusal(
-            Code.INVALID_ARGUMENT, f"{field_name}: {len(value)} characters; at most {limit} (shorten the text)"
-        )
+        raise InvalidArgument(f"{field_name}: {len(value)} characters; at most {limit} (shorten the text)")
     return value
 
 
 def check_audit_head(value: str, field_name: str = "audit_head") -> str:
     if value and not AUDIT_HEAD.fullmatch(value):
-        raise Refusal(
-            Code.INVALID_ARGUMENT, f"{field_name}: {echo(value)} is not an audit head (64 hex digits, or empty)"
-        )
+        raise InvalidArgument(f"{field_name}: {echo(value)} is not an audit head (64 hex digits, or empty)")
     return value
 
 
 def check_reasons(reasons: list[str], field_name: str = "reasons") -> list[str]:
     if len(reasons) > MAX_REASONS:
-        raise Refusal(Code.INVALID_ARGUMENT, f"{field_name}: {len(reasons)} reasons; at most {MAX_REASONS}")
+        raise InvalidArgument(f"{field_name}: {len(reasons)} reasons; at most {MAX_REASONS}")
     for i, reason in enumerate(reasons):
         check_text(reason, f"{field_name}[{i}]")
     return reasons
@@ -91,17 +82,16 @@ def check_reasons(reasons: list[str], field_name: str = "reasons") -> list[str]:
 def check_metrics(metrics: dict[str, float], field_name: str = "metrics") -> dict[str, float]:
     """At most MAX_METRICS finite values named by safe identifiers."""
     if len(metrics) > MAX_METRICS:
-        raise Refusal(Code.INVALID_ARGUMENT, f"{field_name}: {len(metrics)} metrics; at most {MAX_METRICS} per report")
+        raise InvalidArgument(f"{field_name}: {len(metrics)} metrics; at most {MAX_METRICS} per report")
     out: dict[str, float] = {}
     for name, value in metrics.items():
         if not METRIC_NAME.fullmatch(name):
-            raise Refusal(
-                Code.INVALID_ARGUMENT,
+            raise InvalidArgument(
                 f"{field_name}: {echo(name)} is not a metric name (a letter or '_', then up to 47 letters, "
                 "digits, '_', '.' or '-')",
             )
         if not math.isfinite(value):
-            raise Refusal(Code.INVALID_ARGUMENT, f"{field_name}[{name}]: {value!r} is not a finite number")
+            raise InvalidArgument(f"{field_name}[{name}]: {value!r} is not a finite number")
         out[name] = float(value)
     return out
 
@@ -122,7 +112,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
 
 
 def check_request(request: Any) -> None:
-    """Refuse a unary request whose bounded fields are out of bounds (raises Refusal)."""
+    """Refuse a unary request whose bounded fields are out of bounds (raises InvalidArgument)."""
     descriptor = getattr(request, "DESCRIPTOR", None)
     if descriptor is None:
         return
@@ -185,9 +175,15 @@ class Slot:
         self._limiter.release(self._who)
 
 
+class Cancellable(Protocol):
+    """What the watchdog needs of a call: a way to cancel it (a ``grpc.ServicerContext`` has one)."""
+
+    def cancel(self) -> Any: ...
+
+
 @dataclass
 class _Watched:
-    context: grpc.ServicerContext
+    context: Cancellable
     label: str
     started: float
     last: float
@@ -214,7 +210,7 @@ class StreamWatchdog:
 
     def watch(
         self,
-        context: grpc.ServicerContext,
+        context: Cancellable,
         label: str,
         idle_s: float | None,
         max_s: float,

@@ -11,9 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from crypto.pki import Identity, RevocationList
-from policies.schema import ConsortiumPolicy
-from protocol import cipherfed_pb2 as pb
+from crypto.pki import Identity
 
 SERVICE_PREFIX = "/cipherfed.v1.Consortium/"
 
@@ -55,40 +53,3 @@ class Presence:
             if s.last_poll:
                 polls[s.identity.name] = max(polls.get(s.identity.name, 0.0), s.last_poll)
         return polls
-
-
-def member_list(presence: Presence, revocation: RevocationList, policy: ConsortiumPolicy | None) -> pb.MemberList:
-    """One row per certificate seen, plus one per policy member never seen; sorted by name."""
-    pinned = {m.name: m for m in policy.members} if policy else {}
-    revoked = revocation.serials()
-    rows: list[pb.MemberInfo] = []
-    seen_names: set[str] = set()
-    for s in presence.snapshot():
-        ident = s.identity
-        seen_names.add(ident.name)
-        member = pinned.get(ident.name)
-        rows.append(
-            pb.MemberInfo(
-                name=ident.name,
-                role=ident.role,
-                fingerprint=ident.fingerprint,
-                serial=f"{ident.serial:x}",
-                not_after_unix=int(ident.not_after.timestamp()),
-                revoked=ident.serial in revoked,
-                last_seen_unix_ms=int(s.last_seen * 1000),
-                last_method=s.last_method,
-                last_poll_unix_ms=int(s.last_poll * 1000),
-                in_policy=member is not None,
-                policy_fingerprint=member.cert_fingerprint if member else "",
-                policy_role=member.role if member else "",
-            )
-        )
-    for name, member in pinned.items():
-        if name not in seen_names:
-            rows.append(
-                pb.MemberInfo(
-                    name=name, in_policy=True, policy_fingerprint=member.cert_fingerprint, policy_role=member.role
-                )
-            )
-    rows.sort(key=lambda r: (r.name, -r.last_seen_unix_ms))
-    return pb.MemberList(members=rows, policy_loaded=policy is not None)

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from audit.events import EventSink
+from protocol.vocabulary import JobStatus
 
 # Every gRPC status code name; anything else becomes "other".
 STATUS_CODES = frozenset(code.name for code in grpc.StatusCode)
@@ -125,7 +126,7 @@ class AggregatorMetrics:
             self._aggregate_bytes.popitem(last=False)
 
     def _round_failed(self, job: str, round: int, details: dict[str, Any]) -> None:
-        self._round_closed(job, "failed")
+        self._round_closed(job, JobStatus.FAILED)  # the status the round row is left in
 
     def _accepted(self, job: str, round: int, details: dict[str, Any]) -> None:
         self.uploads_accepted.inc()
@@ -164,7 +165,11 @@ def _ended(status: str) -> _Handler:
     return ended
 
 
-_HANDLERS.update(job_completed=_ended("completed"), job_failed=_ended("failed"), job_aborted=_ended("aborted"))
+_HANDLERS.update(
+    job_completed=_ended(JobStatus.COMPLETED),
+    job_failed=_ended(JobStatus.FAILED),
+    job_aborted=_ended(JobStatus.ABORTED),
+)
 
 
 class MetricsSink:

@@ -14,12 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.auth import Authenticator, AuthInterceptor, CallerStampingSink, EdgeLimits
 from aggregator.config import AggregatorConfig, load_aggregator_config
+from aggregator.edge.servicer import ConsortiumService
+from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring
 from aggregator.limits import StreamLimiter, StreamWatchdog
 from aggregator.metrics import AggregatorMetrics
 from aggregator.pinning import IdentityPins
-from aggregator.rounds import JobEngine
-from aggregator.service import ConsortiumService
 from aggregator.store import StateStore
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
@@ -27,6 +27,7 @@ from cipherfed import __version__
 from crypto.pki import Identity, certificate_fingerprint, load_certificate, load_private_key
 from policies.schema import PolicyFile
 from protocol import cipherfed_pb2_grpc as pbg
+from protocol.vocabulary import JobStatus
 
 
 class AggregatorServer:
@@ -56,10 +57,11 @@ class AggregatorServer:
             max_update_values=config.max_update_values,
             allow_plaintext=config.allow_plaintext_jobs,
             allowed_factories=tuple(config.allowed_factories),
+            consortium=config.consortium,
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         if self.metrics is not None:
-            self.metrics.watch(lambda: len(self.store.jobs("running")), self.auth.presence.last_polls)
+            self.metrics.watch(lambda: len(self.store.jobs(JobStatus.RUNNING)), self.auth.presence.last_polls)
         own_fingerprint = certificate_fingerprint(load_certificate(config.tls.cert))
         pins = IdentityPins(self.store, policy, own_fingerprint, self.auth.revocation, self._on_pin)
         self.watchdog = StreamWatchdog()

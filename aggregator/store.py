@@ -11,9 +11,10 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aggregator.core.store_contract import JobRow, RoundRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,34 +51,6 @@ CREATE TABLE IF NOT EXISTS identity_pins (
     name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, serial TEXT NOT NULL, not_after REAL NOT NULL,
     pinned_at REAL NOT NULL);
 """
-
-
-@dataclass
-class JobRow:
-    job_id: str
-    name: str
-    spec_json: str
-    status: str
-    reason: str
-    current_round: int
-    rounds_total: int
-    submitted_by: str
-    created: float
-
-
-@dataclass
-class RoundRow:
-    job_id: str
-    round: int
-    status: str
-    attempt: int
-    opened_at: float
-    deadline: float
-    closed_at: float | None
-    bytes_in: int
-    contributors: int
-    aggregate_path: str | None
-    reason: str
 
 
 class StateStore:

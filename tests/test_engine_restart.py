@@ -1,7 +1,7 @@
 """The job engine's restart behaviour, on a real SQLite file (no network needed for this part)."""
 
+from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring
-from aggregator.rounds import JobEngine
 from aggregator.store import StateStore
 from audit.events import LogSink
 from cipherfed.demo_vertical import PARTIES, vertical_job_toml
@@ -23,11 +23,11 @@ def test_restart_reopens_horizontal_rounds_but_leaves_vertical_jobs_alone(tmp_pa
     horizontal = engine.submit(job_toml("h", ["a", "b"], keys.fingerprint, ["x"], round_timeout_s=600), admin)
     columns = {p: [f"{p}_x"] for p in PARTIES}
     vertical = engine.submit(vertical_job_toml("v", "vertical", columns, epochs=2), admin)
-    assert set(engine._open) == {horizontal}
+    assert engine.rounds.open_job_ids() == {horizontal}
     engine.store.close()
 
     restarted = _engine(tmp_path, keyring)  # same SQLite file, as after a crash
-    assert set(restarted._open) == {horizontal}  # a vertical job has no rounds to reopen
+    assert restarted.rounds.open_job_ids() == {horizontal}  # a vertical job has no rounds to reopen
     restarted.tick(now=10**12)  # far past every deadline
     assert restarted.store.job(vertical).status == "running"
     assert restarted.store.rounds(vertical) == []
