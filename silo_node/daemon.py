@@ -219,7 +219,7 @@ class SiloNode:
             self.config.name,
             self.client,
             encryptor,
-            self.sign,
+            self.private_key,
             self.events,
             self.audit_head,
             self.ledger,
