@@ -19,7 +19,7 @@ from cryptography import x509
 from audit.svg import line_chart
 from audit.verify import Verification, load_records, verify_logs
 from protocol.version import __version__
-from protocol.vocabulary import ENCRYPTED_RELAY_KINDS
+from protocol.vocabulary import ENCRYPTED_RELAY_KINDS, JobStatus
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -120,7 +120,7 @@ def _jobs(by_event: dict[str, list[dict[str, Any]]]) -> str:
                 ", ".join(d.get("participants", [])),
                 d.get("he_profile", ""),
                 d.get("rounds", ""),
-                (end["event"].replace("job_", "") + " " + _short_ts(end["ts"])) if end else "running",
+                (end["event"].replace("job_", "") + " " + _short_ts(end["ts"])) if end else JobStatus.RUNNING,
             ]
         )
     out.append(_table(["submitted (UTC)", "job", "by", "participants", "HE profile", "rounds", "outcome"], rows))

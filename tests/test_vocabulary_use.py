@@ -4,7 +4,7 @@ A status written as a literal in two places drifts: the writer renames it, the r
 on the old word, and a job that failed looks like one that is still running. The scan reads the
 source with ``ast``, so prose (docstrings, comments, f-strings, log text) never counts; it flags a
 status word only where code uses it as a value: compared, assigned, passed as a keyword, stored as a
-dict value, or returned (directly or inside a tuple, list or set in those places). Relay kinds are
+dict value, chosen by a conditional expression, or returned (directly or inside a tuple, list or set in those places). Relay kinds are
 single letters, so they are flagged only where code uses them as a kind: as an argument of a relay
 call, as ``kind=``, or compared with something named ``kind``.
 """
@@ -44,6 +44,8 @@ def _context(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> tuple[ast.AST, a
 def _status_use(child: ast.AST, parent: ast.AST | None) -> bool:
     if isinstance(parent, ast.Compare | ast.keyword | ast.Return):
         return True
+    if isinstance(parent, ast.IfExp):  # a value chosen between: `... if end else "running"`
+        return child is not parent.test
     if isinstance(parent, ast.Assign | ast.AnnAssign | ast.AugAssign):
         return child is parent.value
     if isinstance(parent, ast.Dict):  # a key names a field (e.g. a count of failed calls); a value is data
@@ -107,6 +109,7 @@ def f(task, relay, status, r):
     relay.send(to, "d", step, parts)
     record(status="aborted")
     ok = r.get("kind") in ("u", "p")
+    label = f(1) if r else "running"
     return "closed"
 '''
     prose = '''
@@ -128,6 +131,7 @@ def g(event, relay, failed):
         "'aborted' (keyword)",
         "'u' (Compare)",
         "'p' (Compare)",
+        "'running' (IfExp)",
         "'closed' (Return)",
     ]
     assert vocabulary_literals(prose) == []
