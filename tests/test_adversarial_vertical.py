@@ -40,6 +40,7 @@ from silo_node.vertical_guard import (
     draw_decoys,
     draw_masks,
 )
+from tests.helpers import party_credentials
 
 SCALE = 1e5  # the reproduced attack: residuals x 1e5
 LAB = range(10, 20)  # the lab's columns in the demo data
@@ -286,7 +287,15 @@ class Attacker:
         directory = node.dir / "state" / "jobs" / self.job_id
         directory.mkdir(parents=True, exist_ok=True)
         self.party = ActiveParty(
-            self.job_id, self.spec, "hospital", own, self.relay, self.client, LogSink("attacker"), directory
+            self.job_id,
+            self.spec,
+            "hospital",
+            own,
+            self.relay,
+            self.client,
+            LogSink("attacker"),
+            directory,
+            party_credentials(c, "hospital"),  # it endorses the job key as its node would
         )
         self.codec = self.party._keys()
         rows = self.party._align()["hospital"]
