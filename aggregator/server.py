@@ -23,10 +23,10 @@ from aggregator.pinning import IdentityPins
 from aggregator.store import StateStore
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
-from cipherfed import __version__
 from crypto.pki import Identity, certificate_fingerprint, load_certificate, load_private_key
 from policies.schema import PolicyFile
 from protocol import cipherfed_pb2_grpc as pbg
+from protocol.version import __version__
 from protocol.vocabulary import JobStatus
 
 

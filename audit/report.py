@@ -18,7 +18,8 @@ from cryptography import x509
 
 from audit.svg import line_chart
 from audit.verify import Verification, load_records, verify_logs
-from cipherfed import __version__
+from protocol.version import __version__
+from protocol.vocabulary import ENCRYPTED_RELAY_KINDS, JobStatus
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -120,7 +121,7 @@ def _jobs(by_event: dict[str, list[dict[str, Any]]]) -> str:
                 ", ".join(d.get("participants", [])),
                 d.get("he_profile", ""),
                 d.get("rounds", ""),
-                (end["event"].replace("job_", "") + " " + _short_ts(end["ts"])) if end else "running",
+                (end["event"].replace("job_", "") + " " + _short_ts(end["ts"])) if end else JobStatus.RUNNING,
             ]
         )
     out.append(_table(["submitted (UTC)", "job", "by", "participants", "HE profile", "rounds", "outcome"], rows))
@@ -191,7 +192,7 @@ def _egress(by_event: dict[str, list[dict[str, Any]]]) -> str:
             r["details"].get("messages", 0),
             f"{int(r['details'].get('bytes', 0)):,}",
             _yes_no(bool(r["details"].get("encrypted")))
-            if r["details"].get("kind") in ("u", "p", "d", "g", "decoy")
+            if r["details"].get("kind") in ENCRYPTED_RELAY_KINDS
             else Markup('<span class="muted">n/a</span>'),
         ]
         for r in sorted(by_event.get("data_sent", []), key=lambda r: (r["party"], r["job"] or ""))

@@ -35,6 +35,7 @@ from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto.engine import SumEncryptor, accumulate_batches, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.keys import generate_key_set, load_public_context
 from protocol import cipherfed_pb2 as pb
+from protocol.vocabulary import JobStatus
 
 TARGET_RATIO = 1.3
 
@@ -55,12 +56,12 @@ def _run_job(c: LocalConsortium, stub: Any, spec: str, timeout_s: float = 900) -
     deadline = time.time() + timeout_s
     while True:
         status = stub.GetJobStatus(pb.JobRef(job_id=job), timeout=30)
-        if status.status != "running":
+        if status.status != JobStatus.RUNNING:
             break
         if time.time() > deadline:
             raise TimeoutError(f"job {job} did not finish")
         time.sleep(0.2)
-    if status.status != "completed":
+    if status.status != JobStatus.COMPLETED:
         raise RuntimeError(f"job {job} {status.status}: {status.reason} (logs: {c.logs})")
     return status
 

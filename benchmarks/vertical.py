@@ -24,6 +24,7 @@ from benchmarks.common import emit, machine
 from cipherfed.localconsortium import LocalConsortium
 from crypto.psi import PsiParty
 from protocol import cipherfed_pb2 as pb
+from protocol.vocabulary import JobStatus
 
 PARTIES = ["active", "passive-1", "passive-2"]
 
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spec = _spec(f"bench-{profile}", profile, columns, args.epochs, args.batch_size)
             t0 = time.time()
             job = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-            while (status := stub.GetJobStatus(pb.JobRef(job_id=job), timeout=30)).status == "running":
+            while (status := stub.GetJobStatus(pb.JobRef(job_id=job), timeout=30)).status == JobStatus.RUNNING:
                 time.sleep(0.2)
-            if status.status != "completed":
+            if status.status != JobStatus.COMPLETED:
                 raise RuntimeError(f"{job} {status.status}: {status.reason} (logs: {c.logs})")
             walls[profile] = time.time() - t0
             epochs[profile] = _epoch_seconds(c, job)

@@ -1,3 +1,5 @@
 """The ``cipherfed`` command: a thin layer that parses arguments and calls the role packages."""
 
-__version__ = "0.1.0"
+from protocol.version import __version__
+
+__all__ = ["__version__"]

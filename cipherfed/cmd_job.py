@@ -17,8 +17,9 @@ from rich.table import Table
 from cipherfed.admin import connect, status_table
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import parse_job_spec
+from protocol.vocabulary import TERMINAL_JOB_STATUSES, JobStatus
 
-TERMINAL = ("completed", "failed", "aborted")
+TERMINAL = TERMINAL_JOB_STATUSES
 
 
 def register(sub: Any) -> None:
@@ -103,7 +104,7 @@ def watch_job(stub: Any, job_id: str, poll_s: float = 0.5, console: Console | No
             if status.status in TERMINAL:
                 break
             time.sleep(poll_s)
-    return 0 if status.status == "completed" else 1
+    return 0 if status.status == JobStatus.COMPLETED else 1
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import parse_job_spec
-from silo_node.horizontal import load_exported_model
+from silo_node.jobfiles import load_exported_model
 from silo_node.models import evaluate, make_adapter
 
 

@@ -13,7 +13,6 @@ import grpc
 
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
-from cipherfed import __version__
 from crypto import pki
 from crypto.errors import CryptoError
 from crypto.signing import sign_digest
@@ -25,6 +24,8 @@ from protocol.jobspec import JobSpec, job_spec_from_json
 from protocol.names import MAX_JOB_ID_CHARS as MAX_ID
 from protocol.names import is_safe_name, safe_job_id
 from protocol.tomlconfig import ConfigError
+from protocol.version import __version__
+from protocol.vocabulary import JobStatus
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, LocalData, load_columns
@@ -220,7 +221,7 @@ class SiloNode:
             self.config.name,
             self.client,
             encryptor,
-            self.sign,
+            self.private_key,
             self.events,
             self.audit_head,
             self.ledger,
@@ -298,7 +299,7 @@ class SiloNode:
             self.ignored.add(task.job_id)
             job_id = task.job_id if is_safe_name(task.job_id, MAX_ID) else repr(task.job_id[:MAX_ID])
             self.events.record("job_declined", self.config.name, job=job_id, reasons=exc.reasons)
-            if task.job_status == "running":
+            if task.job_status == JobStatus.RUNNING:
                 self.client.decline(task.job_id, -1, exc.reasons)
             return
         try:
@@ -306,7 +307,7 @@ class SiloNode:
         except RoundRefused as exc:  # the aggregator asked for what the spec or this silo's limits forbid
             self.ignored.add(task.job_id)
             self.events.record("job_declined", self.config.name, job=task.job_id, reasons=exc.reasons)
-            if task.job_status == "running":
+            if task.job_status == JobStatus.RUNNING:
                 self.client.decline(task.job_id, -1, exc.reasons)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -329,7 +330,7 @@ class SiloNode:
                 reason = f"{self.config.name} could not run the job: {type(exc).__name__}: {exc}"
                 self.ignored.add(task.job_id)
                 self.events.record("job_declined", self.config.name, job=task.job_id, reasons=[reason])
-                if task.job_status == "running":
+                if task.job_status == JobStatus.RUNNING:
                     self.client.decline(task.job_id, -1, [reason])
         else:
             self.failures.pop(task.job_id, None)
@@ -405,7 +406,7 @@ class FinishedJobs:
 def _is_finished(job: HorizontalJob | VerticalRunner) -> bool:
     if isinstance(job, HorizontalJob):
         return job.state.finished
-    return job.status != "running"
+    return job.status != JobStatus.RUNNING
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -11,44 +11,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from collections import OrderedDict
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
 from crypto.contributors import ContributorError, own_tag, verify_tags
 from crypto.engine import UpdateEncryptor, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.errors import CryptoError
-from crypto.signing import update_digest
 from policies import dp
 from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
-from protocol.messages import check_digests, manifest_to_proto
+from protocol.messages import check_digests
+from protocol.upload import SignedUpload
+from protocol.vocabulary import JobStatus, RoundStatus
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, split
+from silo_node.jobfiles import JobState, read_upload, save_arrays, write_upload
 from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
-
-
-@dataclass
-class JobState:
-    applied: int = 0  # aggregates applied: rounds 0 .. applied-1
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    finished: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-    dp_history: list[list[float]] = field(default_factory=list)  # (noise multiplier, sample rate, steps)
-    declined_rounds: list[int] = field(default_factory=list)
-    trained_rounds: list[int] = field(default_factory=list)  # rounds this silo trained on its data (at most once)
-    acknowledged_rounds: list[int] = field(default_factory=list)  # rounds whose upload the aggregator receipted
 
 
 @dataclass
@@ -58,7 +47,7 @@ class SiloServices:
     name: str
     client: AggregatorClient
     encryptor: UpdateEncryptor
-    sign: Callable[[bytes], bytes]
+    private_key: ec.EllipticCurvePrivateKey  # the certificate key: signs every upload
     events: EventSink
     audit_head: Callable[[], str]
     ledger: PrivacyLedger | None = None
@@ -90,7 +79,7 @@ class HorizontalJob:
         self.services = services
         self.name = services.name
         self.client, self.encryptor, self.events = services.client, services.encryptor, services.events
-        self._sign, self._audit_head = services.sign, services.audit_head
+        self._audit_head = services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
         self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
@@ -131,7 +120,7 @@ class HorizontalJob:
 
     def _save(self) -> None:
         tmp = self.dir / "global.npz.tmp.npz"
-        _save_arrays(tmp, self.global_weights)
+        save_arrays(tmp, self.global_weights)
         tmp.replace(self.dir / "global.npz")
         state_tmp = self.dir / "state.json.tmp"
         state_tmp.write_text(json.dumps(self.state.__dict__))
@@ -167,7 +156,7 @@ class HorizontalJob:
             )
         if not 0 <= task.round <= total:
             raise RoundRefused([f"the aggregator offers round {task.round}; {where}"])
-        is_open = task.job_status == "running" and task.round_status == "open"
+        is_open = task.job_status == JobStatus.RUNNING and task.round_status == RoundStatus.OPEN
         if is_open and (task.round >= total or task.round != task.completed_rounds):
             raise RoundRefused(
                 [
@@ -181,17 +170,21 @@ class HorizontalJob:
         while self.state.applied < task.completed_rounds:
             self._apply_aggregate(self.state.applied)
         if (
-            task.job_status == "running"
-            and task.round_status == "open"
+            task.job_status == JobStatus.RUNNING
+            and task.round_status == RoundStatus.OPEN
             and not task.uploaded
             and task.round == self.state.applied
             and int(task.round) not in self.state.declined_rounds
             and self._round_allowed(int(task.round))
         ):
             self._upload(int(task.round))
-        if task.job_status == "completed" and self.state.applied >= self.spec.total_rounds and not self.state.finished:
+        if (
+            task.job_status == JobStatus.COMPLETED
+            and self.state.applied >= self.spec.total_rounds
+            and not self.state.finished
+        ):
             self._finish()
-        if task.job_status in ("failed", "aborted") and not self.state.finished:
+        if task.job_status in (JobStatus.FAILED, JobStatus.ABORTED) and not self.state.finished:
             self.state.finished = True
             self._save()
             self.events.record("job_ended", self.name, job=self.job_id, status=task.job_status, reason=task.reason)
@@ -213,10 +206,11 @@ class HorizontalJob:
     def _upload(self, round_index: int) -> None:
         cache = self.dir / f"upload-{round_index:05d}.bin"
         if cache.exists():  # same bytes as before: the aggregator treats a re-send as idempotent
-            header, chunks = _read_upload(cache)
+            header, chunks = read_upload(cache)
         else:
-            header, chunks = self._prepare_upload(round_index)
-            _write_upload(cache, header, chunks)
+            upload, chunks = self._prepare_upload(round_index)
+            header = upload.to_proto()
+            write_upload(cache, header, chunks)
         receipt = self.client.upload(header, chunks)
         if round_index not in self.state.acknowledged_rounds:
             self.state.acknowledged_rounds.append(round_index)
@@ -271,7 +265,7 @@ class HorizontalJob:
         self.state.trained_rounds.append(round_index)
         self._save()
 
-    def _prepare_upload(self, round_index: int) -> tuple[pb.UploadHeader, list[bytes]]:
+    def _prepare_upload(self, round_index: int) -> tuple[SignedUpload, list[bytes]]:
         weight = float(len(self.train_rows))
         tags = self._tags(round_index)
         if self._round_kind(round_index) == "stats":
@@ -298,16 +292,10 @@ class HorizontalJob:
             if self.spec.update_clip_norm:
                 delta = dp.clip_update(delta, self.spec.update_clip_norm)
             batch = encrypt_weighted_update(self.encryptor, delta, weight, tags=tags)
-        head = self._audit_head()
-        digest = update_digest(self.job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), head)
-        header = pb.UploadHeader(
-            job_id=self.job_id,
-            round=round_index,
-            manifest=manifest_to_proto(batch.manifest),
-            audit_head=head,
-            signature=self._sign(digest),
+        upload = SignedUpload.sign(
+            self.services.private_key, self.job_id, round_index, batch.manifest, self._audit_head()
         )
-        return header, batch.chunks
+        return upload, batch.chunks
 
     def _reserved_epsilon(self) -> float:
         """The epsilon reserved for this job when it was accepted (the ledger's, not what a spec says now)."""
@@ -428,7 +416,7 @@ class HorizontalJob:
     def _finish(self) -> None:
         export = self.dir / "final_model.npz"
         extras = {"__mean__": np.asarray(self.state.mean or []), "__std__": np.asarray(self.state.std or [])}
-        _save_arrays(export, {**self.global_weights, **extras})
+        save_arrays(export, {**self.global_weights, **extras})
         (self.dir / "job_spec.json").write_text(self.spec.model_dump_json(indent=2))
         self.state.finished = True
         self._save()
@@ -440,48 +428,3 @@ class HorizontalJob:
             sha256=hashlib.sha256(export.read_bytes()).hexdigest(),
         )
         print(f"job {self.job_id} completed: trained model written to {export}", flush=True)
-
-
-def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
-
-
-def _write_upload(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        raw = header.SerializeToString()
-        f.write(struct.pack(">I", len(raw)) + raw)
-        for chunk in chunks:
-            f.write(struct.pack(">I", len(chunk)) + chunk)
-    tmp.replace(path)
-
-
-def _read_upload(path: Path) -> tuple[pb.UploadHeader, list[bytes]]:
-    data = path.read_bytes()
-    (n,) = struct.unpack(">I", data[:4])
-    header = pb.UploadHeader()
-    header.ParseFromString(data[4 : 4 + n])
-    chunks, offset = [], 4 + n
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        chunks.append(data[offset + 4 : offset + 4 + length])
-        offset += 4 + length
-    return header, chunks
-
-
-def load_exported_model(
-    path: Path, allowed_factories: Collection[str] = ()
-) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
-    """A silo's exported final model: (adapter, mean, std) ready for ``predict_proba``.
-
-    A factory model is rebuilt only if ``allowed_factories`` names it (the site policy's list)."""
-    spec = JobSpec.model_validate_json((path.parent / "job_spec.json").read_text())
-    with np.load(path) as stored:
-        weights = OrderedDict((k, stored[k]) for k in stored.files if not k.startswith("__"))
-        mean = stored["__mean__"] if stored["__mean__"].size else None
-        std = stored["__std__"] if stored["__std__"].size else None
-    first = next(iter(weights.values()))
-    n_features = first.shape[-1] if spec.model.type != "sklearn_sgd" else weights["coef"].shape[1]
-    adapter = make_adapter(spec, n_features, allowed_factories)
-    adapter.set_weights(weights)
-    return adapter, mean, std

@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from crypto.psi import normalize_id
+from protocol.vocabulary import AGGREGATOR_RECIPIENT, RelayKind
 from silo_node.client import AggregatorClient
 from silo_node.config import NodeConfig
 from silo_node.data import load_columns
-from silo_node.vertical import AGGREGATOR, Relay, VerticalError, _sigmoid, load_active_for_prediction
+from silo_node.relay import PartyKind, Relay, VerticalError
+from silo_node.vertical import load_active_for_prediction
+from silo_node.vertical_party import sigmoid
 
 
 def read_ids(path: Path) -> list[str]:
@@ -55,9 +58,9 @@ def predict(config: NodeConfig, job_id: str, ids: list[str], timeout_s: float = 
         seq = secrets.randbits(31) + (1 << 31)  # far from training steps: never collides with them
         request = ('{"positions": [' + ",".join(str(int(p)) for p in positions) + "]}").encode()
         for passive in spec.vertical.passive:
-            relay.send_blob(passive, "predict-req", seq, request)
-        partial = codec.decrypt(relay.receive(AGGREGATOR, "P", seq)[1])[: len(ids)]
+            relay.send_blob(passive, PartyKind.PREDICT_REQUEST, seq, request)
+        partial = codec.decrypt(relay.receive(AGGREGATOR_RECIPIENT, RelayKind.SUMMED_PREDICTIONS, seq)[1])[: len(ids)]
     finally:
         client.close()
-    scores = _sigmoid(x @ model["weights"] + float(model["bias"]) + partial)
+    scores = sigmoid(x @ model["weights"] + float(model["bias"]) + partial)
     return list(zip(ids, scores.tolist(), strict=True))

@@ -11,10 +11,10 @@ import numpy as np
 from crypto import pki
 from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_update
 from crypto.keys import load_secret_key_set
-from crypto.signing import sign_digest, update_digest
 from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
-from protocol.messages import manifest_to_proto, read_aggregate, upload_messages
+from protocol.messages import read_aggregate, upload_messages
+from protocol.upload import SignedUpload
 
 # What `cipherfed demo --json` must always write (issue #3), whichever partition ran.
 DEMO_JSON_KEYS = (
@@ -70,15 +70,8 @@ class HandSilo:
 
     def build(self, job_id: str, round_index: int, tensors: dict, weight: float, signer=None, audit_head: str = ""):
         batch = encrypt_weighted_update(self.encryptor, OrderedDict(tensors), weight)
-        digest = update_digest(job_id, round_index, batch.manifest.fingerprint, batch.manifest.digest(), audit_head)
-        header = pb.UploadHeader(
-            job_id=job_id,
-            round=round_index,
-            manifest=manifest_to_proto(batch.manifest),
-            audit_head=audit_head,
-            signature=sign_digest(signer or self.key, digest),
-        )
-        return header, batch.chunks
+        upload = SignedUpload.sign(signer or self.key, job_id, round_index, batch.manifest, audit_head)
+        return upload.to_proto(), batch.chunks
 
     def send(self, header, chunks):
         return self.stub.Upload(upload_messages(header, chunks), timeout=120)

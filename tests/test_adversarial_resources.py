@@ -21,9 +21,9 @@ from audit.verify import verify_logs
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
 from crypto.packing import Layout, Manifest, TensorSpec
-from crypto.signing import sign_digest, update_digest
 from protocol import cipherfed_pb2 as pb
-from protocol.messages import MAX_REASON_CHARS, MAX_REASONS, clip_reasons, manifest_from_proto, manifest_to_proto
+from protocol.messages import MAX_REASON_CHARS, MAX_REASONS, clip_reasons, manifest_from_proto
+from protocol.upload import SignedUpload
 from tests.helpers import HandSilo, rpc_code, tiny_update
 
 pytestmark = pytest.mark.slow
@@ -113,10 +113,7 @@ def _huge_header(hand: HandSilo, job: str, values: int) -> pb.UploadHeader:
         real.scale_bits,
         (b"\0" * 32,) * count,
     )
-    digest = update_digest(job, 0, manifest.fingerprint, manifest.digest(), "")
-    return pb.UploadHeader(
-        job_id=job, round=0, manifest=manifest_to_proto(manifest), signature=sign_digest(hand.key, digest)
-    )
+    return SignedUpload.sign(hand.key, job, 0, manifest).to_proto()
 
 
 def test_an_unfinished_upload_fixes_no_layout_and_idle_streams_are_cancelled(agg):

@@ -45,8 +45,7 @@ def test_hundred_million_parameter_update_streams_under_default_limits(running_a
 
     from crypto.engine import encrypt_weighted_update
     from crypto.packing import Layout, Manifest, TensorSpec, chunk_digest
-    from crypto.signing import sign_digest, update_digest
-    from protocol.messages import manifest_to_proto
+    from protocol.upload import SignedUpload
 
     c = running_aggregator
     job = _job(c, 100_000_000, "big100m")
@@ -58,10 +57,7 @@ def test_hundred_million_parameter_update_streams_under_default_limits(running_a
         chunk = one.chunks[0]
         layout = Layout((TensorSpec("w", (n,), "float64", 0),), n)
         manifest = Manifest("sum", silo.encryptor.fingerprint, layout, n + 1, 8192, 40, (chunk_digest(chunk),) * count)
-        digest = update_digest(job, 0, manifest.fingerprint, manifest.digest(), "")
-        header = pb.UploadHeader(
-            job_id=job, round=0, manifest=manifest_to_proto(manifest), signature=sign_digest(silo.key, digest)
-        )
+        header = SignedUpload.sign(silo.key, job, 0, manifest).to_proto()
         receipt = silo.send(header, [chunk] * count)
         assert receipt.chunks == count
     agg_header, agg_manifest, agg_chunks = silos[0].download(job, 0)

@@ -20,11 +20,11 @@ from aggregator.edge import serde
 from aggregator.edge.status import status_of
 from aggregator.limits import check_audit_head, check_job_id
 from audit.events import EventSink
-from cipherfed import __version__
 from crypto.endorsement import TrustAnchors
 from protocol import cipherfed_pb2 as pb
 from protocol import cipherfed_pb2_grpc as pbg
 from protocol.messages import MAX_CHUNK_BYTES
+from protocol.version import __version__
 
 T = TypeVar("T")
 MAX_POLL_WAIT_S = 10.0

@@ -20,6 +20,7 @@ from audit.svg import line_chart
 from audit.verify import Verification, load_records, verify_logs
 from cipherfed.admin import mean_metric
 from protocol import cipherfed_pb2 as pb
+from protocol.vocabulary import RoundStatus
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_AUDIT_LOGS = 200  # an audit folder is the parties' collected logs, not a whole disk
@@ -162,7 +163,7 @@ def job_view(status: pb.JobStatus) -> JobView:
         partition=str(spec.get("partition", "")),
         he_profile=str(spec.get("he_profile", "")),
         rounds_total=int(status.rounds_total),
-        rounds_done=sum(1 for r in status.rounds if r.status in ("closed", "trained")),
+        rounds_done=sum(1 for r in status.rounds if r.status in (RoundStatus.CLOSED, RoundStatus.TRAINED)),
         rounds=rounds,
         job_declines=by_round.get(-1, []),
         total_kbytes=sum(r.bytes_in for r in status.rounds) / 1e3 + status.relay_bytes / 1e3,

@@ -1,0 +1,69 @@
+"""The files of a horizontal job's directory at a silo: its state, its upload cache, its exported model.
+
+The upload cache holds each round's upload exactly as first sent (length-prefixed frames: the header,
+then the chunks; see ``protocol/framing.py``), so a re-send after a restart is the same bytes and the
+aggregator treats it as idempotent. The format predates the framing module and is unchanged by it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol import cipherfed_pb2 as pb
+from protocol.framing import open_framed_file, read_frames, write_framed_file
+from protocol.jobspec import JobSpec
+from silo_node.models import make_adapter
+
+
+@dataclass
+class JobState:
+    applied: int = 0  # aggregates applied: rounds 0 .. applied-1
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    dp_history: list[list[float]] = field(default_factory=list)  # (noise multiplier, sample rate, steps)
+    declined_rounds: list[int] = field(default_factory=list)
+    trained_rounds: list[int] = field(default_factory=list)  # rounds this silo trained on its data (at most once)
+    acknowledged_rounds: list[int] = field(default_factory=list)  # rounds whose upload the aggregator receipted
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+
+
+def write_upload(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
+    """Cache an upload as frames (header, then chunks), so a re-send after a restart is the same bytes."""
+    write_framed_file(path, [header.SerializeToString(), *chunks])
+
+
+def read_upload(path: Path) -> tuple[pb.UploadHeader, list[bytes]]:
+    """A cached upload, exactly as it was first sent; a cut or oversized frame raises ``FramingError``."""
+    with open_framed_file(path) as source:
+        frames = read_frames(source)  # every frame bounded: a damaged cache cannot exhaust memory
+        header = pb.UploadHeader.FromString(next(frames, b""))
+        return header, list(frames)
+
+
+def load_exported_model(
+    path: Path, allowed_factories: Collection[str] = ()
+) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """A silo's exported final model: (adapter, mean, std) ready for ``predict_proba``.
+
+    A factory model is rebuilt only if ``allowed_factories`` names it (the site policy's list)."""
+    spec = JobSpec.model_validate_json((path.parent / "job_spec.json").read_text())
+    with np.load(path) as stored:
+        weights = OrderedDict((k, stored[k]) for k in stored.files if not k.startswith("__"))
+        mean = stored["__mean__"] if stored["__mean__"].size else None
+        std = stored["__std__"] if stored["__std__"].size else None
+    first = next(iter(weights.values()))
+    n_features = first.shape[-1] if spec.model.type != "sklearn_sgd" else weights["coef"].shape[1]
+    adapter = make_adapter(spec, n_features, allowed_factories)
+    adapter.set_weights(weights)
+    return adapter, mean, std

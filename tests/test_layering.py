@@ -1,0 +1,78 @@
+"""The packages' layering (docs/architecture.md): which of cipherfed's packages each may import.
+
+The libraries at the bottom (crypto, protocol, policies, audit) never reach up into a role or the CLI,
+so each can be read, tested and audited alone; the two roles (aggregator, silo_node) never import each
+other, so neither can lean on the other's internals and shared code has to live in crypto/ or protocol/.
+The check reads every import statement with ``ast``, including imports inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = {"crypto", "protocol", "policies", "audit"}
+# What each package may import of the others (anything outside this project is not this test's business).
+MAY_IMPORT: dict[str, set[str]] = {
+    "crypto": set(),
+    "protocol": {"crypto"},
+    "policies": {"crypto", "protocol"},
+    "audit": {"crypto", "protocol"},
+    "aggregator": LIBRARIES,
+    "silo_node": LIBRARIES,
+    "cipherfed": LIBRARIES | {"aggregator", "silo_node"},
+    "benchmarks": LIBRARIES | {"aggregator", "silo_node", "cipherfed"},
+}
+# PLACEHOLDER for the lead: aggregator/service.py and aggregator/server.py import cipherfed.__version__
+# (now protocol.version.__version__) on main; the aggregator refactor branch owns those files. Empty this
+# set once they import protocol.version.
+PENDING: set[tuple[str, str]] = set()
+
+
+def imported_packages(source: str) -> set[str]:
+    """The top-level names ``source`` imports absolutely (relative imports stay inside its package)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def layering_violations(root: Path, pending: set[tuple[str, str]] | None = None) -> list[str]:
+    violations = []
+    for package, allowed in MAY_IMPORT.items():
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            for target in sorted(imported_packages(path.read_text()) & set(MAY_IMPORT) - {package} - allowed):
+                if (relative, target) not in (pending or set()):
+                    violations.append(f"{relative} imports {target}")
+    return violations
+
+
+def test_packages_import_only_the_layers_below_them():
+    violations = layering_violations(ROOT, PENDING)
+    assert not violations, "layering (docs/architecture.md) broken:\n" + "\n".join(violations)
+
+
+def test_the_roles_never_import_each_other_or_the_cli():
+    """The rules the issue names, spelled out so that widening MAY_IMPORT cannot drop them silently."""
+    for role, other in (("aggregator", "silo_node"), ("silo_node", "aggregator")):
+        assert other not in MAY_IMPORT[role] and "cipherfed" not in MAY_IMPORT[role]
+    for library in LIBRARIES:
+        assert not MAY_IMPORT[library] & {"aggregator", "silo_node", "cipherfed", "benchmarks"}
+
+
+def test_the_version_is_one_value_readable_without_the_cli():
+    import cipherfed
+    from protocol.version import __version__
+
+    assert cipherfed.__version__ == __version__
+    assert "cipherfed" not in imported_packages((ROOT / "protocol" / "version.py").read_text())
+
+
+def test_the_check_sees_imports_anywhere_in_a_module():
+    source = "import os\nfrom silo_node.data import x\ndef f():\n    import aggregator.store\n    from . import y\n"
+    assert imported_packages(source) == {"os", "silo_node", "aggregator"}

@@ -1,0 +1,91 @@
+"""The silo's upload cache: one signed upload, framed by protocol/framing.py, in the pre-framing byte format.
+
+A silo caches each round's upload before sending it, so that after a restart it re-sends the same bytes
+and the aggregator receipts the re-send as idempotent. A node upgraded with a cached upload on disk must
+still re-send it: the format (4-byte big-endian length + serialized header, then length + chunk per
+chunk) is frozen here against the writer as it was before the framing module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from crypto.engine import SumEncryptor, encrypt_weighted_update
+from crypto.keys import generate_key_set
+from protocol import cipherfed_pb2 as pb
+from protocol.framing import FramingError
+from protocol.upload import SignedUpload
+from silo_node.jobfiles import read_upload, write_upload
+
+
+def _legacy_write(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
+    """The cache writer as it was before protocol/framing.py (silo_node/horizontal.py at 5ab2577)."""
+    with open(path, "wb") as f:
+        raw = header.SerializeToString()
+        f.write(struct.pack(">I", len(raw)) + raw)
+        for chunk in chunks:
+            f.write(struct.pack(">I", len(chunk)) + chunk)
+
+
+@pytest.fixture(scope="module")
+def upload() -> tuple[pb.UploadHeader, list[bytes], ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    encryptor = SumEncryptor(generate_key_set("sum"))
+    batch = encrypt_weighted_update(encryptor, OrderedDict(w=np.linspace(-1, 1, 9000)), 3.0)
+    signed = SignedUpload.sign(key, "job-1", 2, batch.manifest, "a" * 64)
+    return signed.to_proto(), batch.chunks, key
+
+
+def test_a_cached_upload_from_before_the_framing_module_reads_back_and_re_sends_the_same_bytes(tmp_path, upload):
+    header, chunks, key = upload
+    assert len(chunks) >= 2  # a real multi-chunk upload, not a degenerate one
+    old = tmp_path / "upload-00002.bin"
+    _legacy_write(old, header, chunks)
+
+    cached_header, cached_chunks = read_upload(old)
+    assert cached_header.SerializeToString() == header.SerializeToString()
+    assert cached_chunks == chunks
+    # what is re-sent still verifies against the silo's certificate, as the aggregator checks it
+    SignedUpload.from_proto(cached_header).verify(_certificate(key))
+
+    new = tmp_path / "upload-00002.new"
+    write_upload(new, cached_header, cached_chunks)
+    assert new.read_bytes() == old.read_bytes()  # byte-identical: the format did not change
+
+
+def test_a_damaged_cache_is_refused_not_sent_short(tmp_path, upload):
+    """A cut file used to yield a short last chunk that was sent as if whole; now it is an error."""
+    header, chunks, _ = upload
+    path = tmp_path / "upload-00002.bin"
+    _legacy_write(path, header, chunks)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(FramingError, match="ends after"):
+        read_upload(path)
+    path.write_bytes(struct.pack(">I", 0xFFFFFFF0) + b"x" * 16)  # a length far beyond any frame
+    with pytest.raises(FramingError, match="exceeds"):
+        read_upload(path)
+
+
+def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "silo-a")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
