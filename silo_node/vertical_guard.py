@@ -16,7 +16,15 @@ bounded width, and can steer the passive's weights by lying about the sums. So, 
    weights further than some honest residual could.
 
 Any failure ends this party's part in the job with the reason (see docs/security.md, "Vertical
-jobs", for the probability bound). Pure numpy, no I/O: the relay and the audit stay in vertical.py.
+jobs", for the probability bound).
+
+The active party, in turn, cannot see the decoys it answers, and decoys of the passive's choosing
+(indicators of entities) would read the labels. So the decoys and masks derive from a fresh per-batch
+seed (ChaCha20 keystream, Box-Muller: still N(0, 1)); the passive sends SHA-256 over the probe's
+context and seed with the products and reveals the seed after the batch's gradient exchange; the
+active party answers exactly ``PROBES`` decoys and, on the reveal, re-derives them and checks every
+total it returned. A cheat is caught after one batch. No I/O here: the relay and the audit stay with
+the parties.
 """
 
 from __future__ import annotations
