@@ -45,6 +45,8 @@ class RelayKind(StrEnum):
     MASKED_PRODUCTS = "g"  # passive -> active: Enc(residual x feature + mask)
     DECOY_PRODUCTS = "decoy"  # passive -> active: Enc(residual x secret decoy + mask), the probe of the residual
     MASKED_SUMS = "m"  # active -> passive: decrypted masked decoy totals, then masked per-column sums
+    PROBE_COMMITMENT = "commit"  # passive -> active: SHA-256 over the probe's context and seed, with the decoys
+    PROBE_SEED = "seed"  # passive -> active: the probe's seed, revealed after the batch's gradient exchange
 
 
 # Partial scores are addressed to the aggregator, which forwards their sum under the summed kind.

@@ -51,6 +51,8 @@ MESSAGE_FORMS: dict[str, str] = {
     RelayKind.MASKED_PRODUCTS: "masked gradient products",
     RelayKind.MASKED_SUMS: "masked per-column sums",  # per batch: first the decoy totals, then the gradient's sums
     RelayKind.DECOY_PRODUCTS: "masked decoy products (probe of the residual)",
+    RelayKind.PROBE_COMMITMENT: "probe commitment (SHA-256)",
+    RelayKind.PROBE_SEED: "probe seed (revealed after the batch)",
 }
 
 

@@ -4,7 +4,7 @@ entities, trains its own weights from the passives' encrypted partial scores, an
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +21,10 @@ from protocol import cipherfed_pb2 as pb
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, RelayKind
 from silo_node.relay import PartyKind, VerticalError, read_points, record_data_sent
 from silo_node.vertical_guard import (
-    MAX_PROBES,
+    PROBES,
+    ExchangeRefused,
+    check_revealed_probe,
+    probe_context,
 )
 from silo_node.vertical_party import Party, batches, sigmoid, standardize, train_positions
 
@@ -155,12 +158,16 @@ class ActiveParty(Party):
                 for passive, columns in self.passive_columns.items():
                     chunks[passive] = len(sent := codec.encrypt(tile(d, columns)))
                     self.relay.send(passive, RelayKind.RESIDUALS, step, sent)
-                for passive, columns in self.passive_columns.items():
-                    self._answer_probe(codec, passive, step, chunks[passive], columns * len(idx))
+                answered = {
+                    passive: self._answer_probe(codec, passive, step, chunks[passive], columns * len(idx))
+                    for passive, columns in self.passive_columns.items()
+                }
                 for passive, columns in self.passive_columns.items():
                     masked = codec.decrypt(self.relay.receive(passive, RelayKind.MASKED_PRODUCTS, step)[1])
                     sums = segment_sums(masked, columns, len(idx))
                     self.relay.send(passive, RelayKind.MASKED_SUMS, step, [sums.astype("<f8").tobytes()])
+                for passive, columns in self.passive_columns.items():
+                    self._check_probe_seed(codec, passive, step, answered[passive], tile(d, columns), columns)
                 losses.append(float(-np.mean(y[idx] * np.log(p + 1e-12) + (1 - y[idx]) * np.log(1 - p + 1e-12))))
                 correct += int(((p > 0.5) == (y[idx] > 0.5)).sum())
             metrics = {"loss": float(np.mean(losses)), "accuracy": correct / max(len(train), 1)}
@@ -171,19 +178,70 @@ class ActiveParty(Party):
         self._save(codec)
         return test_metrics
 
-    def _answer_probe(self, codec: VectorCodec, passive: str, step: int, chunks: int, slots: int) -> None:
+    def _answer_probe(
+        self, codec: VectorCodec, passive: str, step: int, chunks: int, slots: int
+    ) -> tuple[np.ndarray, bytes]:
         """Decrypt a passive's decoy products and return one masked total per decoy, real parts then
-        imaginary parts (the checks are the passive's; an honest residual passes them)."""
+        imaginary parts (the checks are the passive's; an honest residual passes them).
+
+        Exactly ``PROBES`` decoys and a 32-byte commitment, or the job ends: a passive that could ask for
+        more totals, or for decoys of its choosing (opened later by the seed), could solve for the labels.
+        Returns the totals answered and the commitment, for :meth:`_check_probe_seed` after the batch.
+        """
         parts = self.relay.receive(passive, RelayKind.DECOY_PRODUCTS, step)[1]
-        probes = len(parts) // chunks
-        if len(parts) % chunks or not 1 <= probes <= MAX_PROBES:
-            raise VerticalError(f"{passive} sent {len(parts)} decoy chunks; a multiple of {chunks} expected")
+        if len(parts) != PROBES * chunks:
+            self._refuse(
+                passive,
+                step,
+                "probe count",
+                f"{passive} sent {len(parts)} decoy chunks; exactly {PROBES} decoys of {chunks} chunks each "
+                f"({PROBES * chunks}) are answered: more totals would let a passive party solve for the labels",
+            )
+        commitment = b"".join(self.relay.receive(passive, RelayKind.PROBE_COMMITMENT, step)[1])
+        if len(commitment) != 32:
+            self._refuse(
+                passive, step, "probe commitment", f"{passive} sent a {len(commitment)}-byte commitment, 32 expected"
+            )
         totals = np.asarray(
-            [codec.decrypt_products(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(probes)]
+            [codec.decrypt_products(parts[k * chunks : (k + 1) * chunks])[:slots].sum() for k in range(PROBES)]
         )
         # kind "m", seq step: the passive takes this reply before it sends "g", so the gradient's sums
         # under the same (kind, seq) never meet it in the relay
         self.relay.send(passive, RelayKind.MASKED_SUMS, step, [np.r_[totals.real, totals.imag].astype("<f8").tobytes()])
+        return totals, commitment
+
+    def _check_probe_seed(
+        self,
+        codec: VectorCodec,
+        passive: str,
+        step: int,
+        answered: tuple[np.ndarray, bytes],
+        residual: np.ndarray,
+        columns: int,
+    ) -> None:
+        """After the batch, the passive reveals its probe's seed: it must open the commitment and derive
+        the very decoys and masks whose totals we answered, or the job ends (a cheat is caught after one batch)."""
+        seed = b"".join(self.relay.receive(passive, RelayKind.PROBE_SEED, step)[1])
+        totals, commitment = answered
+        batch = len(residual) // columns
+        context = probe_context(self.job_id, passive, step, columns, batch)
+        try:
+            check_revealed_probe(seed, commitment, context, totals, residual, columns, batch, codec.encrypted)
+        except ExchangeRefused as exc:
+            self._refuse(passive, step, exc.check, f"{passive}'s probe at batch {step}: {exc}")
+
+    def _refuse(self, passive: str, step: int, check: str, reason: str) -> NoReturn:
+        """Audit a refused exchange with a passive party and end the job (raised to :meth:`_run`)."""
+        self.events.record(
+            "vertical_exchange_refused",
+            self.name,
+            job=self.job_id,
+            check=check,
+            step=step,
+            sender=passive,
+            reason=reason,
+        )
+        raise VerticalError(f"refused {passive}'s {check} at batch {step}: {reason}")
 
     def _joint_test(
         self, codec: VectorCodec, x: np.ndarray, y: np.ndarray, test: np.ndarray, step: int

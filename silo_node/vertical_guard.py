@@ -16,15 +16,27 @@ bounded width, and can steer the passive's weights by lying about the sums. So, 
    weights further than some honest residual could.
 
 Any failure ends this party's part in the job with the reason (see docs/security.md, "Vertical
-jobs", for the probability bound). Pure numpy, no I/O: the relay and the audit stay in vertical.py.
+jobs", for the probability bound).
+
+The active party, in turn, cannot see the decoys it answers, and decoys of the passive's choosing
+(indicators of entities) would read the labels. So the decoys and masks derive from a fresh per-batch
+seed (ChaCha20 keystream, Box-Muller: still N(0, 1)); the passive sends SHA-256 over the probe's
+context and seed with the products and reveals the seed after the batch's gradient exchange; the
+active party answers exactly ``PROBES`` decoys and, on the reveal, re-derives them and checks every
+total it returned. A cheat is caught after one batch. No I/O here: the relay and the audit stay with
+the parties.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import hmac
 
-PROBES = 8  # decoys per batch; each passes a scaled residual with probability <= 0.8*B/s + B/R
-MAX_PROBES = 64  # what an active party answers at most per batch (a passive's choice, bounded)
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+PROBES = 8  # decoys per batch, exactly: the active party answers this many and no other number
+SEED_BYTES = 32  # a probe's seed: the ChaCha20 key its decoys and masks are derived from
 MASK_BOUND = 2.0**17  # per-slot masks uniform in [-2^17, 2^17]: 4x below the 2^19 CKKS value range
 # CKKS error: <= 3.5e-7 per slot at every mask size up to 2^18 (measured), so a sum of n slots is
 # off by at most ~n * 3.5e-7; the tolerance is about three times that, plus rounding of doubles.
@@ -58,6 +70,72 @@ def draw_masks(rng: np.random.Generator, slots: int, complex_slots: bool) -> np.
     real = rng.uniform(-MASK_BOUND, MASK_BOUND, slots)
     imag = rng.uniform(-MASK_BOUND, MASK_BOUND, slots) if complex_slots else np.zeros(slots)
     return real + 1j * imag
+
+
+def probe_context(job_id: str, passive: str, step: int, columns: int, batch: int) -> bytes:
+    """What a probe's commitment binds its seed to: one passive's probe of one batch of one job."""
+    return f"cipherfed-probe/v1|{job_id}|{passive}|{step}|{columns}|{batch}".encode()
+
+
+def probe_commitment(seed: bytes, context: bytes) -> bytes:
+    """SHA-256 over the context and the seed (length-prefixed): sent with the decoy products, opened later."""
+    return hashlib.sha256(len(context).to_bytes(4, "big") + context + seed).digest()
+
+
+def _uniforms(seed: bytes, count: int) -> np.ndarray:
+    """``count`` doubles uniform on [0, 1) from the ChaCha20 keystream under ``seed`` (53 bits each)."""
+    stream = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor().update(b"\x00" * (8 * count))
+    return (np.frombuffer(stream, dtype="<u8") >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def derive_probe(seed: bytes, columns: int, batch: int, complex_slots: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The decoys (N(0, 1), Box-Muller) and masks (as :func:`draw_masks`) of one probe, from its seed alone.
+
+    Both sides run this: the passive before the probe, the active party after the seed is revealed,
+    to check that the decoys it answered were Gaussian and not chosen (e.g. indicators of entities).
+    """
+    if len(seed) != SEED_BYTES:
+        raise ExchangeRefused("probe seed", f"a probe seed has {SEED_BYTES} bytes, not {len(seed)}")
+    n = PROBES * columns * batch
+    half = (n + 1) // 2
+    u = _uniforms(seed, 2 * half + 2 * n)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # 1 - u in (0, 1]: the log is finite
+    angle = 2.0 * np.pi * u[half : 2 * half]
+    decoys = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n].reshape(PROBES, columns * batch)
+    real = MASK_BOUND * (2.0 * u[2 * half : 2 * half + n] - 1.0)
+    imag = MASK_BOUND * (2.0 * u[2 * half + n :] - 1.0) if complex_slots else np.zeros(n)
+    return decoys, (real + 1j * imag).reshape(PROBES, columns * batch)
+
+
+def check_revealed_probe(
+    seed: bytes,
+    commitment: bytes,
+    context: bytes,
+    answered: np.ndarray,
+    residual: np.ndarray,
+    columns: int,
+    batch: int,
+    complex_slots: bool,
+) -> None:
+    """The active party's check of a passive's probe once its seed is revealed, or :class:`ExchangeRefused`.
+
+    ``answered`` are the masked totals this party decrypted and returned, ``residual`` the tiled residual
+    it encrypted: the seed must open the commitment, and its decoys and masks must reproduce every total.
+    """
+    if not hmac.compare_digest(probe_commitment(seed, context), commitment):
+        raise ExchangeRefused("probe seed", "the revealed seed does not open the commitment sent with the decoys")
+    decoys, masks = derive_probe(seed, columns, batch, complex_slots)
+    expected = decoys @ residual + masks.sum(axis=1)
+    tolerance = _tolerance(decoy_bounds(decoys, columns, batch), decoys.shape[1])
+    if answered.shape != expected.shape:
+        raise ExchangeRefused("probe seed", f"{answered.size} decoy totals answered, {PROBES} expected")
+    off = (np.abs(answered.real - expected.real) > tolerance) | (np.abs(answered.imag - expected.imag) > tolerance)
+    if off.any():
+        raise ExchangeRefused(
+            "probe seed",
+            f"{int(np.sum(off))} of {PROBES} decoy totals differ from the decoys the revealed seed derives: "
+            "the passive party sent decoys it chose (e.g. to read labels), not its committed Gaussian ones",
+        )
 
 
 def decoy_bounds(decoys: np.ndarray, columns: int, batch: int) -> np.ndarray:

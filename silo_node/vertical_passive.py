@@ -27,11 +27,14 @@ from protocol import cipherfed_pb2 as pb
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, RelayKind
 from silo_node.relay import PartyKind, VerticalError, read_floats, read_points, record_data_sent
 from silo_node.vertical_guard import (
+    SEED_BYTES,
     ExchangeRefused,
     check_gradient,
     check_probe,
-    draw_decoys,
+    derive_probe,
     draw_masks,
+    probe_commitment,
+    probe_context,
 )
 from silo_node.vertical_party import Party, batches, standardize, train_positions
 
@@ -111,11 +114,39 @@ class PassiveParty(Party):
         self.relay.send_blob(active, PartyKind.PSI_AB, 0, b"".join(psi.blind(theirs)))
         self.relay.send_blob(active, PartyKind.META, 0, json.dumps({"features": self.data.features.shape[1]}).encode())
         reply = self.relay.receive_json(active, PartyKind.ALIGN)
-        rows = np.asarray([psi.order[pos] for pos in reply["positions"]], dtype=np.int64)
+        positions = self._checked_positions(reply, len(psi.order))
+        rows = np.asarray([psi.order[pos] for pos in positions], dtype=np.int64)
         self.events.record(
             "entities_aligned", self.name, job=self.job_id, intersection=len(rows), local_rows=self.data.rows
         )
         return rows
+
+    def _checked_positions(self, reply: Any, sent: int) -> list[int]:
+        """The active party's alignment positions, only if they name at least ``min_entities`` distinct
+        entities among the ``sent`` we blinded: a repeated or out-of-range position would let it train on
+        (and read partial scores of) fewer entities than the job promises, or wrap around silently."""
+        positions = reply.get("positions") if isinstance(reply, dict) else None
+        reason = ""
+        if not isinstance(positions, list) or not all(type(p) is int for p in positions):
+            reason = "positions: a list of integers expected"
+        elif not all(0 <= p < sent for p in positions):
+            reason = f"positions: every position must lie in [0, {sent}) (the entities this party blinded)"
+        elif len(set(positions)) != len(positions):
+            reason = f"positions: {len(positions) - len(set(positions))} repeated; each entity may appear once"
+        elif len(positions) < self.vertical.min_entities:
+            reason = f"positions: {len(positions)} entities; the job needs at least {self.vertical.min_entities}"
+        if reason:
+            self.events.record(
+                "vertical_exchange_refused",
+                self.name,
+                job=self.job_id,
+                check="alignment",
+                step=0,
+                sender=self.vertical.active,
+                reason=reason,
+            )
+            raise VerticalError(f"refused the active party's alignment: {reason}; no training took place")
+        return [int(p) for p in positions or []]
 
     def _train(self, codec: VectorCodec, rows: np.ndarray) -> None:
         spec, active = self.spec, self.vertical.active
@@ -137,7 +168,7 @@ class PassiveParty(Party):
                 residual = codec.load_residual(
                     self.relay.receive(active, RelayKind.RESIDUALS, step)[1], x.shape[1] * len(idx)
                 )
-                self._probe(codec, residual, x.shape[1], len(idx), step, masks)
+                seed = self._probe(codec, residual, x.shape[1], len(idx), step)
                 mask = draw_masks(masks, x.shape[1] * len(idx), codec.encrypted)
                 self.relay.send(
                     active,
@@ -148,6 +179,7 @@ class PassiveParty(Party):
                 masked_sums = read_floats(self.relay.receive(active, RelayKind.MASKED_SUMS, step)[1])
                 mask_sums = mask.real.reshape(x.shape[1], len(idx)).sum(axis=1)
                 sums = self._guarded(check_gradient, step, masked_sums, mask_sums, x[idx])
+                self.relay.send(active, RelayKind.PROBE_SEED, step, [seed])  # opens the commitment: decoys only
                 w -= spec.lr * (sums / len(idx) + spec.model.l2 * w)
         self.x, self.weights = x, w
         np.savez(self.directory / "vertical_model.npz", weights=w, mean=mean, std=std, rows=rows)
@@ -160,19 +192,24 @@ class PassiveParty(Party):
             holds="own weights only",
         )
 
-    def _probe(
-        self, codec: VectorCodec, residual: list[Any], columns: int, batch: int, step: int, rng: np.random.Generator
-    ) -> None:
-        """Check the residual with secret decoys before any product of our features is computed from it."""
-        decoys = draw_decoys(rng, columns, batch)
-        masks = np.stack([draw_masks(rng, columns * batch, codec.encrypted) for _ in decoys])
+    def _probe(self, codec: VectorCodec, residual: list[Any], columns: int, batch: int, step: int) -> bytes:
+        """Check the residual with secret decoys before any product of our features is computed from it.
+
+        The decoys and their masks come from a fresh seed whose commitment goes with the products; the
+        seed (returned) is revealed after the batch, so the active party can check they were Gaussian.
+        """
+        seed = secrets.token_bytes(SEED_BYTES)
+        decoys, masks = derive_probe(seed, columns, batch, codec.encrypted)
+        context = probe_context(self.job_id, self.name, step, columns, batch)
         parts = [chunk for c, m in zip(decoys, masks, strict=True) for chunk in codec.products(residual, c, m)]
+        self.relay.send(self.vertical.active, RelayKind.PROBE_COMMITMENT, step, [probe_commitment(seed, context)])
         self.relay.send(self.vertical.active, RelayKind.DECOY_PRODUCTS, step, parts)
         reply = read_floats(
             self.relay.receive(self.vertical.active, RelayKind.MASKED_SUMS, step)[1]
         )  # taken before "g" is sent
         totals = reply[: len(reply) // 2] + 1j * reply[len(reply) // 2 :] if len(reply) % 2 == 0 else reply
         self._guarded(check_probe, step, totals, masks, decoys, columns, batch)
+        return seed
 
     def _guarded(self, check: Callable[..., np.ndarray], step: int, *args: Any) -> np.ndarray:
         """Run a check; a refusal is audited here and ends this party's part in the job."""

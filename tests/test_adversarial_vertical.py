@@ -11,6 +11,7 @@ code for the training exchange. The defences live at the victim: `silo_node/vert
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -30,7 +31,7 @@ from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import parse_job_spec
 from silo_node.client import AggregatorClient
 from silo_node.data import load_columns
-from silo_node.vertical import AGGREGATOR, ActiveParty, Relay, batches, train_positions
+from silo_node.vertical import AGGREGATOR, ActiveParty, Relay, VerticalError, batches, train_positions
 from silo_node.vertical_guard import (
     MASK_BOUND,
     ExchangeRefused,
@@ -434,3 +435,188 @@ def test_a_lying_masked_sum_reply_is_refused_and_not_applied(world):
     assert not (c.nodes["lab"].dir / "state" / "jobs" / attacker.job_id / "vertical_model.npz").exists()
     refused = [r for r in _lab_audit(c, attacker.job_id) if r["event"] == "vertical_exchange_refused"]
     assert [r["details"]["check"] for r in refused] == ["gradient"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A malicious passive party (reviewer's findings 3 and 5): decoys chosen to read labels, and an active
+# party's alignment that names too few, repeated or out-of-range entities. Unit-level: the real
+# ActiveParty / PassiveParty code and real CKKS, the other side scripted through a stand-in relay.
+
+_SPEC = (
+    'name = "v"\npartition = "vertical"\nrounds = 1\nhe_profile = "vertical"\nparticipants = ["act", "pas"]\n'
+    '[dataset]\nlabel = "label"\nid = "pid"\n[vertical]\nactive = "act"\npassive = ["pas"]\nmin_entities = 10\n'
+    '[vertical.features]\nact = ["x1"]\npas = ["x2"]\n'
+)
+
+
+class _Recorded:
+    """An event sink that keeps what it is told, so a test can read the audit records."""
+
+    head = ""
+
+    def __init__(self):
+        self.records = []
+
+    def record(self, event, actor, *, job=None, round=None, **details):
+        self.records.append({"event": event, "actor": actor, "job": job, "details": details})
+
+    def refused(self):
+        return [r["details"] for r in self.records if r["event"] == "vertical_exchange_refused"]
+
+
+class _ScriptedRelay:
+    """What the other party sends, by kind; what this party sends back is kept."""
+
+    timeout_s = 5
+
+    def __init__(self, inbox):
+        self.inbox, self.sent = inbox, []
+
+    def receive(self, sender, kind, seq):
+        return seq, self.inbox[str(kind)]
+
+    def send(self, to, kind, seq, payloads):
+        self.sent.append((str(kind), payloads))
+
+    def receive_blob(self, sender, kind, seq):
+        return b"".join(self.inbox[str(kind)])
+
+    def send_blob(self, to, kind, seq, data):
+        self.sent.append((str(kind), [data]))
+
+    def receive_json(self, sender, kind, seq=0):
+        return json.loads(self.receive_blob(sender, kind, seq))
+
+    def should_stop(self):
+        return False
+
+
+def _party(cls, name, relay, events, tmp_path, n=50):
+    from silo_node.data import LocalData
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n) if cls is ActiveParty else None
+    data = LocalData(rng.normal(size=(n, 1)), labels, [f"id{i}" for i in range(n)], ["x"], "fp")
+    return cls("v-1", parse_job_spec(_SPEC), name, data, relay, None, events, tmp_path)
+
+
+def _labels_batch(codecs, batch=32):
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, batch).astype(float)
+    d = rng.uniform(0.05, 0.95, batch) - y
+    active, passive = codecs
+    sent = active.encrypt(tile(d, 1))
+    return y, d, sent, passive.load_residual(sent, batch)
+
+
+def test_a_passive_asking_for_more_decoys_than_probes_is_refused_before_any_total(codecs, tmp_path):
+    """The reviewer's x6: 32 indicator 'decoys' for a batch of 32 read every label; now only exactly PROBES."""
+    from silo_node.vertical_guard import PROBES
+
+    active, passive = codecs
+    y, d, sent, residual = _labels_batch(codecs)
+    rng = np.random.default_rng(9)
+    for count in (len(d), PROBES + 1, PROBES - 1):
+        decoys = np.eye(len(d))[:count]
+        masks = np.stack([draw_masks(rng, len(d), True) for _ in decoys])
+        parts = [ch for c, m in zip(decoys, masks) for ch in passive.products(residual, c, m)]
+        relay, events = _ScriptedRelay({"decoy": parts, "commit": [b"\0" * 32]}), _Recorded()
+        party = _party(ActiveParty, "act", relay, events, tmp_path)
+        with pytest.raises(VerticalError, match=f"exactly {PROBES} decoys"):
+            party._answer_probe(active, "pas", 1, len(sent), len(d))
+        assert relay.sent == [], f"{count} decoys: the active party answered"
+        assert [(r["check"], r["sender"], r["step"]) for r in events.refused()] == [("probe count", "pas", 1)]
+
+
+def _indicator_probe(codecs, tmp_path, reveal):
+    """A passive commits to a seed but sends PROBES indicator decoys (8 exact labels), then reveals ``reveal``."""
+    from silo_node.vertical_guard import PROBES, probe_commitment, probe_context
+
+    active, passive = codecs
+    y, d, sent, residual = _labels_batch(codecs)
+    seed = bytes(range(32))
+    decoys = np.eye(len(d))[:PROBES]
+    masks = np.stack([draw_masks(np.random.default_rng(3), len(d), True) for _ in decoys])
+    parts = [ch for c, m in zip(decoys, masks) for ch in passive.products(residual, c, m)]
+    commitment = probe_commitment(seed, probe_context("v-1", "pas", 1, 1, len(d)))
+    relay = _ScriptedRelay({"decoy": parts, "commit": [commitment], "seed": [reveal(seed)]})
+    events = _Recorded()
+    party = _party(ActiveParty, "act", relay, events, tmp_path)
+    answered = party._answer_probe(active, "pas", 1, len(sent), len(d))
+    totals = np.frombuffer(relay.sent[0][1][0], dtype="<f8")[:PROBES] - masks.real.sum(axis=1)
+    assert ((totals < 0) == (y[:PROBES] > 0.5)).all()  # what the cheat reads in this one batch: PROBES labels
+    with pytest.raises(VerticalError, match="probe seed"):
+        party._check_probe_seed(active, "pas", 1, answered, tile(d, 1), 1)
+    return events.refused()
+
+
+def test_indicator_decoys_are_caught_when_the_committed_seed_is_revealed(codecs, tmp_path):
+    refused = _indicator_probe(codecs, tmp_path, lambda seed: seed)
+    assert len(refused) == 1 and refused[0]["check"] == "probe seed" and "differ" in refused[0]["reason"]
+
+
+def test_a_revealed_seed_that_does_not_open_the_commitment_is_caught(codecs, tmp_path):
+    refused = _indicator_probe(codecs, tmp_path, lambda seed: bytes(reversed(seed)))
+    assert len(refused) == 1 and "does not open the commitment" in refused[0]["reason"]
+
+
+def test_an_honest_committed_probe_passes_both_sides_through_ckks(codecs, tmp_path):
+    """No false alarm: the passive's real probe, answered by the real active code, checked after the reveal."""
+    from silo_node.vertical_guard import derive_probe, probe_commitment, probe_context
+
+    active, passive = codecs
+    for columns, batch in ((1, 32), (10, 32), (3, 7)):
+        d = np.random.default_rng(columns).uniform(-1, 1, batch)
+        sent = active.encrypt(tile(d, columns))
+        residual = passive.load_residual(sent, columns * batch)
+        seed = np.random.default_rng(batch).bytes(32)
+        decoys, masks = derive_probe(seed, columns, batch, True)
+        assert abs(decoys.mean()) < 0.15 and abs(decoys.std() - 1) < 0.1  # N(0, 1): the bound's premise
+        assert np.abs(masks.real).max() <= MASK_BOUND and np.abs(masks.imag).max() <= MASK_BOUND
+        parts = [ch for c, m in zip(decoys, masks) for ch in passive.products(residual, c, m)]
+        commitment = probe_commitment(seed, probe_context("v-1", "pas", 4, columns, batch))
+        relay = _ScriptedRelay({"decoy": parts, "commit": [commitment], "seed": [seed]})
+        events = _Recorded()
+        party = _party(ActiveParty, "act", relay, events, tmp_path)
+        answered = party._answer_probe(active, "pas", 4, len(sent), columns * batch)
+        reply = np.frombuffer(relay.sent[0][1][0], dtype="<f8")
+        check_probe(reply[:8] + 1j * reply[8:], masks, decoys, columns, batch)  # the passive's side passes
+        party._check_probe_seed(active, "pas", 4, answered, tile(d, columns), columns)
+        assert events.refused() == []
+
+
+@pytest.mark.parametrize(
+    ("positions", "reason"),
+    [
+        ([3, 3], "repeated"),
+        (list(range(9)) + [3], "repeated"),
+        ([-1, *range(1, 12)], r"\[0, 40\)"),
+        ([40, *range(11)], r"\[0, 40\)"),
+        (list(range(9)), "at least 10"),
+        ([1.5, *range(11)], "list of integers"),
+    ],
+    ids=["one-entity-twice", "duplicate", "negative", "past-the-end", "too-few", "not-integers"],
+)
+def test_a_passive_refuses_an_alignment_with_repeated_out_of_range_or_too_few_positions(positions, reason, tmp_path):
+    """The reviewer's x5: positions [3, 3] for min_entities = 10 were accepted; negative ones wrapped."""
+    from silo_node.vertical import PassiveParty
+
+    inbox = {"psi-a": [b"\x01" * 32 * 40], "align": [json.dumps({"positions": positions}).encode()]}
+    relay, events = _ScriptedRelay(inbox), _Recorded()
+    party = _party(PassiveParty, "pas", relay, events, tmp_path, n=40)
+    with pytest.raises(VerticalError, match="refused the active party's alignment"):
+        party._align()
+    refused = events.refused()
+    assert len(refused) == 1 and refused[0]["check"] == "alignment", events.records
+    assert re.search(reason, refused[0]["reason"]), refused[0]["reason"]
+    assert not [r for r in events.records if r["event"] == "entities_aligned"]
+
+
+def test_a_passive_accepts_a_valid_alignment(tmp_path):
+    from silo_node.vertical import PassiveParty
+
+    inbox = {"psi-a": [b"\x01" * 32 * 40], "align": [json.dumps({"positions": [7, 0, 39, *range(10, 17)]}).encode()]}
+    relay, events = _ScriptedRelay(inbox), _Recorded()
+    party = _party(PassiveParty, "pas", relay, events, tmp_path, n=40)
+    rows = party._align()
+    assert len(set(rows.tolist())) == 10 and events.refused() == []
