@@ -130,8 +130,19 @@ class ActiveParty(Party):
         for passive, found in matches.items():
             positions = [found[position_of_row[row]] for row in common_rows]
             self.relay.send_blob(passive, PartyKind.ALIGN, 0, json.dumps({"positions": positions}).encode())
-        self.passive_columns = {p: int(m["features"]) for p, m in meta.items()}
+        self.passive_columns = {p: self._declared_columns(p, m) for p, m in meta.items()}
         return {self.name: np.asarray(common_rows)}
+
+    def _declared_columns(self, passive: str, meta: dict[str, object]) -> int:
+        """A passive's column count is the one the job spec gives it: more columns would mean more
+        per-column gradient sums of the residual (the labels' signal) than the coordinator approved."""
+        expected = len(self.vertical.features[passive])
+        declared = meta.get("features")
+        if not isinstance(declared, int) or isinstance(declared, bool) or declared != expected:
+            self._refuse(
+                passive, 0, "feature count", f"declared {declared!r} feature columns; the job spec gives it {expected}"
+            )
+        return expected
 
     def _train(self, codec: VectorCodec, rows_by_party: dict[str, np.ndarray]) -> dict[str, float]:
         rows = rows_by_party[self.name]

@@ -620,3 +620,17 @@ def test_a_passive_accepts_a_valid_alignment(tmp_path):
     party = _party(PassiveParty, "pas", relay, events, tmp_path, n=40)
     rows = party._align()
     assert len(set(rows.tolist())) == 10 and events.refused() == []
+
+
+@pytest.mark.parametrize("declared", [2, 0, "1", True, None])
+def test_a_passive_declaring_other_columns_than_the_spec_gives_it_is_refused(declared, tmp_path):
+    """More columns than the coordinator approved mean more per-column gradient sums of the residual
+    (the labels' signal) to the passive; the active party holds the passive to the job spec's count."""
+    relay, events = _ScriptedRelay({}), _Recorded()
+    party = _party(ActiveParty, "act", relay, events, tmp_path)
+    expected = len(party.vertical.features["pas"])
+    assert party._declared_columns("pas", {"features": expected}) == expected
+    with pytest.raises(VerticalError, match="feature count"):
+        party._declared_columns("pas", {"features": declared})
+    refused = events.refused()
+    assert len(refused) == 1 and refused[0]["check"] == "feature count", events.records
