@@ -162,6 +162,34 @@ def test_an_unfinished_upload_fixes_no_layout_and_idle_streams_are_cancelled(agg
     assert any("nothing received for" in str(r["details"].get("reason", "")) for r in records)
 
 
+def test_a_tiny_upload_committed_first_cannot_fail_the_job(agg):
+    """Issue 11 item 9 (reviewer's x4m): silo-c commits a valid, signed 1-value ciphertext under the
+    shared key before anyone has trained. Its layout no longer binds the round: the honest uploads are
+    accepted, their sum released, the job completes, and silo-c is left out by name in the audit log."""
+    c = agg
+    job = _submit(c, "tinyfirst", rounds=1, scaling="none", round_timeout_s=60, max_round_retries=0)
+    a, b, attacker = (HandSilo(c, n) for n in ("silo-a", "silo-b", "silo-c"))
+    receipt = attacker.send(*attacker.build(job, 0, {"junk": np.zeros(1)}, 1.0))
+    assert receipt.bytes > 0  # committed first: under the old rule this fixed the round's layout
+    ups = {"a": tiny_update(11), "b": tiny_update(12)}
+    assert a.send(*a.build(job, 0, ups["a"], 2.0)).bytes > 0  # was: INVALID_ARGUMENT "layout ... differs"
+    assert b.send(*b.build(job, 0, ups["b"], 6.0)).bytes > 0
+    status = c.stub("coordinator").GetJobStatus(pb.JobRef(job_id=job), timeout=10)
+    assert status.status == "completed", status.reason
+    agg_header, manifest, agg_chunks = a.download(job, 0)
+    assert agg_header.contributors == 2
+    mean = a.decrypt(manifest, agg_chunks)
+    assert mean.total_weight == pytest.approx(8.0, abs=1e-6)
+    for name in ("w", "b"):
+        expected = (ups["a"][name] * 2.0 + ups["b"][name] * 6.0) / 8.0
+        assert np.abs(mean.tensors[name] - expected).max() < 1e-6
+    records = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
+    outvoted = [r["details"] for r in records if r["event"] == "layout_outvoted" and r["job"] == job]
+    assert len(outvoted) == 1 and outvoted[0]["contributors"] == ["silo-c"]
+    assert outvoted[0]["released_contributors"] == ["silo-a", "silo-b"]
+    assert c.processes["aggregator"].poll() is None
+
+
 # ------------------------------------------------------------------ bounded fields and audit records
 def test_megabyte_fields_are_refused_and_never_reach_the_audit_log(agg):
     c = agg

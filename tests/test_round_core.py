@@ -246,12 +246,52 @@ def test_resending_the_same_upload_is_acknowledged_and_a_different_one_refused(w
     assert len(world.events.named("upload_accepted")) == 1
 
 
-def test_first_committed_upload_fixes_the_layout(world: World) -> None:
+def test_the_layout_most_contributors_committed_is_released_not_the_first(world: World) -> None:
+    """Was test_first_committed_upload_fixes_the_layout: under the old rule b's 12-value upload was
+    refused; now it is taken, sums apart, and is outvoted (and audited) at close."""
     job = world.submit(profile="none", rounds=1)
     world.upload("a", job, 0, "none", batch=world.batch("none", values=10))
-    with pytest.raises(InvalidArgument, match="upload layout .* differs"):
-        world.upload("b", job, 0, "none", batch=world.batch("none", values=12))
-    world.upload("b", job, 0, "none")  # the fixed layout is still welcome
+    world.upload("b", job, 0, "none", batch=world.batch("none", values=12))  # no longer refused
+    world.upload("c", job, 0, "none")  # a's layout is still welcome
+    released = world.events.named("aggregate_released")[0]
+    assert released["contributors"] == ["a", "c"] and released["why"] == "all participants reported"
+    outvoted = world.events.named("layout_outvoted")
+    assert len(outvoted) == 1 and outvoted[0]["contributors"] == ["b"]
+    assert outvoted[0]["layout"].endswith("(13 values)") and outvoted[0]["released_contributors"] == ["a", "c"]
+
+
+def test_a_tiny_upload_committed_first_cannot_fail_the_round_for_everyone(world: World) -> None:
+    """Issue 11 item 9: an attacker commits a valid, signed 2-value ciphertext under the shared key
+    before anyone has trained; the honest silos' real layout is released, the attacker left out."""
+    job = world.submit(rounds=1)
+    world.upload("c", job, 0, batch=world.batch("sum", values=2, seed=7))  # wins the race, trains nothing
+    for i, silo in enumerate(["a", "b"]):
+        receipt = world.upload(silo, job, 0, batch=world.batch("sum", seed=i))
+        assert not receipt.already_received
+    assert world.round_status(job, 0) == RoundStatus.CLOSED
+    assert world.engine.store.job(job).status == JobStatus.COMPLETED  # type: ignore[union-attr]
+    manifest, chunks, contributors = world.engine.aggregate(job, 0, "a")
+    assert contributors == 2 and manifest.value_count == world.batch("sum").manifest.value_count
+    mean = decrypt_weighted_mean(SumEncryptor(world.keys), manifest, list(chunks))
+    expected = sum(np.random.default_rng(i).normal(size=10) for i in range(2)) / 2  # the attacker adds nothing
+    assert np.allclose(np.asarray(mean.tensors["w"]).ravel(), expected, atol=1e-3)
+    assert world.events.named("aggregate_released")[0]["contributors"] == ["a", "b"]
+    outvoted = world.events.named("layout_outvoted")
+    assert [o["contributors"] for o in outvoted] == [["c"]] and outvoted[0]["layout"].endswith("(3 values)")
+
+
+def test_a_tie_between_layouts_fails_the_round_naming_both(world: World) -> None:
+    job = world.submit(profile="none", rounds=1, round_timeout_s=10, max_round_retries=0)
+    world.upload("a", job, 0, "none", batch=world.batch("none", values=10))
+    world.upload("b", job, 0, "none", batch=world.batch("none", values=2))
+    world.clock.t += 10
+    world.engine.tick()
+    assert not world.events.named("aggregate_released")
+    failed = world.events.named("round_failed")[0]
+    assert failed["contributors"] == ["a", "b"]
+    assert "no layout leads, 1 contributors each; competing layouts: layout " in failed["reason"]
+    assert "(11 values) from a" in failed["reason"] and "(3 values) from b" in failed["reason"]
+    assert world.engine.store.job(job).status == JobStatus.FAILED  # type: ignore[union-attr]
 
 
 def test_a_broken_upload_is_rolled_back_and_leaves_the_sum_exact(world: World) -> None:

@@ -40,7 +40,7 @@ class ResourceExhausted(DomainError):
 
 
 class Aborted(DomainError):
-    """An upload in flight was cancelled by the round (closed, or another layout won)."""
+    """An upload in flight was cancelled by the round (it closed before the upload completed)."""
 
 
 class Cancelled(DomainError):

@@ -4,14 +4,20 @@ A round is open until every (non-declining) participant has uploaded, or until i
 deadline it closes with the contributors it has if they reach the quorum, and otherwise fails and is
 reopened (up to the job's retry limit) or fails the job with the reason. Uploads (``core.uploads``)
 are added in place into the round's sum as their chunks arrive; one that breaks off or turns out bad
-halfway is subtracted again, so a round never contains part of an upload. Vertical jobs never open
+halfway is subtracted again, so a round never contains part of an upload. Every declared layout
+(tensors, sizes, scale) sums apart for the whole round: no single contributor, say the fastest, fixes
+the layout for the others. At close the layout most contributors committed to is released if it alone
+leads and reaches the quorum; contributors of other layouts are left out and audited
+(``layout_outvoted``); a tie fails the round, naming the competing layouts. Vertical jobs never open
 a round here (``core.vertical`` runs them), so an upload to one finds no open round and is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -236,15 +242,9 @@ class RoundCore:
                 )
 
     def _accumulator_for(self, open_round: OpenRound, manifest: Manifest) -> Accumulator:
-        """The round's sum once a layout is fixed; before that, a staging sum per layout."""
-        if open_round.manifest is not None and open_round.accumulator is not None:
-            if open_round.manifest.layout_key() != manifest.layout_key():
-                raise InvalidArgument(
-                    "upload layout (tensors, sizes, scale) differs from the contributions already accepted "
-                    "in this round"
-                )
-            return open_round.accumulator
-        # nothing committed yet: an unfinished upload fixes nothing, each layout sums apart
+        """The sum of this upload's layout. Each layout sums apart for the whole round, so the first
+        committed upload decides nothing; memory stays bounded because each participant holds at most
+        one upload in flight or committed, each of at most ``max_update_values`` values."""
         accumulator = open_round.staging.get(manifest.layout_key()) or Accumulator(
             open_round.public, manifest.chunk_count
         )
@@ -256,8 +256,9 @@ class RoundCore:
             if upload.cancelled:
                 raise Aborted(upload.cancelled)
             open_round = upload.round
-            if open_round.manifest is None:  # the first committed upload fixes the round's layout
-                self._fix_layout(open_round, upload)
+            key = upload.manifest.layout_key()
+            open_round.committed.setdefault(key, upload.manifest)  # before end(): its layout's sum stays
+            open_round.layout_of[upload.silo] = key
             self.store.add_contribution(
                 open_round.job_id, open_round.round, upload.silo, upload.digest, upload.nbytes, upload.audit_head
             )
@@ -283,16 +284,6 @@ class RoundCore:
             self.feed.bump()
             return receipt
 
-    def _fix_layout(self, open_round: OpenRound, upload: Upload) -> None:
-        open_round.manifest, open_round.accumulator = upload.manifest, upload.accumulator
-        open_round.staging.clear()
-        for other in list(open_round.uploads):  # uploads of another layout can never be added now
-            if other.accumulator is not upload.accumulator:
-                other.cancel(
-                    f"an upload with another layout (tensors, sizes, scale) was accepted first in round "
-                    f"{open_round.round} of {open_round.job_id}"
-                )
-
     # ------------------------------------------------------------------ closing rounds
     def tick(self, now: float | None = None) -> None:
         """Close every round whose deadline has passed."""
@@ -307,26 +298,75 @@ class RoundCore:
             upload.cancel(
                 f"round {open_round.round} of {open_round.job_id} closed ({why}) before this upload completed"
             )
-        contributors = sorted(open_round.contributors)
+        groups = self._layout_groups(open_round)
+        now = self.clock.now()
+        top = max((len(silos) for silos in groups.values()), default=0)
+        leaders = [key for key, silos in groups.items() if len(silos) == top]
+        if len(leaders) > 1:  # no layout alone leads: releasing either would let a minority decide
+            layouts = self._describe_layouts(open_round, groups)
+            tie = f"no layout leads, {top} contributors each; competing layouts: {layouts}"
+            self._fail(open_round, sorted(open_round.contributors), why, tie, now)
+            self.feed.bump()
+            return
+        winner = leaders[0] if leaders else None
+        contributors = groups.get(winner, []) if winner is not None else []
         release = evaluate_release(self.policies.min_per_aggregate(), contributors)
         self.events.record(
             "policy_decision", "aggregator", job=open_round.job_id, round=open_round.round, **release.as_details()
         )
-        now = self.clock.now()
         quorum = len(contributors) >= self.required(open_round.spec)
-        if quorum and release.allowed and open_round.accumulator is not None and open_round.manifest is not None:
-            self._release(open_round, contributors, why, now)
+        if quorum and release.allowed and winner is not None:
+            self._outvote(open_round, groups, winner)
+            self._release(open_round, winner, contributors, why, now)
         else:
             reason = release.reasons[0] if not release.allowed else None
+            if len(groups) > 1:
+                short = f"{len(contributors)} of the required {self.required(open_round.spec)} silos contributed"
+                layouts = self._describe_layouts(open_round, groups)
+                reason = f"{reason or short + ' in the leading layout'}; competing layouts: {layouts}"
             self._fail(open_round, contributors, why, reason, now)
         self.feed.bump()
 
-    def _release(self, open_round: OpenRound, contributors: list[str], why: str, now: float) -> None:
-        """Write the round's sum, record it, and open the next round or complete the job."""
-        assert open_round.accumulator is not None and open_round.manifest is not None
+    @staticmethod
+    def _layout_groups(open_round: OpenRound) -> dict[Any, list[str]]:
+        """Committed contributors by the layout they committed, each list sorted."""
+        groups: dict[Any, list[str]] = {}
+        for silo in sorted(open_round.contributors):
+            groups.setdefault(open_round.layout_of[silo], []).append(silo)
+        return groups
+
+    @staticmethod
+    def _layout_name(manifest: Manifest) -> str:
+        """A short, bounded name for a layout in reasons and audit records (never the member's own text)."""
+        tag = hashlib.sha256(repr(manifest.layout_key()).encode()).hexdigest()[:12]
+        return f"layout {tag} ({manifest.value_count} values)"
+
+    def _describe_layouts(self, open_round: OpenRound, groups: dict[Any, list[str]]) -> str:
+        return "; ".join(
+            f"{self._layout_name(open_round.committed[key])} from {', '.join(silos)}" for key, silos in groups.items()
+        )
+
+    def _outvote(self, open_round: OpenRound, groups: dict[Any, list[str]], winner: Any) -> None:
+        """Audit, by name, every contributor whose layout lost: left out of the aggregate, never silently."""
+        for key, silos in groups.items():
+            if key == winner:
+                continue
+            self.events.record(
+                "layout_outvoted",
+                "aggregator",
+                job=open_round.job_id,
+                round=open_round.round,
+                contributors=silos,
+                layout=self._layout_name(open_round.committed[key]),
+                released_layout=self._layout_name(open_round.committed[winner]),
+                released_contributors=groups[winner],
+            )
+
+    def _release(self, open_round: OpenRound, layout: Any, contributors: list[str], why: str, now: float) -> None:
+        """Write the sum of the winning layout, record it, and open the next round or complete the job."""
         job_id, round_index, spec = open_round.job_id, open_round.round, open_round.spec
-        chunks = open_round.accumulator.serialize()
-        m = open_round.manifest
+        chunks = open_round.staging[layout].serialize()
+        m = open_round.committed[layout]
         manifest = Manifest(
             m.profile,
             m.fingerprint,

@@ -34,9 +34,11 @@ class OpenRound:
     deadline: float
     spec: JobSpec
     public: PublicContext | None
-    manifest: Manifest | None = None  # the layout of the first committed upload: fixed for the round
-    accumulator: Accumulator | None = None
-    staging: dict[Any, Accumulator] = field(default_factory=dict)  # layout -> sum, until an upload commits
+    # One sum per declared layout, for the whole round: no contributor decides the layout alone; at
+    # close the layout most contributors committed to is released (``RoundCore._close``).
+    staging: dict[Any, Accumulator] = field(default_factory=dict)  # layout -> its sum
+    committed: dict[Any, Manifest] = field(default_factory=dict)  # layout -> manifest of its first commit
+    layout_of: dict[str, Any] = field(default_factory=dict)  # contributor -> the layout it committed
     contributors: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # silo -> digest, bytes, head
     uploads: set[Upload] = field(default_factory=set)
     bytes_in: int = 0
@@ -60,7 +62,7 @@ class Upload:
         spool_dir: Path,
     ) -> None:
         self.round = round_
-        self.accumulator = accumulator  # the round's sum, or the staging sum of this layout
+        self.accumulator = accumulator  # the round's sum of this upload's layout
         self.silo = silo
         self.manifest = manifest
         self.audit_head = audit_head
@@ -97,7 +99,7 @@ class Upload:
             raise InvalidArgument(str(exc)) from None
 
     def cancel(self, why: str) -> None:
-        """The round will not take this upload (closed, or another layout won): take it out now."""
+        """The round will not take this upload (it closed): take it out now."""
         self.cancelled = why
         self.rollback()
 
@@ -114,15 +116,15 @@ class Upload:
             self.end()
 
     def _shared(self) -> bool:
-        """Does any other upload, or the round itself, still use this upload's accumulator?"""
-        return self.accumulator is self.round.accumulator or any(
+        """Does any other upload, or a committed contribution, still use this upload's accumulator?"""
+        return self.manifest.layout_key() in self.round.committed or any(
             u.accumulator is self.accumulator for u in self.round.uploads if u is not self
         )
 
     def end(self) -> None:
         """Leave the round: after a commit (the sum keeps the chunks) or a rollback (it does not)."""
         self.done = True
-        if self.round.manifest is None and not self._shared():  # nothing committed: leave no trace
+        if not self._shared():  # nothing committed in this layout: leave no trace
             self.round.staging.pop(self.manifest.layout_key(), None)
         self.round.uploads.discard(self)
         self._spool.close()
