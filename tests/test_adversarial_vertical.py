@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 
+import grpc
 import numpy as np
 import pytest
 import tenseal as ts
@@ -434,3 +435,60 @@ def test_a_lying_masked_sum_reply_is_refused_and_not_applied(world):
     assert not (c.nodes["lab"].dir / "state" / "jobs" / attacker.job_id / "vertical_model.npz").exists()
     refused = [r for r in _lab_audit(c, attacker.job_id) if r["event"] == "vertical_exchange_refused"]
     assert [r["details"]["check"] for r in refused] == ["gradient"]
+
+
+# ---------------------------------------------------------------------------------------------- the summed parts
+
+
+def _records(c: LocalConsortium, event: str) -> list[dict]:
+    lines = (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def _send_part(client: AggregatorClient, job_id: str, seq: int, payload: bytes) -> None:
+    message = pb.RelayMessage(job_id=job_id, to=AGGREGATOR, kind="u", seq=seq, payload=payload, last=True)
+    client.stub.Send(iter([message]), timeout=30)
+
+
+@pytest.mark.slow
+def test_a_partial_score_before_the_key_or_malformed_is_refused_to_its_sender(world):
+    """A passive's "u" before the active party's key is FAILED_PRECONDITION (send again later), not UNKNOWN;
+    a malformed "u" is INVALID_ARGUMENT to the passive that sent it, audited, and never stored for the
+    aggregator to trip over when an honest passive's part completes the step."""
+    c, data = world
+    spec_text = vertical_job_toml("parts", "vertical", {p: data["columns"][p] for p in PARTIES}, epochs=1)
+    spec = parse_job_spec(spec_text)
+    job_id = c.stub("coordinator").SubmitJob(pb.SubmitJobRequest(spec_toml=spec_text), timeout=30).job_id
+    imaging = AggregatorClient(f"127.0.0.1:{c.port}", c.tls("imaging"), "localhost")
+
+    with pytest.raises(grpc.RpcError) as early:
+        _send_part(imaging, job_id, 7, b"\x00" * 64)
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION, early.value.details()
+    assert "has not published its key" in early.value.details()
+
+    hospital = AggregatorClient(f"127.0.0.1:{c.port}", c.tls("hospital"), "localhost")
+    directory = c.nodes["hospital"].dir / "state" / "jobs" / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    own = load_columns(c.nodes["hospital"].data, spec.vertical.features["hospital"], "diagnosis", "patient_id")
+    party = ActiveParty(
+        job_id,
+        spec,
+        "hospital",
+        own,
+        Relay(hospital, job_id, lambda: False, timeout_s=60),
+        hospital,
+        LogSink("attacker"),
+        directory,
+        party_credentials(c, "hospital"),
+    )
+    codec = party._keys()  # the active party publishes its (endorsed) key
+
+    for malformed in (b"not a ciphertext", codec.encrypt(np.zeros(3))[0][:-40]):
+        with pytest.raises(grpc.RpcError) as bad:
+            _send_part(imaging, job_id, 7, malformed)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
+        assert "'u' part of step 7 is malformed" in bad.value.details()
+    refused = [r for r in _records(c, "rpc_refused") if r["actor"] == "imaging" and r["details"]["method"] == "Send"]
+    assert [r["details"]["code"] for r in refused] == ["FAILED_PRECONDITION", "INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+
+    _send_part(imaging, job_id, 7, codec.encrypt(np.ones(3))[0])  # a well-formed part is still accepted
