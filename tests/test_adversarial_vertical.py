@@ -481,6 +481,10 @@ def test_a_partial_score_before_the_key_or_malformed_is_refused_to_its_sender(wo
         directory,
         party_credentials(c, "hospital"),
     )
+    unsafe = pb.KeyMaterial(scope=job_id, fingerprint="0" * 64, public_context=b"x", wrapped={"../lab": b"blob"})
+    with pytest.raises(grpc.RpcError) as named:  # a member name in wrapped is a safe identifier, or refused
+        hospital.stub.PutKeyMaterial(unsafe, timeout=30)
+    assert named.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wrapped:" in named.value.details()
     codec = party._keys()  # the active party publishes its (endorsed) key
 
     for malformed in (b"not a ciphertext", codec.encrypt(np.zeros(3))[0][:-40]):
