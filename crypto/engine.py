@@ -212,6 +212,14 @@ def encrypt_weighted_update(
     weighted mean without the aggregator ever learning a single w_i. ``tags`` (contributor tag lanes,
     see crypto.contributors) travel unweighted as a last tensor named CONTRIBUTOR_TAGS.
     """
+    weighted, layout = _weighted_vector(tensors, weight, tags)
+    scale = encryptor.profile.scale_bits if scale_bits is None else scale_bits
+    chunks = encryptor.encrypt(weighted, scale)
+    return EncryptedBatch(make_manifest(encryptor, layout, weighted.shape[0], scale, chunks), chunks)
+
+
+def _weighted_vector(tensors: Mapping[str, Any], weight: float, tags: np.ndarray | None) -> tuple[np.ndarray, Layout]:
+    """The plaintext vector of :func:`encrypt_weighted_update` and its layout (tags last, weight appended)."""
     if not weight > 0:
         raise ValueRangeError(f"sample weight must be positive, got {weight}")
     if tags is not None:
@@ -220,10 +228,27 @@ def encrypt_weighted_update(
     weighted = vector * float(weight)
     if tags is not None and tags.shape[0]:
         weighted[-tags.shape[0] :] = tags
-    weighted = np.append(weighted, float(weight))
+    return np.append(weighted, float(weight)), layout
+
+
+def weighted_update_layout_key(
+    encryptor: UpdateEncryptor,
+    tensors: Mapping[str, Any],
+    weight: float,
+    scale_bits: int | None = None,
+    tags: np.ndarray | None = None,
+) -> tuple[str, str, str, int, int, int]:
+    """``Manifest.layout_key`` of what :func:`encrypt_weighted_update` would produce, without encrypting.
+
+    A silo that has no upload of its own for a round compares the aggregate's unsigned manifest with
+    this: the aggregator must not choose the layout (tensor order, offsets, tag lanes) a silo applies.
+    """
+    weighted, layout = _weighted_vector(tensors, weight, tags)
     scale = encryptor.profile.scale_bits if scale_bits is None else scale_bits
-    chunks = encryptor.encrypt(weighted, scale)
-    return EncryptedBatch(make_manifest(encryptor, layout, weighted.shape[0], scale, chunks), chunks)
+    manifest = Manifest(
+        encryptor.profile.name, encryptor.fingerprint, layout, weighted.shape[0], encryptor.values_per_chunk, scale, ()
+    )
+    return manifest.layout_key()
 
 
 @dataclass

@@ -62,8 +62,33 @@ class VectorCodec:
             [self._decode(c).real if c[:2] == SEAL_MAGIC else np.asarray(self._load(c).decrypt()) for c in chunks]
         )
 
+    def check_part(self, data: bytes) -> None:
+        """Load one chunk of a summand as it arrives: a malformed part is its sender's error, refused to it.
+
+        Raises ``CiphertextError`` unless ``data`` is a vector under this job's key (or, unencrypted, a
+        whole number of finite little-endian doubles) of at most one chunk's slots.
+        """
+        if self.context is None:
+            if len(data) % 8 or len(data) // 8 > self.slots or not np.isfinite(np.frombuffer(data, "<f8")).all():
+                raise CiphertextError(f"a part of {len(data)} bytes is not at most {self.slots} finite doubles")
+            return
+        size = self._load(data).size()
+        if size > self.slots:
+            raise CiphertextError(f"a part of {size} slots; at most {self.slots}")
+
     def add(self, parts: Sequence[Sequence[bytes]]) -> list[bytes]:
-        """Sum several encrypted vectors chunk by chunk (the aggregator's job)."""
+        """Sum several encrypted vectors chunk by chunk (the aggregator's job).
+
+        Raises ``CiphertextError`` if the parts do not add up (different chunk counts or sizes).
+        """
+        try:
+            return self._add(parts)
+        except CiphertextError:
+            raise
+        except Exception as exc:  # zip's ValueError, numpy's broadcast error, TenSEAL's C++ errors
+            raise CiphertextError(f"the parts do not add up (chunk counts or sizes differ): {exc}") from None
+
+    def _add(self, parts: Sequence[Sequence[bytes]]) -> list[bytes]:
         summed = []
         for chunk_group in zip(*parts, strict=True):
             if self.context is None:

@@ -22,8 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
 from crypto.contributors import ContributorError, own_tag, verify_tags
-from crypto.engine import UpdateEncryptor, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.engine import (
+    UpdateEncryptor,
+    decrypt_weighted_mean,
+    encrypt_weighted_update,
+    weighted_update_layout_key,
+)
 from crypto.errors import CryptoError
+from crypto.packing import Manifest
 from policies import dp
 from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
@@ -269,13 +275,8 @@ class HorizontalJob:
         weight = float(len(self.train_rows))
         tags = self._tags(round_index)
         if self._round_kind(round_index) == "stats":
-            x = self.data.features[self.train_rows]
             batch = encrypt_weighted_update(
-                self.encryptor,
-                OrderedDict([("mean", x.mean(axis=0)), ("sqmean", (x**2).mean(axis=0))]),
-                weight,
-                scale_bits=STATS_SCALE_BITS if self.spec.he_profile != "none" else None,
-                tags=tags,
+                self.encryptor, self._stats_tensors(), weight, scale_bits=self._stats_scale_bits(), tags=tags
             )
         else:
             self._check_may_train(round_index)
@@ -287,8 +288,7 @@ class HorizontalJob:
                 self._train_private(round_index, seed)
             else:
                 self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
-            new = self.model.get_weights()
-            delta = OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
+            delta = self._delta(self.model.get_weights())
             if self.spec.update_clip_norm:
                 delta = dp.clip_update(delta, self.spec.update_clip_norm)
             batch = encrypt_weighted_update(self.encryptor, delta, weight, tags=tags)
@@ -296,6 +296,44 @@ class HorizontalJob:
             self.services.private_key, self.job_id, round_index, batch.manifest, self._audit_head()
         )
         return upload, batch.chunks
+
+    def _stats_tensors(self) -> OrderedDict[str, np.ndarray]:
+        x = self.data.features[self.train_rows]
+        return OrderedDict([("mean", x.mean(axis=0)), ("sqmean", (x**2).mean(axis=0))])
+
+    def _stats_scale_bits(self) -> int | None:
+        return STATS_SCALE_BITS if self.spec.he_profile != "none" else None
+
+    def _delta(self, new: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict((k, new[k] - self.global_weights[k]) for k in new)
+
+    def _expected_layout_key(self, round_index: int) -> tuple[str, str, str, int, int, int]:
+        """The layout this silo applies a round's aggregate under: its own upload's, never the aggregator's word.
+
+        Without an upload (declined round, no cache) it is the layout its upload would have had: the same
+        packing as ``_prepare_upload`` over the statistics or over a zero update of the global weights.
+        """
+        cache = self.dir / f"upload-{round_index:05d}.bin"
+        if cache.exists():
+            header, _ = read_upload(cache)
+            return SignedUpload.from_proto(header).manifest.layout_key()
+        weight, tags = float(max(len(self.train_rows), 1)), self._tags(round_index)
+        if self._round_kind(round_index) == "stats":
+            return weighted_update_layout_key(
+                self.encryptor, self._stats_tensors(), weight, self._stats_scale_bits(), tags
+            )
+        return weighted_update_layout_key(self.encryptor, self._delta(self.global_weights), weight, tags=tags)
+
+    def _check_layout(self, round_index: int, manifest: Manifest) -> None:
+        """Refuse an aggregate whose (unsigned) layout differs from this silo's: swapped tensors or shifted lanes."""
+        expected = self._expected_layout_key(round_index)
+        got = manifest.layout_key()
+        if got != expected:
+            fields = ("profile", "fingerprint", "layout", "value_count", "values_per_chunk", "scale_bits")
+            differ = [f for f, a, b in zip(fields, got, expected, strict=True) if a != b]
+            reason = f"round {round_index}: the aggregate's {', '.join(differ)} differ from this silo's upload layout"
+            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=reason)
+            raise RoundRefused([f"aggregate of round {round_index} refused: {reason}"])
 
     def _reserved_epsilon(self) -> float:
         """The epsilon reserved for this job when it was accepted (the ledger's, not what a spec says now)."""
@@ -355,6 +393,7 @@ class HorizontalJob:
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
         check_digests(manifest, chunks)
+        self._check_layout(round_index, manifest)
         try:  # the same bytes decrypt the same way: a bad aggregate is the aggregator's doing, not bad luck
             mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
         except CryptoError as exc:

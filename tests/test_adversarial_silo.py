@@ -32,7 +32,7 @@ from crypto.engine import (
     encrypt_weighted_update,
 )
 from crypto.keys import generate_key_set, load_public_context
-from crypto.packing import Layout, Manifest, chunk_digest, unpack
+from crypto.packing import Layout, Manifest, TensorSpec, chunk_digest, unpack
 from crypto.seal_io import load_ciphertext, save_bytes
 from protocol import cipherfed_pb2 as pb
 from protocol import cipherfed_pb2_grpc as pbg
@@ -316,6 +316,46 @@ def test_dropped_own_upload_after_receipt_is_refused(arena):
     arena.serve(job_id, 0, [b, c], claimed=3)
     node.handle(task(job_id, spec, 1, 1))
     _assert_refused(arena, node, job_id, "does not contain it")
+
+
+def _swapped(manifest: Manifest) -> Manifest:
+    """The same manifest with the first two tensors in swapped order (offsets shifted); the tag lanes stay last."""
+    first, second, *rest = manifest.layout.tensors
+    specs, offset = [], 0
+    for t in [second, first, *rest]:
+        specs.append(TensorSpec(t.name, t.shape, t.dtype, offset, t.kind))
+        offset += t.size
+    return Manifest(
+        manifest.profile,
+        manifest.fingerprint,
+        Layout(tuple(specs), offset),
+        manifest.value_count,
+        manifest.values_per_chunk,
+        manifest.scale_bits,
+        (),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaling", ["local", "federated"])  # a training round; the statistics round
+@pytest.mark.parametrize("cached", [True, False])  # against its own upload; against the layout it would upload
+def test_aggregate_under_a_permuted_layout_is_refused(arena, scaling, cached):
+    """An honest 3-silo sum served with two tensors swapped (weight/bias, mean/sqmean): tags and weights all
+    check out, so only the layout tells; the silo takes its own, never the aggregator's unsigned one."""
+    node = arena.node()
+    job_id, spec = arena.job(scaling=scaling)
+    a = _round0(arena, node, job_id, spec)
+    names = [t.name for t in a.manifest.layout.tensors]
+    assert names[:2] == ["mean", "sqmean"] if scaling == "federated" else len(names) >= 3, names
+    b = arena.member_upload("silo-b", job_id, 0, a.manifest, 1)
+    c = arena.member_upload("silo-c", job_id, 0, a.manifest, 2)
+    chunks = accumulate_batches(arena.public, arena.consortium.fingerprint, [a, b, c]).serialize()
+    arena.publish(job_id, 0, _swapped(a.manifest), chunks)
+    if not cached:
+        (node.config.state_dir / "jobs" / job_id / "upload-00000.bin").unlink()
+    node.handle(task(job_id, spec, 1, 1))
+    _assert_refused(arena, node, job_id, "layout differ from this silo's upload layout")
+    assert not audit(arena, "aggregate_decrypted", job_id)
 
 
 # ---------------------------------------------------------------------------------------------- round bounds

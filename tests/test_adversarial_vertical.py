@@ -14,6 +14,7 @@ import json
 import re
 import time
 
+import grpc
 import numpy as np
 import pytest
 import tenseal as ts
@@ -634,3 +635,64 @@ def test_a_passive_declaring_other_columns_than_the_spec_gives_it_is_refused(dec
         party._declared_columns("pas", {"features": declared})
     refused = events.refused()
     assert len(refused) == 1 and refused[0]["check"] == "feature count", events.records
+
+
+# ---------------------------------------------------------------------------------------------- the summed parts
+
+
+def _records(c: LocalConsortium, event: str) -> list[dict]:
+    lines = (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def _send_part(client: AggregatorClient, job_id: str, seq: int, payload: bytes) -> None:
+    message = pb.RelayMessage(job_id=job_id, to=AGGREGATOR, kind="u", seq=seq, payload=payload, last=True)
+    client.stub.Send(iter([message]), timeout=30)
+
+
+@pytest.mark.slow
+def test_a_partial_score_before_the_key_or_malformed_is_refused_to_its_sender(world):
+    """A passive's "u" before the active party's key is FAILED_PRECONDITION (send again later), not UNKNOWN;
+    a malformed "u" is INVALID_ARGUMENT to the passive that sent it, audited, and never stored for the
+    aggregator to trip over when an honest passive's part completes the step."""
+    c, data = world
+    spec_text = vertical_job_toml("parts", "vertical", {p: data["columns"][p] for p in PARTIES}, epochs=1)
+    spec = parse_job_spec(spec_text)
+    job_id = c.stub("coordinator").SubmitJob(pb.SubmitJobRequest(spec_toml=spec_text), timeout=30).job_id
+    imaging = AggregatorClient(f"127.0.0.1:{c.port}", c.tls("imaging"), "localhost")
+
+    with pytest.raises(grpc.RpcError) as early:
+        _send_part(imaging, job_id, 7, b"\x00" * 64)
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION, early.value.details()
+    assert "has not published its key" in early.value.details()
+
+    hospital = AggregatorClient(f"127.0.0.1:{c.port}", c.tls("hospital"), "localhost")
+    directory = c.nodes["hospital"].dir / "state" / "jobs" / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    own = load_columns(c.nodes["hospital"].data, spec.vertical.features["hospital"], "diagnosis", "patient_id")
+    party = ActiveParty(
+        job_id,
+        spec,
+        "hospital",
+        own,
+        Relay(hospital, job_id, lambda: False, timeout_s=60),
+        hospital,
+        LogSink("attacker"),
+        directory,
+        party_credentials(c, "hospital"),
+    )
+    unsafe = pb.KeyMaterial(scope=job_id, fingerprint="0" * 64, public_context=b"x", wrapped={"../lab": b"blob"})
+    with pytest.raises(grpc.RpcError) as named:  # a member name in wrapped is a safe identifier, or refused
+        hospital.stub.PutKeyMaterial(unsafe, timeout=30)
+    assert named.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wrapped:" in named.value.details()
+    codec = party._keys()  # the active party publishes its (endorsed) key
+
+    for malformed in (b"not a ciphertext", codec.encrypt(np.zeros(3))[0][:-40]):
+        with pytest.raises(grpc.RpcError) as bad:
+            _send_part(imaging, job_id, 7, malformed)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
+        assert "'u' part of step 7 is malformed" in bad.value.details()
+    refused = [r for r in _records(c, "rpc_refused") if r["actor"] == "imaging" and r["details"]["method"] == "Send"]
+    assert [r["details"]["code"] for r in refused] == ["FAILED_PRECONDITION", "INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+
+    _send_part(imaging, job_id, 7, codec.encrypt(np.ones(3))[0])  # a well-formed part is still accepted

@@ -13,6 +13,7 @@ from aggregator.core.errors import Forbidden, InvalidArgument, NotFound
 from aggregator.core.store_contract import JobStore
 from aggregator.core.views import KeyMaterialOffer, KeyMaterialView
 from aggregator.keyring import PublicKeyring
+from aggregator.limits import check_name
 from audit.events import EventSink
 from crypto import pki
 from crypto.endorsement import (
@@ -93,6 +94,8 @@ class KeyDirectory:
     def put(self, caller: pki.Identity, offer: KeyMaterialOffer, anchors: TrustAnchors) -> str:
         """Check and store; returns what was stored, in words."""
         check_scope_owner(self.store, offer.scope, caller.name)
+        for name in offer.wrapped:  # member names index stored blobs: safe identifiers only
+            check_name(name, "wrapped")
         try:
             public = load_public_context(offer.public_context)  # refuses a secret export
         except CryptoError as exc:

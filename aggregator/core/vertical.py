@@ -19,6 +19,7 @@ from aggregator.core.store_contract import JobStore
 from aggregator.core.views import RelayDelivery, RelayOffer, RoundView
 from aggregator.limits import check_job_id, check_name
 from audit.events import EventSink
+from crypto.errors import CryptoError
 from crypto.keys import load_public_context
 from crypto.vertical_codec import VectorCodec
 from protocol.jobspec import JobSpec
@@ -75,6 +76,10 @@ class VerticalJobs:
         if m.to == AGGREGATOR_RECIPIENT:
             if m.kind not in SUMMED_KIND or spec.vertical is None or sender not in spec.vertical.passive:
                 raise Forbidden("only passive parties send partial scores to the aggregator")
+            try:
+                self._codec(m.job_id, spec).check_part(m.payload)
+            except CryptoError as exc:
+                raise InvalidArgument(f"payload: a {m.kind!r} part of step {m.seq} is malformed: {exc}") from None
             return True
         if m.to not in spec.participants:
             raise Forbidden(f"{m.to!r} is not a party of this job")
@@ -110,8 +115,13 @@ class VerticalJobs:
                 else:
                     found = self.store.key_material(job_id)
                     if found is None:
-                        raise LookupError(f"job {job_id} has no public context yet")
-                    public = load_public_context(found[1])  # refuses anything holding a secret key
+                        raise PreconditionFailed(
+                            f"job {job_id}: the active party has not published its key yet; send again later"
+                        )
+                    try:
+                        public = load_public_context(found[1])  # refuses anything holding a secret key
+                    except CryptoError as exc:
+                        raise PreconditionFailed(f"job {job_id}: the published key is unusable: {exc}") from None
                     codec = VectorCodec(public.tenseal_context)
                 self._codecs[job_id] = codec
             return codec
@@ -123,7 +133,10 @@ class VerticalJobs:
         parts = [self.store.relay_peek(job_id, AGGREGATOR_RECIPIENT, kind, seq, p) for p in passives]
         if any(not part for part in parts):
             return False
-        total = self._codec(job_id, spec).add(parts)
+        try:  # each part loaded when it arrived; only parts that disagree with each other fail here
+            total = self._codec(job_id, spec).add(parts)
+        except CryptoError as exc:
+            raise InvalidArgument(f"the passive parties' {kind!r} parts of step {seq} do not add up: {exc}") from None
         with self.store.transaction():
             for p in passives:
                 self.store.relay_take(job_id, AGGREGATOR_RECIPIENT, kind, seq, p)
