@@ -552,11 +552,11 @@ def test_job_not_naming_this_silo_reads_nothing_and_reserves_nothing(arena):
         )
     ).model_dump_json()
     node.handle(task(job_id, spec, 0, 0))
+    assert not audit(arena, "dataset_used", job_id)
+    assert node.ledger.reservation(str(node.config.data.path.resolve()), job_id) is None
     assert job_id in node.ignored and (job_id, 0) not in arena.hostile.uploads
     (declined,) = audit(arena, "job_declined", job_id)
     assert "not this node (silo-a)" in declined["details"]["reasons"][0]
-    assert not audit(arena, "dataset_used", job_id)
-    assert node.ledger.reservation(str(node.config.data.path.resolve()), job_id) is None
 
 
 @pytest.mark.slow
