@@ -14,8 +14,10 @@ import grpc
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from crypto import pki
+from crypto.engine import UpdateEncryptor
 from crypto.errors import CryptoError
 from crypto.signing import sign_digest
+from policies import dp
 from policies.decision import Decision
 from policies.evaluate import evaluate_site, evaluate_without_site_policy
 from policies.schema import load_site_policy
@@ -28,7 +30,7 @@ from protocol.version import __version__
 from protocol.vocabulary import JobStatus
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
-from silo_node.data import DataError, LocalData, load_columns
+from silo_node.data import DataError, LocalData, load_columns, split
 from silo_node.horizontal import HorizontalJob, RoundRefused, SiloServices
 from silo_node.keys import FetchedKey, NodeKeys, key_trust
 from silo_node.peer import aggregator_certificate
@@ -134,10 +136,22 @@ class SiloNode:
         except ValueError as exc:
             raise JobRefused([f"offered job refused: {exc}"]) from None
         try:
-            return job_spec_from_json(task.spec_json, f"job spec of {task.job_id}")
+            spec = job_spec_from_json(task.spec_json, f"job spec of {task.job_id}")
         except ConfigError as exc:
             problems = "; ".join(f"{field}: {reason}" for field, reason in exc.problems)
             raise JobRefused([f"offered job spec is not valid: {problems}"[:2000]]) from None
+        # A job that does not name this node is not this node's to run: refused before a row is read
+        # or any privacy budget reserved (an aggregator could otherwise drain the budget with such offers).
+        me = self.config.name
+        if me not in spec.participants or (spec.vertical is not None and me not in spec.vertical.features):
+            listed = ", ".join(spec.participants[:20])
+            raise JobRefused(
+                [
+                    f"participants: job {task.job_id} lists [{listed}], not this node ({me}); "
+                    "a silo only runs jobs that name it: submit the job with this silo among its participants"
+                ]
+            )
+        return spec
 
     def _dataset_key(self) -> str:
         return str(self.config.data.path.resolve())
@@ -195,6 +209,37 @@ class SiloNode:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             raise JobRefused([f"HE key: {detail}"]) from None
         data = self._load_for_job(job_id, spec.dataset.features, spec.dataset.label, None)
+        plan = self._dp_plan(spec, data)
+        newly_reserved = spec.dp is not None and self.ledger.reservation(self._dataset_key(), job_id) is None
+        try:
+            return self._accept_horizontal(job_id, spec, data, encryptor, plan)
+        except BaseException:
+            if newly_reserved and self.ledger.release(self._dataset_key(), job_id):
+                self.events.record("dp_budget_released", self.config.name, job=job_id, reason="job not accepted")
+            raise
+
+    def _dp_plan(self, spec: JobSpec, data: LocalData) -> dp.DPPlan | None:
+        """The job's DP-SGD noise, calibrated before any budget is reserved: an epsilon the accountant cannot
+        reach on this dataset (opacus raises ValueError) is a refusal with what to do, not a crash."""
+        if spec.dp is None:
+            return None
+        n_train = len(split(data, self.config.data.validation_fraction, 0)[0])  # the count is seed-independent
+        try:
+            return dp.plan(spec, n_train)
+        except ValueError as exc:
+            raise JobRefused(
+                [
+                    f"dp.epsilon: {spec.dp.epsilon:g} is too small for this dataset ({n_train} training rows, "
+                    f"{spec.rounds} rounds x {spec.local_epochs} epochs at batch_size {spec.batch_size}): "
+                    f"no noise level reaches it ({exc}); resubmit with a larger epsilon, fewer rounds or epochs, "
+                    "or a smaller batch_size"[:2000]
+                ]
+            ) from None
+
+    def _accept_horizontal(
+        self, job_id: str, spec: JobSpec, data: LocalData, encryptor: UpdateEncryptor, plan: dp.DPPlan | None
+    ) -> HorizontalJob:
+        """Reserve the job's epsilon and build the job; the caller releases the reservation if this fails."""
         if spec.dp is not None:
             self.ledger.reserve(self._dataset_key(), job_id, spec.dp.epsilon, spec.dp.delta)
             self._check_ledger(job_id)
@@ -209,14 +254,6 @@ class SiloNode:
                 total_epsilon=total,
                 budget=budget,
             )
-        self.events.record(
-            "job_accepted",
-            self.config.name,
-            job=job_id,
-            he_profile=spec.he_profile,
-            key_fingerprint=encryptor.fingerprint,
-            dp_epsilon=spec.dp.epsilon if spec.dp else None,
-        )
         services = SiloServices(
             self.config.name,
             self.client,
@@ -230,9 +267,24 @@ class SiloNode:
             allowed_factories=tuple(self.site_policy.allowed_factories) if self.site_policy else (),
             min_contributors=self.site_policy.min_contributors if self.site_policy else 2,
         )
-        return HorizontalJob(
-            job_id, spec, self.config.state_dir / "jobs" / job_id, data, services, self.config.data.validation_fraction
+        job = HorizontalJob(
+            job_id,
+            spec,
+            self.config.state_dir / "jobs" / job_id,
+            data,
+            services,
+            self.config.data.validation_fraction,
+            dp_plan=plan,
         )
+        self.events.record(
+            "job_accepted",
+            self.config.name,
+            job=job_id,
+            he_profile=spec.he_profile,
+            key_fingerprint=encryptor.fingerprint,
+            dp_epsilon=spec.dp.epsilon if spec.dp else None,
+        )
+        return job
 
     def _check_ledger(self, job_id: str) -> None:
         """The privacy ledger must never show more epsilon spent on a job than was reserved for it."""
@@ -296,11 +348,19 @@ class SiloNode:
         try:
             job = self._job(task)
         except (JobRefused, RoundRefused) as exc:
-            self.ignored.add(task.job_id)
-            job_id = task.job_id if is_safe_name(task.job_id, MAX_ID) else repr(task.job_id[:MAX_ID])
-            self.events.record("job_declined", self.config.name, job=job_id, reasons=exc.reasons)
-            if task.job_status == JobStatus.RUNNING:
-                self.client.decline(task.job_id, -1, exc.reasons)
+            self._decline_offer(task, exc.reasons)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise  # the aggregator is unreachable: the run loop backs off and the offer comes again
+            self._decline_offer(
+                task, [f"{self.config.name} could not accept the job: {exc.code().name}: {exc.details()}"]
+            )
+            return
+        except Exception as exc:  # one job's offer must never stop the node, whatever it holds
+            self._decline_offer(
+                task, [f"{self.config.name} could not accept the job: {type(exc).__name__}: {exc}"[:2000]]
+            )
             return
         try:
             job.step(task)
@@ -337,6 +397,14 @@ class SiloNode:
             if _is_finished(job):
                 self.finished.add(task.job_id)
                 self.jobs.pop(task.job_id, None)
+
+    def _decline_offer(self, task: pb.Task, reasons: list[str]) -> None:
+        """Leave an offered job for good: audited, told to the aggregator, never offered to this loop again."""
+        self.ignored.add(task.job_id)
+        job_id = task.job_id if is_safe_name(task.job_id, MAX_ID) else repr(task.job_id[:MAX_ID])
+        self.events.record("job_declined", self.config.name, job=job_id, reasons=reasons)
+        if task.job_status == JobStatus.RUNNING:
+            self.client.decline(task.job_id, -1, reasons)
 
     # ------------------------------------------------------------------ loop
     def _heartbeat(self, server_time_ms: int) -> None:

@@ -80,6 +80,7 @@ class HorizontalJob:
         data: LocalData,
         services: SiloServices,
         validation_fraction: float = 0.2,
+        dp_plan: dp.DPPlan | None = None,
     ) -> None:
         self.job_id, self.spec, self.dir, self.data = job_id, spec, directory, data
         self.services = services
@@ -96,7 +97,9 @@ class HorizontalJob:
             std = x.std(axis=0)
             std[std < 1e-8] = 1.0
             self.state.mean, self.state.std = x.mean(axis=0).tolist(), std.tolist()
-        self.dp_plan = dp.plan(spec, len(self.train_rows)) if spec.dp is not None else None
+        if dp_plan is None and spec.dp is not None:  # the node calibrates before it reserves; this is a fallback
+            dp_plan = dp.plan(spec, len(self.train_rows))
+        self.dp_plan = dp_plan if spec.dp is not None else None
         if self.dp_plan is not None:
             self._check_history_matches_ledger()
         self.model = make_adapter(spec, data.features.shape[1], services.allowed_factories)

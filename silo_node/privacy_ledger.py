@@ -44,6 +44,20 @@ class PrivacyLedger:
                 "INSERT OR IGNORE INTO reservations VALUES (?,?,?,?,?)", (dataset, job_id, epsilon, delta, time.time())
             )
 
+    def release(self, dataset: str, job_id: str) -> bool:
+        """Drop a job's reservation if nothing was ever spent on it (a job refused while being accepted).
+
+        Spent epsilon is never given back: a reservation with recorded spending stays, whatever happens
+        to the job. Returns whether a reservation was released.
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM reservations WHERE dataset = ? AND job_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM spends WHERE dataset = ? AND job_id = ?)",
+                (dataset, job_id, dataset, job_id),
+            )
+        return cursor.rowcount > 0
+
     def reservation(self, dataset: str, job_id: str) -> float | None:
         """The epsilon reserved for one job when it was accepted, or None if it never was."""
         with self._lock:

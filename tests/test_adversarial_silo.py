@@ -572,3 +572,43 @@ def test_statistics_scale_total_weight_of_64_silos_decrypts_as_whole(keyset):
         mean = decrypt_weighted_mean(enc, batches[0].manifest, chunks)
         assert mean.total_weight == pytest.approx(64 * 500.0, abs=0.01)
         assert np.abs(mean.tensors["m"] - 3.0).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_job_not_naming_this_silo_reads_nothing_and_reserves_nothing(arena):
+    """An aggregator offers the silo a DP job of other members: no row read, no epsilon reserved."""
+    node = arena.node()
+    arena.counter += 1
+    job_id = f"job-{arena.counter:04d}"
+    spec = parse_job_spec(
+        job_toml(
+            "others",
+            ["silo-b", "silo-c"],
+            arena.consortium.fingerprint,
+            COLUMNS,
+            rounds=2,
+            scaling="local",
+            extra="[dp]\nepsilon = 1.0\ndelta = 1e-5\n",
+        )
+    ).model_dump_json()
+    node.handle(task(job_id, spec, 0, 0))
+    assert not audit(arena, "dataset_used", job_id)
+    assert node.ledger.reservation(str(node.config.data.path.resolve()), job_id) is None
+    assert job_id in node.ignored and (job_id, 0) not in arena.hostile.uploads
+    (declined,) = audit(arena, "job_declined", job_id)
+    assert "not this node (silo-a)" in declined["details"]["reasons"][0]
+
+
+@pytest.mark.slow
+def test_unreachable_epsilon_is_refused_before_any_reservation(arena):
+    """epsilon = 0.001 cannot be reached on this dataset: the job is declined with what to do, nothing reserved,
+    and the same node object keeps taking jobs (no exception out of ``handle``)."""
+    node = arena.node()
+    job_id, spec = _dp_job(arena, epsilon=0.001)
+    node.handle(task(job_id, spec, 0, 0))
+    (declined,) = audit(arena, "job_declined", job_id)
+    assert "dp.epsilon: 0.001 is too small for this dataset" in declined["details"]["reasons"][0]
+    assert any(j == job_id and "too small" in r[0] for j, _, r in arena.hostile.declines)
+    assert _ledger(node, job_id) == (0.0, 0.0)
+    assert node.ledger.reservation(str(node.config.data.path.resolve()), job_id) is None
+    assert not audit(arena, "job_accepted", job_id)
