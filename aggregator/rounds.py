@@ -36,7 +36,7 @@ from crypto.signing import update_digest, verify_digest
 from policies.evaluate import evaluate_member, evaluate_release, evaluate_submission
 from policies.schema import ConsortiumPolicy, PolicyFile
 from protocol import cipherfed_pb2 as pb
-from protocol.jobspec import JobSpec, job_spec_from_json, parse_job_spec
+from protocol.jobspec import KEYED_PROFILES, JobSpec, job_spec_from_json, parse_job_spec
 from protocol.messages import MAX_CHUNK_BYTES, manifest_from_proto
 from protocol.names import safe_job_id
 from protocol.tomlconfig import ConfigError
@@ -275,7 +275,7 @@ class JobEngine:
                 "set allow_plaintext_jobs = true in aggregator.toml (or allow 'none' in the consortium policy) "
                 "for a comparison run",
             )
-        if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
+        if spec.he_profile in KEYED_PROFILES and self.keyring.get(spec.key_fingerprint or "") is None:
             known = ", ".join(self.keyring.fingerprints()) or "none"
             raise Refusal(
                 Code.FAILED_PRECONDITION,
@@ -331,7 +331,7 @@ class JobEngine:
         self._bump()
 
     def _open_round(self, job_id: str, spec: JobSpec, round_index: int, attempt: int, now: float) -> None:
-        public = self.keyring.get(spec.key_fingerprint or "") if spec.he_profile == "sum" else None
+        public = self.keyring.get(spec.key_fingerprint or "") if spec.he_profile in KEYED_PROFILES else None
         deadline = now + spec.round_timeout_s
         self._open[job_id] = OpenRound(job_id, round_index, attempt, now, deadline, spec, public)
         self.store.upsert_round(job_id, round_index, OPEN, attempt, now, deadline)
@@ -396,7 +396,7 @@ class JobEngine:
             verify_digest(cert, digest, bytes(header.signature))
         except SignatureError as exc:
             raise Refusal(Code.PERMISSION_DENIED, f"upload signature rejected: {exc}") from None
-        expected_fp = spec.key_fingerprint if spec.he_profile == "sum" else PLAIN_FINGERPRINT
+        expected_fp = spec.key_fingerprint if spec.he_profile in KEYED_PROFILES else PLAIN_FINGERPRINT
         if manifest.fingerprint != expected_fp or manifest.profile != spec.he_profile:
             raise Refusal(
                 Code.FAILED_PRECONDITION,
