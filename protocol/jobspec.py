@@ -157,7 +157,7 @@ class CompactSpec(Strict):
         ge=MIN_BITS,
         le=MAX_BITS,
         description="bits per quantized value; default: the widest that keeps two lanes per real "
-        "for max_silos (16 for up to 16 silos, 14 for up to 64)",
+        "for max_silos (16 at 16 silos, 14 at 64, more for fewer silos)",
     )
     bound: float | None = Field(
         None, ge=MIN_BOUND, le=MAX_BOUND, description="update values are clipped to ±bound; default 1.0"
