@@ -1,4 +1,4 @@
-"""Wall time of a federated round with HE (profile sum) vs without (profile none), same job.
+"""Wall time of a federated round with HE (profile sum or compact) vs without (profile none), same job.
 
 4 silo processes and the aggregator over mTLS on 127.0.0.1, a torch MLP of about 1M parameters
 (100 -> 2048 -> 400 -> 1), synthetic data, 3 rounds each. A round's wall time is from the moment it
@@ -14,6 +14,11 @@ no network, the CPU the HE arithmetic of one round needs: when it exceeds the CP
 room for, no transport or protocol change can meet the target at that workload on this machine.
 
     python -m benchmarks.round_overhead --json OUT
+    python -m benchmarks.round_overhead --profile compact --json OUT
+
+With ``--profile compact`` the headline keys describe the compact profile (weight cap = records per
+silo, default quantization), and ``sum_profile`` holds the sum profile's figures measured in the
+same consortium right after it, so that the two compare on equal machine load.
 """
 
 from __future__ import annotations
@@ -32,7 +37,14 @@ import tenseal.sealapi as seal
 
 from benchmarks.common import emit, machine
 from cipherfed.localconsortium import LocalConsortium, job_toml
-from crypto.engine import SumEncryptor, accumulate_batches, decrypt_weighted_mean, encrypt_weighted_update
+from crypto.compact import CompactEncryptor, CompactParams
+from crypto.engine import (
+    EncryptedBatch,
+    SumEncryptor,
+    accumulate_batches,
+    decrypt_weighted_mean,
+    encrypt_weighted_update,
+)
 from crypto.keys import generate_key_set, load_public_context
 from protocol import cipherfed_pb2 as pb
 from protocol.vocabulary import JobStatus
@@ -85,25 +97,35 @@ def _measure(c: LocalConsortium, stub: Any, spec: str, params: int, silos: int) 
     }
 
 
-def crypto_cpu_per_round(params: int, silos: int, repeats: int = 3) -> dict[str, float]:
+def crypto_cpu_per_round(params: int, silos: int, repeats: int = 3, profile: str = "sum") -> dict[str, float]:
     """CPU seconds of one round's HE arithmetic, with the engine the nodes use, in this process.
 
     Per silo: encrypt its weighted update, and decrypt the aggregate. At the aggregator: verify,
     load and add every silo's upload, and serialize the sum. No network, disk or gRPC. The least of
     ``repeats`` runs is reported (the first pays SEAL's memory-pool allocations): a lower bound.
     """
-    keys = generate_key_set("sum")
+    keys = generate_key_set(profile)
     public = load_public_context(keys.export_public())
-    encryptor = SumEncryptor(keys)
     update = np.random.default_rng(1).normal(0, 0.01, params)
+    compact = CompactEncryptor(keys, CompactParams(16, 1.0, max(silos, 2), 2000)) if profile == "compact" else None
+    encryptor = SumEncryptor(keys) if compact is None else None
     best = {"silo_encrypt_s": float("inf"), "aggregator_s": float("inf"), "silo_decrypt_s": float("inf")}
     for _ in range(repeats):
         t0 = time.process_time()
-        batch = encrypt_weighted_update(encryptor, {"update": update}, 2000.0)
+        batch: EncryptedBatch
+        if compact is not None:
+            batch = compact.encrypt_update({"update": update}, 2000.0)
+        else:
+            assert encryptor is not None
+            batch = encrypt_weighted_update(encryptor, {"update": update}, 2000.0)
         t1 = time.process_time()
         chunks = accumulate_batches(public, keys.fingerprint, [batch] * silos).serialize()
         t2 = time.process_time()
-        decrypt_weighted_mean(encryptor, batch.manifest, chunks)
+        if compact is not None:
+            compact.decrypt_mean(batch.manifest, chunks)
+        else:
+            assert encryptor is not None
+            decrypt_weighted_mean(encryptor, batch.manifest, chunks)
         t3 = time.process_time()
         for label, seconds in (("silo_encrypt_s", t1 - t0), ("aggregator_s", t2 - t1), ("silo_decrypt_s", t3 - t2)):
             best[label] = min(best[label], seconds)
@@ -161,6 +183,7 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
     names = [f"silo-{i + 1}" for i in range(args.silos)]
     c = LocalConsortium(workdir / f"rows-{rows}", names)
     c.provision()
+    compact_fp = c.add_he_key("compact") if args.profile == "compact" else ""
     rng = np.random.default_rng(0)
     true_w = rng.normal(size=args.features)
     columns = [f"x{i}" for i in range(args.features)]
@@ -179,7 +202,19 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
     )
 
     def spec_for(name: str, profile: str, rounds: int) -> str:
-        spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, rounds=rounds, **common)
+        if profile == "compact":  # default quantization; the weight cap is the records per silo
+            spec = job_toml(
+                name,
+                names,
+                compact_fp,
+                columns,
+                he_profile=profile,
+                rounds=rounds,
+                compact=f"weight_cap = {rows}",
+                **common,
+            )
+        else:
+            spec = job_toml(name, names, c.fingerprint, columns, he_profile=profile, rounds=rounds, **common)
         return spec.replace('scaling = "federated"', 'scaling = "none"')
 
     try:
@@ -187,9 +222,21 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
         # Warm-up (excluded): process start-up, imports and first allocations in every node.
         _run_job(c, stub, spec_for("bench-warmup", "none", 1))
         plain = _measure(c, stub, spec_for("bench-none", "none", args.rounds), params, args.silos)
-        he = _measure(c, stub, spec_for("bench-sum", "sum", args.rounds), params, args.silos)
+        he = _measure(c, stub, spec_for(f"bench-{args.profile}", args.profile, args.rounds), params, args.silos)
+        sum_he = (
+            _measure(c, stub, spec_for("bench-sum", "sum", args.rounds), params, args.silos)
+            if (args.profile != "sum")
+            else None
+        )
     finally:
         c.stop_all()
+    result = _ratios(he, plain, rows)
+    if sum_he is not None:
+        result["sum_profile"] = _ratios(sum_he, plain, rows)
+    return result
+
+
+def _ratios(he: dict[str, Any], plain: dict[str, Any], rows: int) -> dict[str, Any]:
     ratio = he["round_s"] / plain["round_s"]
     cpus = os.cpu_count() or 1
     return {
@@ -220,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--profile", choices=("sum", "compact"), default="sum", help="the HE profile measured")
     args = parser.parse_args(argv)
     hidden = [int(h) for h in args.hidden.split(",")]
     row_counts = [int(r) for r in args.rows.split(",")]
@@ -227,13 +275,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = sum(a * b + b for a, b in itertools.pairwise(sizes))
     # One torch thread per process: 5 processes share the machine's cores in both modes alike.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    crypto = crypto_cpu_per_round(params + 1, args.silos)  # +1: the appended sample weight
+    crypto = crypto_cpu_per_round(params + 1, args.silos, profile=args.profile)  # +1: the appended sample weight
     floor = seal_arithmetic_per_round(params + 1, args.silos)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))
     sweep = [_compare(args, workdir, rows, hidden, params) for rows in row_counts]
     headline = sweep[0]
     result = {
         "benchmark": "round_overhead",
+        "profile": args.profile,
         "silos": args.silos,
         "rounds": args.rounds,
         "model_parameters": params,
@@ -251,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "crypto_cpu_s_per_round": crypto,
         "seal_arithmetic_cpu_s_per_round": floor,
         "sweep": sweep,
+        **({"sum_profile": headline["sum_profile"]} if "sum_profile" in headline else {}),
         "target_met_at_rows": [s["rows_per_silo"] for s in sweep if s["target_met"]],
         "note": (
             "headline figures are the first --rows value; a warm-up job runs first; round 0 of each job is "

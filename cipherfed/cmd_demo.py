@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
         metavar="HOST:PORT",
         help="serve the aggregator's Prometheus metrics here during the demo (e.g. 127.0.0.1:9464)",
     )
+    demo.add_argument(
+        "--he-profile",
+        choices=["sum", "compact"],
+        default="sum",
+        help="compact: quantized integer lanes (bits, bound, weight cap in the job spec; local scaling)",
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -60,5 +66,6 @@ def _run(args: argparse.Namespace) -> int:
         args.json,
         dp_epsilon=args.dp_epsilon,
         metrics_listen=args.metrics_listen,
+        he_profile=args.he_profile,
     )
     return 0

@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
         default="consortium",
         help='"consortium" or a job name: a new scope rotates the key for the jobs that use it',
     )
+    create.add_argument(
+        "--profile",
+        choices=["sum", "compact"],
+        default="sum",
+        help='the HE profile the key serves: jobs with he_profile = "compact" need a compact key',
+    )
     create.set_defaults(handler=_create)
 
 
@@ -42,9 +48,9 @@ def _create(args: argparse.Namespace) -> int:
         pki.load_certificate(config.tls.cert),
         __version__,
     )
-    created = create_key(config, args.member_cert, args.scope, AuditSink(log, "cipherfed.keys"))
+    created = create_key(config, args.member_cert, args.scope, AuditSink(log, "cipherfed.keys"), profile=args.profile)
     log.close()
-    print(f"HE key {created.fingerprint} (scope {args.scope!r}) created")
+    print(f"HE key {created.fingerprint} (profile {args.profile}, scope {args.scope!r}) created")
     print(f"  secret export kept here: {created.secret_path} (0600)")
     print(f"  wrapped copies relayed via the aggregator for: {', '.join(created.members)}")
     print(f'use it in job specs: key_fingerprint = "{created.fingerprint}"')

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from audit.log import AuditLog
 from cipherfed import __version__
 from crypto import pki
-from crypto.custody import create_and_wrap
+from crypto.custody import CustodyBundle, create_and_wrap
 from crypto.endorsement import encode_bundle
 from protocol.channel import TlsFiles, consortium_stub, secure_channel
 
@@ -46,7 +46,8 @@ class LocalConsortium:
     consortium: str = CONSORTIUM
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     port: int = 0
-    fingerprint: str = ""
+    fingerprint: str = ""  # the consortium's `sum` key (node.toml's secret_key / wrapped_key)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # profile -> fingerprint of every key created
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -75,6 +76,40 @@ class LocalConsortium:
 
     def distribute_he_keys(self) -> None:
         """Key custody at the first silo: secret stays there, blobs wrapped to the others, public to the aggregator."""
+        custodian = self.silos[0]
+        bundle, endorsement = self._create_key("sum")
+        node = self.nodes[custodian]
+        pki.write_secret_file(node.dir / "he_secret.key", bundle.keys.export_secret())
+        (node.dir / "he_secret.key.endorsement").write_bytes(endorsement)
+        for member, blob in bundle.wrapped.items():
+            (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
+            (self.nodes[member].dir / "he_key.wrapped.endorsement").write_bytes(endorsement)
+        self.fingerprint = bundle.fingerprint
+
+    def add_he_key(self, profile: str) -> str:
+        """A further key set (e.g. profile ``compact``) in every node's key cache, as `keys create` leaves it.
+
+        The custodian keeps the secret export, each member its wrapped copy (both endorsed), in
+        ``state/keys`` where a node looks for keys beyond its configured one; the aggregator gets the
+        public context. Returns the fingerprint for job specs.
+        """
+        custodian = self.silos[0]
+        bundle, endorsement = self._create_key(profile)
+        fp = bundle.fingerprint
+        cache = self.nodes[custodian].dir / "state" / "keys"
+        cache.mkdir(parents=True, exist_ok=True)
+        pki.write_secret_file(cache / f"{fp}.key", bundle.keys.export_secret())
+        (cache / f"{fp}.key.endorsement").write_bytes(endorsement)
+        for member, blob in bundle.wrapped.items():
+            cache = self.nodes[member].dir / "state" / "keys"
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / f"{fp}.wrapped").write_bytes(blob)
+            (cache / f"{fp}.wrapped.endorsement").write_bytes(endorsement)
+        self.fingerprints[profile] = fp
+        return fp
+
+    def _create_key(self, profile: str) -> tuple[CustodyBundle, bytes]:
+        """Generate and wrap a key set at the first silo (audited there); the aggregator gets its public context."""
         custodian, *members = self.silos
         node = self.nodes[custodian]
         custodian_cert = pki.load_certificate(node.cert)
@@ -83,17 +118,16 @@ class LocalConsortium:
             consortium=self.consortium,
             custodian_key=pki.load_private_key(node.key),
             custodian_cert=custodian_cert,
+            profile=profile,
         )
         endorsement = encode_bundle(bundle.endorsement, custodian_cert)  # members refuse a key without it
-        pki.write_secret_file(node.dir / "he_secret.key", bundle.keys.export_secret())
-        (node.dir / "he_secret.key.endorsement").write_bytes(endorsement)
         log = AuditLog(
             node.dir / "state" / "audit.jsonl",
             pki.load_private_key(node.key),
             pki.load_certificate(node.cert),
             __version__,
         )
-        log.append("key_generated", custodian, fingerprint=bundle.fingerprint, profile="sum", scope="consortium")
+        log.append("key_generated", custodian, fingerprint=bundle.fingerprint, profile=profile, scope="consortium")
         log.append(
             "key_wrapped",
             custodian,
@@ -102,13 +136,11 @@ class LocalConsortium:
             scope="consortium",
         )
         log.close()
-        for member, blob in bundle.wrapped.items():
-            (self.nodes[member].dir / "he_key.wrapped").write_bytes(blob)
-            (self.nodes[member].dir / "he_key.wrapped.endorsement").write_bytes(endorsement)
         keys_dir = self.agg_dir / "keys"
         keys_dir.mkdir(exist_ok=True)
         (keys_dir / f"{bundle.fingerprint}.ctx").write_bytes(bundle.public_export)
-        self.fingerprint = bundle.fingerprint
+        self.fingerprints[profile] = bundle.fingerprint
+        return bundle, endorsement
 
     def write_data(
         self, name: str, features: np.ndarray, labels: np.ndarray, columns: list[str], label: str = "label"
@@ -316,10 +348,14 @@ def job_toml(
     max_round_retries: int = 2,
     extra: str = "",
     scaling: str = "federated",
+    compact: str = "",
 ) -> str:
+    """A horizontal job spec; ``compact``: the body of its [compact] table (he_profile = "compact")."""
     quoted = ", ".join(f'"{p}"' for p in participants)
     cols = ", ".join(f'"{c}"' for c in features)
-    fp = f'key_fingerprint = "{fingerprint}"\n' if he_profile == "sum" else ""
+    fp = f'key_fingerprint = "{fingerprint}"\n' if he_profile in ("sum", "compact") else ""
+    if compact:
+        extra = f"{extra}\n[compact]\n{compact}\n"
     return f"""name = "{name}"
 partition = "horizontal"
 rounds = {rounds}

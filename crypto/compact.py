@@ -19,6 +19,12 @@ ciphertext's header to agree and to be plausible (1 <= count <= max_silos, count
 
 an unbiased estimate of the weighted mean sum_i w_i u_i / sum_i w_i of the clipped updates.
 
+Contributor tags (crypto/contributors.py) ride after the lane reals, one exact integer real per
+participant: round(tau * TAG_SCALE), neither quantized nor weighted, under the tensor name
+CONTRIBUTOR_TAGS as in profile ``sum``. They cannot be lanes: a tag is far larger than a lane value.
+The decrypted reals are exact integers, so a tag reads c * tau to within 1/(2 * TAG_SCALE), far
+inside TAG_TOLERANCE, and :func:`crypto.contributors.verify_tags` applies unchanged.
+
 Weighting decision. Integer lanes have no room for w_i * q_i (sample counts would add ~log2 W
 bits to every lane), so each silo scales its update by w_i / W <= 1 before quantizing and the
 lane budget is unchanged. The price is precision: the rounding error of the mean grows by
@@ -37,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto.contributors import CONTRIBUTOR_TAGS, tag_key_from_secret
 from crypto.engine import EncryptedBatch
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
 from crypto.keys import SecretKeySet
@@ -52,6 +59,7 @@ from crypto.lanes import (
 )
 from crypto.packing import Manifest, chunk_digest, pack, unpack
 from crypto.quantize import UniformStream, check_quantizer, quantize, step
+from crypto.seal_io import save_bytes
 from crypto.seal_reals import SeededRealCodec
 
 PROFILE_NAME = "compact"
@@ -61,6 +69,8 @@ DEFAULT_MAX_SILOS = 16
 # bound. 1.0 is 20 standard deviations of N(0, 0.05) updates and clips ~5e-5 of heavy-tailed
 # (Student-t(3)) ones, while the rounding error of a 16-silo mean stays ~1e-5 (benchmarks/compact_accuracy.py).
 DEFAULT_BOUND = 1.0
+# Tag reals carry round(tau * TAG_SCALE): tau < 1023, so below 2^20, and exact to 1/2048 of tau.
+TAG_SCALE = 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class CompactMean:
     tensors: dict[str, Any]
     total_weight: int
     contributors: int  # from the decrypted header: honest contributions actually summed
+    tags: np.ndarray | None = None  # decrypted contributor tag lanes in tau units, if the layout has them
 
 
 @dataclass
@@ -118,6 +129,7 @@ class LaneSums:
     values: np.ndarray  # int64: the exact sum over contributions of each quantized value
     contributors: int
     total_weight: int
+    tags: np.ndarray | None = None  # float64, tau units (decrypted integers / TAG_SCALE)
 
 
 class CompactEncryptor:
@@ -132,6 +144,8 @@ class CompactEncryptor:
         self.fingerprint = keys.fingerprint
         self.params = params
         self._codec = SeededRealCodec(keys)
+        assert keys.secret_key is not None  # SeededRealCodec refused a key set without one
+        self.tag_key = tag_key_from_secret(save_bytes(keys.secret_key))
 
     @property
     def data_reals_per_chunk(self) -> int:
@@ -141,9 +155,23 @@ class CompactEncryptor:
     def values_per_chunk(self) -> int:
         return self.params.layout.lanes_per_real * self.data_reals_per_chunk
 
-    def encrypt_update(self, tensors: Mapping[str, Any], weight: float, seed: bytes | None = None) -> CompactBatch:
-        """Quantize ``tensors`` weighted by ``weight`` (a whole sample count) and encrypt them."""
+    def encrypt_update(
+        self, tensors: Mapping[str, Any], weight: float, seed: bytes | None = None, tags: np.ndarray | None = None
+    ) -> CompactBatch:
+        """Quantize ``tensors`` weighted by ``weight`` (a whole sample count) and encrypt them.
+
+        ``tags`` (contributor tag lanes) travel after the lanes as exact integers, see the module notes.
+        """
+        tag_reals = np.zeros(0)
+        if tags is not None:
+            tags = np.asarray(tags, dtype=np.float64)
+            if tags.ndim != 1 or not np.all(np.isfinite(tags)) or float(np.max(np.abs(tags), initial=0.0)) > 2.0**20:
+                raise ValueRangeError("contributor tags must be a finite vector of values below 2^20")
+            tensors = {**tensors, CONTRIBUTOR_TAGS: tags}
+            tag_reals = np.rint(tags * TAG_SCALE)
         vector, layout = pack(tensors)
+        if tag_reals.shape[0]:
+            vector = vector[: vector.shape[0] - tag_reals.shape[0]]
         if vector.shape[0] == 0:
             raise ValueRangeError("update has no values; nothing to encrypt")
         if not (math.isfinite(weight) and weight >= 1 and float(weight).is_integer()):
@@ -153,9 +181,10 @@ class CompactEncryptor:
         quantized = quantize(
             vector, self.params.bound, self.params.bits, UniformStream(seed), factor=w / self.params.weight_cap
         )
-        chunks = self._codec.encrypt(
-            self._with_headers(pack_lanes(quantized.values, self.params.layout), w), SCALE_BITS
-        )
+        data = pack_lanes(quantized.values, self.params.layout)
+        if tag_reals.shape[0]:
+            data = np.concatenate([data, tag_reals])
+        chunks = self._codec.encrypt(self._with_headers(data, w), SCALE_BITS)
         manifest = Manifest(
             PROFILE_NAME,
             self.fingerprint,
@@ -183,8 +212,15 @@ class CompactEncryptor:
         """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean."""
         sums = self.decrypt_lane_sums(manifest, chunks)
         scale = self.params.step * self.params.weight_cap / sums.total_weight
-        mean = np.multiply(sums.values, scale)  # int64 * float -> float64 in one pass
-        return CompactMean(unpack(mean, manifest.layout), sums.total_weight, sums.contributors)
+        if sums.tags is None:
+            mean = np.multiply(sums.values, scale)  # int64 * float -> float64 in one pass
+        else:  # the tags fill the layout's last tensor, dropped again below
+            mean = np.empty(manifest.layout.total)
+            np.multiply(sums.values, scale, out=mean[: sums.values.shape[0]])
+            mean[sums.values.shape[0] :] = sums.tags
+        tensors = unpack(mean, manifest.layout)
+        tensors.pop(CONTRIBUTOR_TAGS, None)
+        return CompactMean(tensors, sums.total_weight, sums.contributors, sums.tags)
 
     def decrypt_lane_sums(self, manifest: Manifest, chunks: Sequence[bytes]) -> LaneSums:
         """The exact integer sums of every value, with the decrypted contributor count and total weight."""
@@ -193,8 +229,17 @@ class CompactEncryptor:
         grid = reals.reshape(len(chunks), -1)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
         data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
-        values = unpack_lanes(data, self.params.layout, manifest.value_count, contributors, overwrite=True)
-        return LaneSums(values, contributors, total)
+        count, tags = manifest.value_count, None
+        last = manifest.layout.tensors[-1] if manifest.layout.tensors else None
+        if last is not None and last.name == CONTRIBUTOR_TAGS:
+            count -= last.size
+            used = self.params.layout.reals_for(count)
+            if data.shape[0] < used + last.size:
+                raise CiphertextError("aggregate is too short for its contributor tags; refusing it")
+            tags = data[used : used + last.size] / TAG_SCALE
+            data[used : used + last.size] = 0  # what remains must be lanes and zero padding
+        values = unpack_lanes(data, self.params.layout, count, contributors, overwrite=True)
+        return LaneSums(values, contributors, total, tags)
 
     def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:
         if manifest.fingerprint != self.fingerprint:

@@ -17,20 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from protocol.names import factory_reference
 from protocol.tomlconfig import ConfigError, load_toml, validate_model
 
-HE_ORDER = {"none": 0, "sum": 1, "vertical": 1}
+# compact ranks with sum: the same CKKS parameters and key custody; quantization changes precision, not
+# what the aggregator can see (docs/security.md).
+HE_ORDER = {"none": 0, "sum": 1, "compact": 1, "vertical": 1}
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-HEProfileName = Literal["sum", "vertical", "none"]
+HEProfileName = Literal["sum", "compact", "vertical", "none"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 JobType = Literal["horizontal", "vertical"]
 ModelType = Literal["logreg", "mlp", "sklearn_sgd", "factory"]
 
 
 def _default_profiles() -> list[HEProfileName]:
-    return ["sum", "vertical"]
+    return ["sum", "compact", "vertical"]
 
 
 def _all_days() -> list[Day]:

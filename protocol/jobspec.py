@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from crypto.errors import ValueRangeError
+from crypto.lanes import MAX_SILOS as MAX_COMPACT_SILOS
+from crypto.lanes import max_bits_for
+from crypto.quantize import MAX_BITS, MAX_BOUND, MIN_BITS, MIN_BOUND
 from protocol.names import MAX_NAME_CHARS, factory_reference, safe_name
 from protocol.tomlconfig import ConfigError, parse_toml_text, validate_model
+
+if TYPE_CHECKING:
+    from crypto.compact import CompactParams
 
 # Limits (documented in docs/run-consortium.md "Job spec limits").
 MAX_PARTICIPANTS = 256
@@ -136,6 +143,41 @@ class VerticalSpec(Strict):
         return self
 
 
+class CompactSpec(Strict):
+    """Quantization of a ``he_profile = "compact"`` job (crypto/compact.py), fixed for all its rounds.
+
+    ``weight_cap`` is required: each silo scales its update by (its sample count) / weight_cap before
+    quantizing, so a cap far above the silos' real counts costs precision (log2(cap / mean count) bits
+    of the mean) and a cap below a silo's count caps that silo's influence (recorded in its audit log).
+    Set it to the largest silo's training-record count, rounded up; no default could know that.
+    """
+
+    bits: int | None = Field(
+        None,
+        ge=MIN_BITS,
+        le=MAX_BITS,
+        description="bits per quantized value; default: the widest that keeps two lanes per real "
+        "for max_silos (16 at 16 silos, 14 at 64, more for fewer silos)",
+    )
+    bound: float | None = Field(
+        None, ge=MIN_BOUND, le=MAX_BOUND, description="update values are clipped to ±bound; default 1.0"
+    )
+    max_silos: int | None = Field(
+        None, ge=1, le=MAX_COMPACT_SILOS, description="largest consortium the lanes hold; default: participants"
+    )
+    weight_cap: int = Field(
+        ge=1, description="public cap on one silo's sample count: set it to the largest silo's training records"
+    )
+    rounding: Literal["stochastic"] = "stochastic"
+
+
+COMPACT_NEEDS = (
+    "[compact] weight_cap = N (N: the largest silo's number of training records) and key_fingerprint "
+    "(a key created with `cipherfed keys create --profile compact`)"
+)
+KEYED_PROFILES = ("sum", "compact")  # horizontal profiles encrypted under a job key set named by key_fingerprint
+
+
 class JobSpec(Strict):
     name: str
     partition: Literal["horizontal", "vertical"] = "horizontal"
@@ -147,7 +189,7 @@ class JobSpec(Strict):
     min_silos: int = Field(2, ge=1, le=MAX_PARTICIPANTS)
     round_timeout_s: float = Field(120.0, gt=0, le=MAX_ROUND_TIMEOUT_S, description="at most one day")
     max_round_retries: int = Field(2, ge=0, le=MAX_ROUND_RETRIES)
-    he_profile: Literal["sum", "vertical", "none"] = "sum"
+    he_profile: Literal["sum", "compact", "vertical", "none"] = "sum"
     key_fingerprint: str | None = None
     participants: list[PartyName] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
     dataset: DatasetSchema
@@ -155,6 +197,7 @@ class JobSpec(Strict):
     update_clip_norm: float | None = Field(None, gt=0, le=MAX_NORM)
     dp: DPSpec | None = None
     vertical: VerticalSpec | None = None
+    compact: CompactSpec | None = Field(None, description='quantization of a he_profile = "compact" job')
 
     @field_validator("name")
     @classmethod
@@ -183,6 +226,7 @@ class JobSpec(Strict):
             raise ValueError(f"min_silos ({self.min_silos}) exceeds the {len(self.participants)} participants")
         if self.he_profile == "sum" and not self.key_fingerprint:
             raise ValueError("he_profile = 'sum' needs key_fingerprint (printed by `cipherfed keys create`)")
+        self._check_compact()
         if self.partition == "vertical":
             self._check_vertical()
         elif not self.dataset.features:
@@ -195,7 +239,9 @@ class JobSpec(Strict):
         if self.dp is not None and self.model.type == "sklearn_sgd":
             raise ValueError("dp: DP-SGD trains torch models; use model.type logreg, mlp or factory")
         if self.partition == "horizontal" and self.he_profile == "vertical":
-            raise ValueError("he_profile 'vertical' is for vertical jobs; horizontal jobs use 'sum' or 'none'")
+            raise ValueError(
+                "he_profile 'vertical' is for vertical jobs; horizontal jobs use 'sum', 'compact' or 'none'"
+            )
         if self.partition == "horizontal":
             params = self.model.parameter_count(len(self.dataset.features))
             if params > MAX_MODEL_PARAMETERS:
@@ -204,6 +250,34 @@ class JobSpec(Strict):
                     f"{MAX_MODEL_PARAMETERS:,}; use fewer or narrower hidden layers"
                 )
         return self
+
+    def _check_compact(self) -> None:
+        """A compact job fixes a quantization whose lane sums can never carry; anything else is refused."""
+        if self.he_profile != "compact":
+            if self.compact is not None:
+                raise ValueError('compact: the [compact] table is only for he_profile = "compact"')
+            return
+        if self.partition != "horizontal":
+            raise ValueError("he_profile: 'compact' is for horizontal jobs; vertical jobs use 'vertical'")
+        if self.compact is None or not self.key_fingerprint:
+            raise ValueError(f"he_profile = 'compact' needs {COMPACT_NEEDS}")
+        if self.dataset.scaling == "federated":
+            raise ValueError(
+                "dataset.scaling: the federated statistics round sends raw feature moments, which have no public "
+                'bound to quantize them with; compact jobs use dataset.scaling = "local" or "none" (or he_profile '
+                '= "sum")'
+            )
+        silos = self.compact.max_silos if self.compact.max_silos is not None else len(self.participants)
+        if silos < len(self.participants):
+            raise ValueError(
+                f"compact.max_silos: {silos} is fewer than the {len(self.participants)} participants, whose honest "
+                f"aggregate would then be refused; raise it or leave it out (default: the participants)"
+            )
+        try:
+            compact_params(self)
+        except ValueRangeError as exc:
+            field = "compact.weight_cap" if "weight_cap" in str(exc) else "compact.bits / compact.max_silos"
+            raise ValueError(f"{field}: {exc}") from None
 
     def _check_vertical(self) -> None:
         v = self.vertical
@@ -245,6 +319,24 @@ class JobSpec(Strict):
         if not self.stats_round:
             return training
         return f"{training} + 1 statistics round ({self.total_rounds} in all)"
+
+
+def compact_params(spec: JobSpec) -> CompactParams:
+    """The quantization a compact job fixes, with defaults filled in (ValueRangeError if none can hold)."""
+    from crypto.compact import DEFAULT_BOUND, CompactParams  # imported here: crypto.compact loads SEAL
+
+    table = spec.compact
+    if spec.he_profile != "compact" or table is None:
+        raise ValueRangeError(f"job {spec.name} is not a compact job (he_profile {spec.he_profile!r})")
+    silos = table.max_silos if table.max_silos is not None else len(spec.participants)
+    if not 1 <= silos <= MAX_COMPACT_SILOS:
+        raise ValueRangeError(
+            f"compact profile: max_silos must be an integer in 1..{MAX_COMPACT_SILOS} (the lane headroom was measured "
+            f"for sums of up to {MAX_COMPACT_SILOS} ciphertexts), got {silos}"
+        )
+    bits = table.bits if table.bits is not None else max_bits_for(silos)
+    bound = float(table.bound) if table.bound is not None else DEFAULT_BOUND
+    return CompactParams(bits, bound, silos, table.weight_cap)
 
 
 def parse_job_spec(text: str, source: str = "job spec") -> JobSpec:

@@ -14,6 +14,7 @@ import grpc
 from audit.events import EventSink, LogSink
 from audit.log import AuditLog, AuditSink
 from crypto import pki
+from crypto.compact import CompactEncryptor
 from crypto.engine import UpdateEncryptor
 from crypto.errors import CryptoError
 from crypto.signing import sign_digest
@@ -22,7 +23,7 @@ from policies.decision import Decision
 from policies.evaluate import evaluate_site, evaluate_without_site_policy
 from policies.schema import load_site_policy
 from protocol import cipherfed_pb2 as pb
-from protocol.jobspec import JobSpec, job_spec_from_json
+from protocol.jobspec import JobSpec, compact_params, job_spec_from_json
 from protocol.names import MAX_JOB_ID_CHARS as MAX_ID
 from protocol.names import is_safe_name, safe_job_id
 from protocol.tomlconfig import ConfigError
@@ -204,7 +205,8 @@ class SiloNode:
             if extra or (self.config.data.label and spec.dataset.label != self.config.data.label):
                 raise JobRefused([f"columns not offered by this node: {', '.join(extra or [spec.dataset.label])}"])
         try:
-            encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint)
+            compact = compact_params(spec) if spec.he_profile == "compact" else None
+            encryptor = self.keys.encryptor(spec.he_profile, spec.key_fingerprint, compact)
         except (CryptoError, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             raise JobRefused([f"HE key: {detail}"]) from None
@@ -237,7 +239,12 @@ class SiloNode:
             ) from None
 
     def _accept_horizontal(
-        self, job_id: str, spec: JobSpec, data: LocalData, encryptor: UpdateEncryptor, plan: dp.DPPlan | None
+        self,
+        job_id: str,
+        spec: JobSpec,
+        data: LocalData,
+        encryptor: UpdateEncryptor | CompactEncryptor,
+        plan: dp.DPPlan | None,
     ) -> HorizontalJob:
         """Reserve the job's epsilon and build the job; the caller releases the reservation if this fails."""
         if spec.dp is not None:

@@ -21,9 +21,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
+from crypto.compact import CompactBatch, CompactEncryptor, CompactMean
 from crypto.contributors import ContributorError, own_tag, verify_tags
 from crypto.engine import (
+    EncryptedBatch,
     UpdateEncryptor,
+    WeightedMean,
     decrypt_weighted_mean,
     encrypt_weighted_update,
     weighted_update_layout_key,
@@ -52,7 +55,7 @@ class SiloServices:
 
     name: str
     client: AggregatorClient
-    encryptor: UpdateEncryptor
+    encryptor: UpdateEncryptor | CompactEncryptor  # CompactEncryptor for he_profile = "compact"
     private_key: ec.EllipticCurvePrivateKey  # the certificate key: signs every upload
     events: EventSink
     audit_head: Callable[[], str]
@@ -88,6 +91,7 @@ class HorizontalJob:
         self.client, self.encryptor, self.events = services.client, services.encryptor, services.events
         self._audit_head = services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._upload_notes: dict[int, dict[str, Any]] = {}  # round -> quantization facts for update_sent
         self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
@@ -241,9 +245,11 @@ class HorizontalJob:
 
     def extra_upload_details(self, round_index: int) -> dict[str, Any]:
         """What the compliance officer needs about privacy in the update_sent record."""
+        quantization = self._quantization_details(round_index)
         if self.dp_plan is None:
-            return {"dp": False}
+            return {"dp": False, **quantization}
         return {
+            **quantization,
             "dp": True,
             "dp_epsilon": round(dp.epsilon_spent(self._dp_history(), self.dp_plan.delta), 4),
             "dp_delta": self.dp_plan.delta,
@@ -251,6 +257,25 @@ class HorizontalJob:
             "max_grad_norm": self.dp_plan.max_grad_norm,
             "dp_target_epsilon": self.dp_plan.epsilon,
         }
+
+    def _quantization_details(self, round_index: int) -> dict[str, Any]:
+        """Compact profile: the quantization and what it changed in this round's update (clips are never silent)."""
+        if not isinstance(self.encryptor, CompactEncryptor):
+            return {}
+        params = self.encryptor.params
+        details: dict[str, Any] = {"bits": params.bits, "bound": params.bound, "weight_cap": params.weight_cap}
+        note = self._upload_notes.get(round_index)
+        if note is None:  # a re-send of bytes prepared before a restart: the counts were audited then
+            note = {"clipped_values": None, "weight_capped": None, "resent_from_cache": True}
+        return {**details, **note}
+
+    def _encrypt(self, tensors: dict[str, Any], weight: float, tags: np.ndarray, round_index: int) -> EncryptedBatch:
+        """Encrypt one training update under the job's profile (compact: quantized, clip counts kept for the audit)."""
+        if isinstance(self.encryptor, CompactEncryptor):
+            batch: CompactBatch = self.encryptor.encrypt_update(tensors, weight, tags=tags)
+            self._upload_notes[round_index] = {"clipped_values": batch.clipped, "weight_capped": batch.weight_capped}
+            return batch
+        return encrypt_weighted_update(self.encryptor, tensors, weight, tags=tags)
 
     def _dp_history(self) -> list[tuple[float, float, int]]:
         return [(float(s), float(q), int(n)) for s, q, n in self.state.dp_history]
@@ -278,6 +303,8 @@ class HorizontalJob:
         weight = float(len(self.train_rows))
         tags = self._tags(round_index)
         if self._round_kind(round_index) == "stats":
+            if isinstance(self.encryptor, CompactEncryptor):  # the job spec refuses this; never quantize moments
+                raise RoundRefused(["a compact job has no statistics round (dataset.scaling must be local or none)"])
             batch = encrypt_weighted_update(
                 self.encryptor, self._stats_tensors(), weight, scale_bits=self._stats_scale_bits(), tags=tags
             )
@@ -294,7 +321,7 @@ class HorizontalJob:
             delta = self._delta(self.model.get_weights())
             if self.spec.update_clip_norm:
                 delta = dp.clip_update(delta, self.spec.update_clip_norm)
-            batch = encrypt_weighted_update(self.encryptor, delta, weight, tags=tags)
+            batch = self._encrypt(delta, weight, tags, round_index)
         upload = SignedUpload.sign(
             self.services.private_key, self.job_id, round_index, batch.manifest, self._audit_head()
         )
@@ -321,6 +348,9 @@ class HorizontalJob:
             header, _ = read_upload(cache)
             return SignedUpload.from_proto(header).manifest.layout_key()
         weight, tags = float(max(len(self.train_rows), 1)), self._tags(round_index)
+        if isinstance(self.encryptor, CompactEncryptor):  # lanes: the layout of a (zero) update it would send
+            zero = self._delta(self.global_weights)
+            return self.encryptor.encrypt_update(zero, weight, tags=tags).manifest.layout_key()
         if self._round_kind(round_index) == "stats":
             return weighted_update_layout_key(
                 self.encryptor, self._stats_tensors(), weight, self._stats_scale_bits(), tags
@@ -398,11 +428,18 @@ class HorizontalJob:
         check_digests(manifest, chunks)
         self._check_layout(round_index, manifest)
         try:  # the same bytes decrypt the same way: a bad aggregate is the aggregator's doing, not bad luck
-            mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
+            mean = self._decrypt(manifest, chunks)
         except CryptoError as exc:
             self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=str(exc))
             raise RoundRefused([f"aggregate of round {round_index} refused: {exc}"]) from None
         verified = self._verify_contributors(round_index, mean.tags, int(agg_header.contributors))
+        if isinstance(mean, CompactMean) and mean.contributors != verified:
+            reason = (
+                f"aggregate of round {round_index} refused: its encrypted header counts {mean.contributors} "
+                f"contributions but the contributor tags verify {verified}"
+            )
+            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=reason)
+            raise RoundRefused([reason])
         self.events.record(
             "aggregate_decrypted",
             self.name,
@@ -431,6 +468,11 @@ class HorizontalJob:
             self.state.history.append({"round": round_index, **metrics})
             self._save()
             self.client.report_metrics(self.job_id, round_index, metrics, self._audit_head())
+
+    def _decrypt(self, manifest: Manifest, chunks: list[bytes]) -> WeightedMean | CompactMean:
+        if isinstance(self.encryptor, CompactEncryptor):
+            return self.encryptor.decrypt_mean(manifest, chunks)
+        return decrypt_weighted_mean(self.encryptor, manifest, chunks)
 
     def _verify_contributors(self, round_index: int, tags: np.ndarray | None, claimed: int) -> int:
         """Count, from the decrypted tag lanes, who really contributed; refuse anything but an honest sum."""

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from crypto import pki
+from crypto.compact import CompactEncryptor, CompactParams
 from crypto.endorsement import (
     RECREATE,
     Endorsement,
@@ -242,12 +243,24 @@ class NodeKeys:
                 + "); ask the key custodian to run `cipherfed keys create` including this node"
             )
 
-    def encryptor(self, profile: str, fingerprint: str | None) -> UpdateEncryptor:
+    def encryptor(
+        self, profile: str, fingerprint: str | None, compact: CompactParams | None = None
+    ) -> UpdateEncryptor | CompactEncryptor:
+        """The encryptor of a job: ``compact`` (the job's quantization) is required for profile compact."""
         if profile == "none":
             return UnencryptedSumForComparisonOnly()
         if not fingerprint:
             raise KeyMaterialError("the job names no key fingerprint")
         keys = self.key_set(fingerprint)  # verified again for every new job
+        if keys.profile.name != profile:
+            raise KeyMaterialError(
+                f"key {fingerprint} is a {keys.profile.name!r} key but the job uses he_profile {profile!r}; "
+                f"the custodian creates one with `cipherfed keys create --profile {profile}`"
+            )
+        if profile == "compact":
+            if compact is None:
+                raise KeyMaterialError("a compact job needs its quantization parameters")
+            return CompactEncryptor(keys, compact)  # per job: the quantization is the job's
         with self._lock:
             cached = self._encryptors.get(fingerprint)
             if cached is None:

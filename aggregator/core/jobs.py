@@ -38,7 +38,7 @@ from crypto.packing import Manifest
 from crypto.pki import Identity
 from policies.evaluate import evaluate_submission
 from policies.schema import ConsortiumPolicy, PolicyFile
-from protocol.jobspec import JobSpec, parse_job_spec
+from protocol.jobspec import KEYED_PROFILES, JobSpec, parse_job_spec
 from protocol.names import safe_job_id
 from protocol.tomlconfig import ConfigError
 from protocol.vocabulary import JobStatus, RoundStatus
@@ -164,7 +164,7 @@ class Jobs:
                 "set allow_plaintext_jobs = true in aggregator.toml (or allow 'none' in the consortium policy) "
                 "for a comparison run",
             )
-        if spec.he_profile == "sum" and self.keyring.get(spec.key_fingerprint or "") is None:
+        if spec.he_profile in KEYED_PROFILES and self.keyring.get(spec.key_fingerprint or "") is None:
             known = ", ".join(self.keyring.fingerprints()) or "none"
             raise PreconditionFailed(
                 f"no public context with fingerprint {spec.key_fingerprint} is registered here; the key "

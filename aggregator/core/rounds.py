@@ -41,7 +41,7 @@ from crypto.errors import CryptoError, SignatureError
 from crypto.packing import Manifest, chunk_digest
 from crypto.pki import Identity
 from policies.evaluate import evaluate_member, evaluate_release
-from protocol.jobspec import JobSpec
+from protocol.jobspec import KEYED_PROFILES, JobSpec
 from protocol.vocabulary import JobStatus, RoundStatus
 
 
@@ -104,7 +104,7 @@ class RoundCore:
             self.feed.bump()
 
     def _open_round(self, job_id: str, spec: JobSpec, round_index: int, attempt: int, now: float) -> None:
-        public = self.keyring.get(spec.key_fingerprint or "") if spec.he_profile == "sum" else None
+        public = self.keyring.get(spec.key_fingerprint or "") if spec.he_profile in KEYED_PROFILES else None
         deadline = now + spec.round_timeout_s
         self._open[job_id] = OpenRound(job_id, round_index, attempt, now, deadline, spec, public)
         self.store.upsert_round(job_id, round_index, RoundStatus.OPEN, attempt, now, deadline)
@@ -181,7 +181,7 @@ class RoundCore:
         except SignatureError as exc:
             raise Forbidden(f"upload signature rejected: {exc}") from None
         manifest = signed.manifest
-        expected_fp = spec.key_fingerprint if spec.he_profile == "sum" else PLAIN_FINGERPRINT
+        expected_fp = spec.key_fingerprint if spec.he_profile in KEYED_PROFILES else PLAIN_FINGERPRINT
         if manifest.fingerprint != expected_fp or manifest.profile != spec.he_profile:
             raise PreconditionFailed(
                 f"upload is under key {manifest.fingerprint} ({manifest.profile}); job {job_id} uses "
