@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from crypto.engine import SumEncryptor, decrypt_weighted_mean, encrypt_weighted_
 from crypto.keys import load_secret_key_set
 from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
+from protocol import cipherfed_pb2_grpc as pbg
 from protocol.messages import read_aggregate, upload_messages
 from protocol.upload import SignedUpload
 
@@ -115,3 +117,19 @@ def stub_for(tls_ca: Path, cert: Path | None, key: Path | None, port: int):
 def tiny_update(seed: int, shape=(40,)):
     rng = np.random.default_rng(seed)
     return {"w": rng.normal(0, 0.05, shape), "b": rng.normal(0, 0.05, 3)}
+
+
+def serve_as_aggregator(consortium, servicer, workers: int = 8) -> grpc.Server:
+    """Play a malicious aggregator: a real gRPC server with the consortium's real aggregator certificate
+    (mutual TLS, as a node checks it) serving ``servicer``; sets ``consortium.port``. The caller stops it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    pbg.add_ConsortiumServicer_to_server(servicer, server)
+    agg = consortium.agg_dir
+    credentials = grpc.ssl_server_credentials(
+        [((agg / "aggregator.key").read_bytes(), (agg / "aggregator.crt").read_bytes())],
+        root_certificates=(consortium.ca_dir / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    consortium.port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    return server

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from protocol import cipherfed_pb2 as pb
-from protocol import cipherfed_pb2_grpc as pbg
 from protocol.jobspec import parse_job_spec
 from silo_node.privacy_ledger import PrivacyLedger
+from tests.helpers import serve_as_aggregator
 from tests.test_adversarial_validation import HostileAggregator
 
 COLUMNS = ["a", "b", "c"]
@@ -109,15 +107,7 @@ def test_vertical_job_not_naming_the_node_is_declined_and_the_node_keeps_polling
     ).model_dump_json()
     tasks = [pb.Task(job_id="not-mine-v", spec_json=not_mine, job_status="running")]
     hostile = HostileAggregator(tasks)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pbg.add_ConsortiumServicer_to_server(hostile, server)
-    credentials = grpc.ssl_server_credentials(
-        [((c.agg_dir / "aggregator.key").read_bytes(), (c.agg_dir / "aggregator.crt").read_bytes())],
-        root_certificates=(c.ca_dir / "ca.crt").read_bytes(),
-        require_client_auth=True,
-    )
-    c.port = server.add_secure_port("127.0.0.1:0", credentials)
-    server.start()
+    server = serve_as_aggregator(c, hostile, 8)
     try:
         c.write_node_config("p1", keys='scope = "consortium"')
         proc = c.start_node("p1")

@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,7 +40,7 @@ from protocol.messages import manifest_from_proto, manifest_to_proto
 from protocol.metrics import QUALITY_METRICS
 from silo_node.config import load_node_config
 from silo_node.daemon import SiloNode
-from tests.helpers import breast_cancer_parts, silo_encryptor
+from tests.helpers import breast_cancer_parts, serve_as_aggregator, silo_encryptor
 
 SILOS = ["silo-a", "silo-b", "silo-c"]
 VICTIM = "silo-a"  # the key custodian: its secret key is on disk, no key RPC needed
@@ -190,16 +189,8 @@ def arena(tmp_path_factory):
     x = rng.normal(0, 1, (80, len(COLUMNS)))
     consortium.write_data(VICTIM, x, (x[:, 0] + 0.3 * rng.normal(size=80) > 0).astype(int), COLUMNS)
     hostile = Hostile()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pbg.add_ConsortiumServicer_to_server(hostile, server)
+    server = serve_as_aggregator(consortium, hostile, 4)
     agg = consortium.agg_dir
-    credentials = grpc.ssl_server_credentials(
-        [((agg / "aggregator.key").read_bytes(), (agg / "aggregator.crt").read_bytes())],
-        root_certificates=(consortium.ca_dir / "ca.crt").read_bytes(),
-        require_client_auth=True,
-    )
-    consortium.port = server.add_secure_port("127.0.0.1:0", credentials)
-    server.start()
     public = load_public_context((agg / "keys" / f"{consortium.fingerprint}.ctx").read_bytes())
     encryptors = {name: silo_encryptor(consortium, name) for name in SILOS}
     yield Arena(consortium, hostile, public, encryptors)

@@ -13,7 +13,6 @@ import sqlite3
 import sys
 import threading
 import time
-from concurrent import futures
 
 import grpc
 import pytest
@@ -27,7 +26,7 @@ from protocol import cipherfed_pb2_grpc as pbg
 from protocol.jobspec import parse_job_spec
 from protocol.tomlconfig import ConfigError
 from silo_node.models import build_torch_module
-from tests.helpers import rpc_code
+from tests.helpers import rpc_code, serve_as_aggregator
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -272,15 +271,7 @@ def test_node_declines_hostile_job_ids_and_specs_and_keeps_polling(tmp_path):
         pb.Task(job_id="lr-infinity", spec_json=vertical.replace('"lr":0.1', '"lr":Infinity'), job_status="running"),
     ]
     hostile = HostileAggregator(tasks)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pbg.add_ConsortiumServicer_to_server(hostile, server)
-    credentials = grpc.ssl_server_credentials(
-        [((c.agg_dir / "aggregator.key").read_bytes(), (c.agg_dir / "aggregator.crt").read_bytes())],
-        root_certificates=(c.ca_dir / "ca.crt").read_bytes(),
-        require_client_auth=True,
-    )
-    c.port = server.add_secure_port("127.0.0.1:0", credentials)
-    server.start()
+    server = serve_as_aggregator(c, hostile, 8)
     try:
         c.write_node_config("p1", keys='scope = "consortium"')
         proc = c.start_node("p1")
