@@ -36,6 +36,7 @@ w_i and the silos learn only sum_i w_i, as with profile ``sum``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,20 @@ class CompactParams:
     @property
     def step(self) -> float:
         return step(self.bound, self.bits)
+
+    def describe(self) -> str:
+        """The quantization as canonical JSON: what the signed manifest carries (rounding is stochastic)."""
+        return json.dumps(
+            {
+                "bits": self.bits,
+                "bound": self.bound,
+                "max_silos": self.max_silos,
+                "rounding": "stochastic",
+                "weight_cap": self.weight_cap,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
 
 
 def default_bits(max_silos: int) -> int:
@@ -193,6 +208,7 @@ class CompactEncryptor:
             self.values_per_chunk,
             SCALE_BITS,
             tuple(chunk_digest(c) for c in chunks),
+            self.params.describe(),
         )
         manifest.check_consistent()
         return CompactBatch(manifest, chunks, quantized.clipped, w, capped)
@@ -252,6 +268,11 @@ class CompactEncryptor:
             raise ManifestError(
                 f"aggregate packs {manifest.values_per_chunk} values per chunk; this job's lane layout packs "
                 f"{self.values_per_chunk}"
+            )
+        if manifest.quantization != self.params.describe():
+            raise ManifestError(
+                f"aggregate was quantized as {manifest.quantization or 'nothing'}; this job quantizes as "
+                f"{self.params.describe()}"
             )
         manifest.check_consistent()
         if chunk_count != manifest.chunk_count:

@@ -122,6 +122,10 @@ class Manifest:
     values_per_chunk: int
     scale_bits: int
     chunk_digests: tuple[bytes, ...]
+    # How quantized profiles turned values into integers (bits, bound, weight cap, rounding), as canonical
+    # JSON; empty for float profiles. Covered by the digest, so by the silo's signature, and part of the
+    # layout key, so uploads quantized differently are never summed together.
+    quantization: str = ""
 
     @property
     def chunk_count(self) -> int:
@@ -132,7 +136,7 @@ class Manifest:
         return (
             self.profile,
             self.fingerprint,
-            self.layout.to_json(),
+            self.layout.to_json() + (f"|quantization={self.quantization}" if self.quantization else ""),
             self.value_count,
             self.values_per_chunk,
             self.scale_bits,
@@ -153,6 +157,8 @@ class Manifest:
             h.update(b"\x00")
         for d in self.chunk_digests:
             h.update(d)
+        if self.quantization:  # absent for float profiles, so their digests (and frozen vectors) are unchanged
+            h.update(b"\x00quantization\x00" + self.quantization.encode())
         return h.digest()
 
     def check_consistent(self) -> None:

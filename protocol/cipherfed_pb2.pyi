@@ -13,7 +13,7 @@ class Ack(_message.Message):
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("profile", "fingerprint", "layout_json", "value_count", "values_per_chunk", "scale_bits", "chunk_digests")
+    __slots__ = ("profile", "fingerprint", "layout_json", "value_count", "values_per_chunk", "scale_bits", "chunk_digests", "quantization")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class Manifest(_message.Message):
     VALUES_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
     SCALE_BITS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     profile: str
     fingerprint: str
     layout_json: str
@@ -28,7 +29,8 @@ class Manifest(_message.Message):
     values_per_chunk: int
     scale_bits: int
     chunk_digests: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, profile: _Optional[str] = ..., fingerprint: _Optional[str] = ..., layout_json: _Optional[str] = ..., value_count: _Optional[int] = ..., values_per_chunk: _Optional[int] = ..., scale_bits: _Optional[int] = ..., chunk_digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    quantization: str
+    def __init__(self, profile: _Optional[str] = ..., fingerprint: _Optional[str] = ..., layout_json: _Optional[str] = ..., value_count: _Optional[int] = ..., values_per_chunk: _Optional[int] = ..., scale_bits: _Optional[int] = ..., chunk_digests: _Optional[_Iterable[bytes]] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class PollRequest(_message.Message):
     __slots__ = ("wait_ms", "known_version")

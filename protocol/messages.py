@@ -33,6 +33,7 @@ def manifest_to_proto(manifest: Manifest) -> pb.Manifest:
         values_per_chunk=manifest.values_per_chunk,
         scale_bits=manifest.scale_bits,
         chunk_digests=list(manifest.chunk_digests),
+        quantization=manifest.quantization,
     )
 
 
@@ -47,6 +48,7 @@ def manifest_from_proto(message: pb.Manifest) -> Manifest:
         int(message.values_per_chunk),
         int(message.scale_bits),
         tuple(bytes(d) for d in message.chunk_digests),
+        _bounded_quantization(message.quantization),
     )
     manifest.check_consistent()
     return manifest
@@ -81,3 +83,12 @@ def check_digests(manifest: Manifest, chunks: Sequence[bytes]) -> None:
     for i, chunk in enumerate(chunks):
         if chunk_digest(chunk) != manifest.chunk_digests[i]:
             raise ManifestError(f"aggregate chunk {i} does not match its digest")
+
+
+MAX_QUANTIZATION_CHARS = 512  # a few numbers as JSON
+
+
+def _bounded_quantization(text: str) -> str:
+    if len(text) > MAX_QUANTIZATION_CHARS:
+        raise ManifestError(f"manifest quantization of {len(text)} characters; at most {MAX_QUANTIZATION_CHARS}")
+    return str(text)

@@ -309,3 +309,32 @@ def test_compact_profile_uses_the_sum_parameters_at_the_measured_scale():
     assert compact.scale_bits == SCALE_BITS
     assert sum(compact.coeff_modulus_bits) <= HE_STANDARD_128_MAX_BITS[8192]
     assert sum(compact.coeff_modulus_bits) <= seal.CoeffModulus.MaxBitCount(8192, seal.SEC_LEVEL_TYPE.TC128)
+
+
+def test_the_quantization_travels_signed_in_the_manifest(keys, public):
+    """Bits, bound, weight cap and rounding are in the manifest the silo signs: changing any of them
+    changes its digest (so the upload signature breaks), and an aggregate quantized otherwise is refused."""
+    import dataclasses
+    import json
+
+    from crypto.errors import ManifestError
+    from protocol.messages import manifest_from_proto, manifest_to_proto
+
+    params = CompactParams(default_bits(4), 0.5, 4, 100)
+    enc = CompactEncryptor(keys, params)
+    batch = enc.encrypt_update({"w": np.full(50, 0.01)}, 10)
+    manifest = batch.manifest
+    assert json.loads(manifest.quantization) == {
+        "bits": params.bits,
+        "bound": 0.5,
+        "max_silos": 4,
+        "rounding": "stochastic",
+        "weight_cap": 100,
+    }
+    assert manifest_from_proto(manifest_to_proto(manifest)) == manifest  # crosses the wire intact
+    other = dataclasses.replace(manifest, quantization=CompactParams(params.bits, 0.25, 4, 100).describe())
+    assert other.digest() != manifest.digest() and other.layout_key() != manifest.layout_key()
+    chunks = accumulate_batches(public, keys.fingerprint, [batch]).serialize()
+    with pytest.raises(ManifestError, match="quantized as"):
+        enc.decrypt_mean(other, chunks)
+    assert enc.decrypt_mean(manifest, chunks).contributors == 1

@@ -375,6 +375,7 @@ class RoundCore:
             m.values_per_chunk,
             m.scale_bits,
             tuple(chunk_digest(c) for c in chunks),
+            m.quantization,
         )
         where, out_bytes = self.archive.write(job_id, round_index, manifest, chunks)
         self.store.update_round(
