@@ -8,6 +8,7 @@ from pathlib import Path
 from aggregator.aggregate_files import AggregateFiles
 from aggregator.core.clock import Clock
 from aggregator.core.jobs import Jobs
+from aggregator.core.secagg import AggregatorCredentials
 from aggregator.core.store_contract import JobStore
 from aggregator.keyring import PublicKeyring
 from audit.events import EventSink
@@ -28,6 +29,7 @@ class JobEngine(Jobs):
         allowed_factories: tuple[str, ...] = (),
         clock: Clock | None = None,
         consortium: str = "",
+        credentials: AggregatorCredentials | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -42,4 +44,5 @@ class JobEngine(Jobs):
             allowed_factories,
             clock,
             consortium,
+            credentials,
         )

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.auth import Authenticator, AuthInterceptor, CallerStampingSink, EdgeLimits
 from aggregator.config import AggregatorConfig, load_aggregator_config
+from aggregator.core.secagg import AggregatorCredentials
 from aggregator.edge.servicer import ConsortiumService
 from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring
@@ -58,6 +59,7 @@ class AggregatorServer:
             allow_plaintext=config.allow_plaintext_jobs,
             allowed_factories=tuple(config.allowed_factories),
             consortium=config.consortium,
+            credentials=AggregatorCredentials(load_certificate(config.tls.cert), load_private_key(config.tls.key)),
         )
         self.auth = Authenticator(config.tls.ca, config.tls.crl)
         if self.metrics is not None:

@@ -214,9 +214,9 @@ key = "{who}.key"
         return path
 
     # ------------------------------------------------------------------ processes
-    def _spawn(self, label: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, label: str, args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{label}.log", "ab")  # noqa: SIM115 - owned by the child
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         proc = subprocess.Popen(
             [sys.executable, "-m", "cipherfed", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
         )
@@ -257,10 +257,11 @@ key = "{who}.key"
                     raise
             time.sleep(0.1)
 
-    def start_node(self, name: str) -> subprocess.Popen[bytes]:
+    def start_node(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """``env``: extra environment, e.g. a fault to inject (``silo_node.daemon.FAULT_STOP_AFTER_AGREEMENT``)."""
         if not self.nodes[name].config.exists():
             self.write_node_config(name)
-        return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)])
+        return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)], env)
 
     def write_comparison_site_policy(self, name: str) -> str:
         """A site policy that opts this node in to plaintext comparison runs (``he_profile = "none"``).
@@ -349,11 +350,15 @@ def job_toml(
     extra: str = "",
     scaling: str = "federated",
     compact: str = "",
+    secagg: str | None = None,
 ) -> str:
-    """A horizontal job spec; ``compact``: the body of its [compact] table (he_profile = "compact")."""
+    """A horizontal job spec; ``compact``: the body of its [compact] table (he_profile = "compact");
+    ``secagg``: secure aggregation on, with this body for its [secagg] table ("" for the defaults)."""
     quoted = ", ".join(f'"{p}"' for p in participants)
     cols = ", ".join(f'"{c}"' for c in features)
     fp = f'key_fingerprint = "{fingerprint}"\n' if he_profile in ("sum", "compact") else ""
+    if secagg is not None:
+        extra = f"secure_aggregation = true\n{extra}" + (f"\n[secagg]\n{secagg}\n" if secagg else "")
     if compact:
         extra = f"{extra}\n[compact]\n{compact}\n"
     return f"""name = "{name}"

@@ -41,7 +41,7 @@ class PollRequest(_message.Message):
     def __init__(self, wait_ms: _Optional[int] = ..., known_version: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("job_id", "spec_json", "job_status", "round", "round_status", "completed_rounds", "uploaded", "deadline_unix_ms", "reason", "declined")
+    __slots__ = ("job_id", "spec_json", "job_status", "round", "round_status", "completed_rounds", "uploaded", "deadline_unix_ms", "reason", "declined", "attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     JOB_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Task(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec_json: str
     job_status: str
@@ -62,7 +63,8 @@ class Task(_message.Message):
     deadline_unix_ms: int
     reason: str
     declined: bool
-    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., job_status: _Optional[str] = ..., round: _Optional[int] = ..., round_status: _Optional[str] = ..., completed_rounds: _Optional[int] = ..., uploaded: _Optional[bool] = ..., deadline_unix_ms: _Optional[int] = ..., reason: _Optional[str] = ..., declined: _Optional[bool] = ...) -> None: ...
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., job_status: _Optional[str] = ..., round: _Optional[int] = ..., round_status: _Optional[str] = ..., completed_rounds: _Optional[int] = ..., uploaded: _Optional[bool] = ..., deadline_unix_ms: _Optional[int] = ..., reason: _Optional[str] = ..., declined: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class PollReply(_message.Message):
     __slots__ = ("tasks", "server_time_unix_ms", "version")

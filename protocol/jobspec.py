@@ -18,8 +18,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from crypto.errors import ValueRangeError
 from crypto.lanes import MAX_SILOS as MAX_COMPACT_SILOS
-from crypto.lanes import max_bits_for
+from crypto.lanes import max_bits_for, max_masked_bits_for
 from crypto.quantize import MAX_BITS, MAX_BOUND, MIN_BITS, MIN_BOUND
+from crypto.secagg.policy import SecAggPolicy
 from protocol.names import MAX_NAME_CHARS, factory_reference, safe_name
 from protocol.tomlconfig import ConfigError, parse_toml_text, validate_model
 
@@ -171,6 +172,31 @@ class CompactSpec(Strict):
     rounding: Literal["stochastic"] = "stochastic"
 
 
+class SecAggSpec(Strict):
+    """Secure aggregation of a compact job (``secure_aggregation = true``): who must survive, who shares with whom.
+
+    Each silo Shamir-shares its mask secrets t-of-(its share holders); the round releases only if at
+    least ``min_participants`` silos advertised keys and the masks of every contributor and every
+    dropped silo can be removed (t holders of each survived). A larger t resists larger coalitions of
+    silos with the aggregator (``crypto.secagg.policy.tolerated_coalition``); a smaller t survives more
+    dropouts. ``neighbours`` (even) makes the share graph sparse (SecAgg+); omitted: every other silo.
+    """
+
+    threshold: int | None = Field(
+        None, ge=1, le=MAX_PARTICIPANTS, description="shares needed to recover a secret; default: a majority of holders"
+    )
+    min_participants: int | None = Field(
+        None, ge=3, le=MAX_PARTICIPANTS, description="fewest silos with keys for a round to go on; default threshold+1"
+    )
+    neighbours: int | None = Field(None, ge=2, le=MAX_PARTICIPANTS, description="share holders per silo (even)")
+    setup_timeout_s: float = Field(
+        60.0, gt=0, le=MAX_ROUND_TIMEOUT_S, description="how long silos wait for keys and shares of a round"
+    )
+    unmask_timeout_s: float = Field(
+        60.0, gt=0, le=MAX_ROUND_TIMEOUT_S, description="how long the aggregator waits for unmasking answers"
+    )
+
+
 COMPACT_NEEDS = (
     "[compact] weight_cap = N (N: the largest silo's number of training records) and key_fingerprint "
     "(a key created with `cipherfed keys create --profile compact`)"
@@ -198,6 +224,10 @@ class JobSpec(Strict):
     dp: DPSpec | None = None
     vertical: VerticalSpec | None = None
     compact: CompactSpec | None = Field(None, description='quantization of a he_profile = "compact" job')
+    secure_aggregation: bool = Field(
+        False, description="mask every update with pairwise and self masks (SecAgg) before encrypting it"
+    )
+    secagg: SecAggSpec | None = Field(None, description="threshold, participants and graph of secure aggregation")
 
     @field_validator("name")
     @classmethod
@@ -227,6 +257,7 @@ class JobSpec(Strict):
         if self.he_profile == "sum" and not self.key_fingerprint:
             raise ValueError("he_profile = 'sum' needs key_fingerprint (printed by `cipherfed keys create`)")
         self._check_compact()
+        self._check_secure_aggregation()
         if self.partition == "vertical":
             self._check_vertical()
         elif not self.dataset.features:
@@ -278,6 +309,21 @@ class JobSpec(Strict):
         except ValueRangeError as exc:
             field = "compact.weight_cap" if "weight_cap" in str(exc) else "compact.bits / compact.max_silos"
             raise ValueError(f"{field}: {exc}") from None
+
+    def _check_secure_aggregation(self) -> None:
+        """Masks live in the compact profile's integer lanes; the policy must let masks both hide and cancel."""
+        if not self.secure_aggregation:
+            if self.secagg is not None:
+                raise ValueError("secagg: the [secagg] table needs secure_aggregation = true")
+            return
+        if self.partition != "horizontal" or self.he_profile != "compact":
+            raise ValueError(
+                'secure_aggregation: needs a horizontal job with he_profile = "compact" (masks are added to its '
+                'integer lanes); set he_profile = "compact" with a [compact] table'
+            )
+        policy = secagg_policy(self)  # raises ValueError naming the field
+        if self.min_silos > policy.members:
+            raise ValueError(f"min_silos ({self.min_silos}) exceeds the {policy.members} participants")
 
     def _check_vertical(self) -> None:
         v = self.vertical
@@ -334,9 +380,32 @@ def compact_params(spec: JobSpec) -> CompactParams:
             f"compact profile: max_silos must be an integer in 1..{MAX_COMPACT_SILOS} (the lane headroom was measured "
             f"for sums of up to {MAX_COMPACT_SILOS} ciphertexts), got {silos}"
         )
-    bits = table.bits if table.bits is not None else max_bits_for(silos)
     bound = float(table.bound) if table.bound is not None else DEFAULT_BOUND
+    if spec.secure_aggregation:  # masked lanes are wider: the default bits are narrower
+        bits = table.bits if table.bits is not None else max_masked_bits_for(silos)
+        return CompactParams(bits, bound, silos, table.weight_cap, secure_aggregation=True)
+    bits = table.bits if table.bits is not None else max_bits_for(silos)
     return CompactParams(bits, bound, silos, table.weight_cap)
+
+
+def secagg_policy(spec: JobSpec) -> SecAggPolicy:
+    """The checked secure-aggregation policy of a job (ValueError naming the ``secagg.`` field otherwise)."""
+    from crypto.secagg.errors import SecAggPolicyError
+    from crypto.secagg.policy import validate_policy
+
+    table = spec.secagg or SecAggSpec()
+    members = len(spec.participants)
+    if members < 3:
+        raise ValueError(
+            f"participants: secure aggregation needs at least 3 participating silos (with 2, each learns the "
+            f"other's update from the sum), got {members}"
+        )
+    holders = members - 1 if table.neighbours is None or table.neighbours >= members - 1 else table.neighbours
+    threshold = table.threshold if table.threshold is not None else holders // 2 + 1
+    try:
+        return validate_policy(members, threshold, table.min_participants, table.neighbours)
+    except SecAggPolicyError as exc:
+        raise ValueError(f"secagg.{exc.field}: {exc.reason}") from None
 
 
 def parse_job_spec(text: str, source: str = "job spec") -> JobSpec:

@@ -49,6 +49,23 @@ class RelayKind(StrEnum):
     PROBE_SEED = "seed"  # passive -> active: the probe's seed, revealed after the batch's gradient exchange
 
 
+class SecAggKind(StrEnum):
+    """Relayed messages of a secure-aggregation round (horizontal jobs with ``secure_aggregation``).
+
+    The round's ``seq`` is its session number (``protocol.secagg.session_number``). Every payload is
+    signed by the party that wrote it; the aggregator relays what silos address to each other and
+    cannot read it (share envelopes are AEAD-encrypted to their recipient).
+    """
+
+    ADVERT = "sa-advert"  # silo -> aggregator: its signed round keys (X25519 publics, self-seed commitment)
+    ROSTER = "sa-roster"  # aggregator -> silo: every advertised silo's certificate and signed advert
+    SHARES = "sa-shares"  # silo -> silo: its Shamir shares for that peer, encrypted and signed
+    STATEMENT = "sa-statement"  # aggregator -> contributor: the roster split into contributors and dropped
+    CONSISTENCY = "sa-consistency"  # contributor -> aggregator: its signature over that statement
+    REQUEST = "sa-request"  # aggregator -> contributor: the statement, t+ signatures, the aggregator's signature
+    ANSWER = "sa-answer"  # contributor -> aggregator: one share per peer (self if contributed, mask if dropped)
+
+
 # Partial scores are addressed to the aggregator, which forwards their sum under the summed kind.
 SUMMED_KIND = {
     RelayKind.PARTIAL_SCORES: RelayKind.SUMMED_SCORES,
@@ -64,5 +81,8 @@ ENCRYPTED_RELAY_KINDS = frozenset(
         RelayKind.DECOY_PRODUCTS,
     }
 )
+# Secure-aggregation messages a silo addresses to the aggregator, and those the aggregator writes.
+SECAGG_TO_AGGREGATOR = frozenset({SecAggKind.ADVERT, SecAggKind.CONSISTENCY, SecAggKind.ANSWER})
+SECAGG_FROM_AGGREGATOR = frozenset({SecAggKind.ROSTER, SecAggKind.STATEMENT, SecAggKind.REQUEST})
 # The recipient name that addresses the aggregator itself in a relay message.
 AGGREGATOR_RECIPIENT = "aggregator"

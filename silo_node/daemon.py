@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import threading
@@ -36,7 +37,11 @@ from silo_node.horizontal import HorizontalJob, RoundRefused, SiloServices
 from silo_node.keys import FetchedKey, NodeKeys, key_trust
 from silo_node.peer import aggregator_certificate
 from silo_node.privacy_ledger import PrivacyLedger
+from silo_node.secagg_round import SecAggCredentials
 from silo_node.vertical import ActiveParty, PartyCredentials, PassiveParty, Relay, VerticalRunner
+
+FAULT_STOP_AFTER_AGREEMENT = "CIPHERFED_FAULT_STOP_AFTER_AGREEMENT"  # demo --drop-silo: see _fault_after_agreement
+FAULT_EXIT_CODE = 75
 
 MAX_STEP_FAILURES = 3  # then the job is declined with the error as its reason
 
@@ -153,6 +158,20 @@ class SiloNode:
                 ]
             )
         return spec
+
+    def _fault_after_agreement(self, job_id: str, round_index: int) -> None:
+        """Fault injection for demos and tests (``CIPHERFED_FAULT_STOP_AFTER_AGREEMENT=ROUND``): this node's
+        process stops after mask agreement and before its upload in that round, as a crashed site would."""
+        wanted = os.environ.get(FAULT_STOP_AFTER_AGREEMENT, "")
+        if wanted.isdigit() and int(wanted) == round_index:
+            self.events.record(
+                "fault_injected", self.config.name, job=job_id, round=round_index, fault="stop_after_agreement"
+            )
+            print(
+                f"{self.config.name}: stopping after mask agreement in round {round_index} (fault injection)",
+                flush=True,
+            )
+            os._exit(FAULT_EXIT_CODE)
 
     def _dataset_key(self) -> str:
         return str(self.config.data.path.resolve())
@@ -273,6 +292,8 @@ class SiloNode:
             (lambda r: self.evaluate_policy(job_id, spec, f"round {r} upload", r)) if self.site_policy else None,
             allowed_factories=tuple(self.site_policy.allowed_factories) if self.site_policy else (),
             min_contributors=self.site_policy.min_contributors if self.site_policy else 2,
+            secagg=SecAggCredentials(self.config.consortium, self.private_key, self.certificate, self.trust),
+            after_agreement=self._fault_after_agreement,
         )
         job = HorizontalJob(
             job_id,

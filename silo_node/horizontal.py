@@ -45,6 +45,8 @@ from silo_node.data import LocalData, split
 from silo_node.jobfiles import JobState, read_upload, save_arrays, write_upload
 from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
+from silo_node.relay import Relay
+from silo_node.secagg_round import Mask, SecAggCredentials, SecAggRefused, SecureAggregation
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
 
@@ -64,6 +66,8 @@ class SiloServices:
     round_gate: Callable[[int], Decision] | None = None  # site policy, checked before every upload
     allowed_factories: tuple[str, ...] = ()  # site policy: model factories this node may import
     min_contributors: int = 2  # site policy: the fewest verified contributors of an aggregate this silo applies
+    secagg: SecAggCredentials | None = None  # what secure-aggregation jobs sign and verify with
+    after_agreement: Callable[[str, int], None] | None = None  # fault injection (demo --drop-silo): job, round
 
 
 class RoundRefused(Exception):
@@ -92,6 +96,7 @@ class HorizontalJob:
         self._audit_head = services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
         self._upload_notes: dict[int, dict[str, Any]] = {}  # round -> quantization facts for update_sent
+        self._sat_out: set[tuple[int, int]] = set()  # (round, attempt) whose secure aggregation this silo left
         self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
         self.train_rows, self.val_rows = split(data, validation_fraction, seed)
@@ -112,6 +117,13 @@ class HorizontalJob:
             with np.load(weights_path) as stored:
                 self.model.set_weights(OrderedDict((k, stored[k]) for k in stored.files))
         self.global_weights = self.model.get_weights()
+        self.secure: SecureAggregation | None = None
+        if spec.secure_aggregation:
+            if services.secagg is None:
+                raise RoundRefused(["this node has no credentials for secure aggregation"])
+            table = spec.secagg
+            relay = Relay(self.client, job_id, lambda: False, table.setup_timeout_s if table else 60.0)
+            self.secure = SecureAggregation(job_id, spec, self.name, services.secagg, relay, self.events, self.dir)
 
     # ------------------------------------------------------------------ persistence
     def _pin_spec(self) -> None:
@@ -182,15 +194,19 @@ class HorizontalJob:
         self.check_task(task)
         while self.state.applied < task.completed_rounds:
             self._apply_aggregate(self.state.applied)
+        attempt = max(int(task.attempt), 1)
         if (
             task.job_status == JobStatus.RUNNING
             and task.round_status == RoundStatus.OPEN
             and not task.uploaded
             and task.round == self.state.applied
             and int(task.round) not in self.state.declined_rounds
+            and (int(task.round), attempt) not in self._sat_out
             and self._round_allowed(int(task.round))
         ):
-            self._upload(int(task.round))
+            self._upload(int(task.round), attempt)
+        if self.secure is not None and task.round_status == RoundStatus.OPEN and task.uploaded:
+            self.secure.serve(int(task.round), attempt)
         if (
             task.job_status == JobStatus.COMPLETED
             and self.state.applied >= self.spec.total_rounds
@@ -216,12 +232,27 @@ class HorizontalJob:
         self.client.decline(self.job_id, round_index, decision.reasons)
         return False
 
-    def _upload(self, round_index: int) -> None:
-        cache = self.dir / f"upload-{round_index:05d}.bin"
+    def _upload_cache(self, round_index: int, attempt: int) -> Path:
+        """A masked upload is bound to its attempt's keys; an unmasked one is the round's, whatever the attempt."""
+        if self.secure is not None:
+            return self.dir / f"upload-{round_index:05d}-a{attempt:04d}.bin"
+        return self.dir / f"upload-{round_index:05d}.bin"
+
+    def _upload(self, round_index: int, attempt: int = 1) -> None:
+        cache = self._upload_cache(round_index, attempt)
         if cache.exists():  # same bytes as before: the aggregator treats a re-send as idempotent
             header, chunks = read_upload(cache)
         else:
-            upload, chunks = self._prepare_upload(round_index)
+            mask = None
+            if self.secure is not None:
+                try:
+                    mask = self.secure.agree(round_index, attempt)
+                except SecAggRefused:  # audited by agree(); the round goes on (or retries) without us
+                    self._sat_out.add((round_index, attempt))
+                    return
+                if self.services.after_agreement is not None:
+                    self.services.after_agreement(self.job_id, round_index)
+            upload, chunks = self._prepare_upload(round_index, mask)
             header = upload.to_proto()
             write_upload(cache, header, chunks)
         receipt = self.client.upload(header, chunks)
@@ -269,10 +300,12 @@ class HorizontalJob:
             note = {"clipped_values": None, "weight_capped": None, "resent_from_cache": True}
         return {**details, **note}
 
-    def _encrypt(self, tensors: dict[str, Any], weight: float, tags: np.ndarray, round_index: int) -> EncryptedBatch:
+    def _encrypt(
+        self, tensors: dict[str, Any], weight: float, tags: np.ndarray, round_index: int, mask: Mask | None = None
+    ) -> EncryptedBatch:
         """Encrypt one training update under the job's profile (compact: quantized, clip counts kept for the audit)."""
         if isinstance(self.encryptor, CompactEncryptor):
-            batch: CompactBatch = self.encryptor.encrypt_update(tensors, weight, tags=tags)
+            batch: CompactBatch = self.encryptor.encrypt_update(tensors, weight, tags=tags, mask=mask)
             self._upload_notes[round_index] = {"clipped_values": batch.clipped, "weight_capped": batch.weight_capped}
             return batch
         return encrypt_weighted_update(self.encryptor, tensors, weight, tags=tags)
@@ -299,7 +332,7 @@ class HorizontalJob:
         self.state.trained_rounds.append(round_index)
         self._save()
 
-    def _prepare_upload(self, round_index: int) -> tuple[SignedUpload, list[bytes]]:
+    def _prepare_upload(self, round_index: int, mask: Mask | None = None) -> tuple[SignedUpload, list[bytes]]:
         weight = float(len(self.train_rows))
         tags = self._tags(round_index)
         if self._round_kind(round_index) == "stats":
@@ -309,23 +342,36 @@ class HorizontalJob:
                 self.encryptor, self._stats_tensors(), weight, scale_bits=self._stats_scale_bits(), tags=tags
             )
         else:
-            self._check_may_train(round_index)
-            self.model.set_weights(self.global_weights)
-            seed = int.from_bytes(
-                hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
-            )
-            if self.dp_plan is not None:
-                self._train_private(round_index, seed)
-            else:
-                self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
-            delta = self._delta(self.model.get_weights())
-            if self.spec.update_clip_norm:
-                delta = dp.clip_update(delta, self.spec.update_clip_norm)
-            batch = self._encrypt(delta, weight, tags, round_index)
+            batch = self._encrypt(self._trained_delta(round_index), weight, tags, round_index, mask)
         upload = SignedUpload.sign(
             self.services.private_key, self.job_id, round_index, batch.manifest, self._audit_head()
         )
         return upload, batch.chunks
+
+    def _trained_delta(self, round_index: int) -> OrderedDict[str, np.ndarray]:
+        """Train once for this round. A secure-aggregation retry re-masks the update trained for the round's
+        first attempt (kept on this silo's disk): training again would spend the privacy budget twice."""
+        kept = self.dir / f"delta-{round_index:05d}.npz"
+        if self.secure is not None and kept.exists():
+            with np.load(kept) as stored:
+                return OrderedDict((k, stored[k]) for k in self.global_weights)
+        self._check_may_train(round_index)
+        self.model.set_weights(self.global_weights)
+        seed = int.from_bytes(
+            hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
+        )
+        if self.dp_plan is not None:
+            self._train_private(round_index, seed)
+        else:
+            self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
+        delta = self._delta(self.model.get_weights())
+        if self.spec.update_clip_norm:
+            delta = dp.clip_update(delta, self.spec.update_clip_norm)
+        if self.secure is not None:
+            tmp = self.dir / "delta.tmp.npz"
+            save_arrays(tmp, delta)
+            tmp.replace(kept)
+        return delta
 
     def _stats_tensors(self) -> OrderedDict[str, np.ndarray]:
         x = self.data.features[self.train_rows]
@@ -343,14 +389,14 @@ class HorizontalJob:
         Without an upload (declined round, no cache) it is the layout its upload would have had: the same
         packing as ``_prepare_upload`` over the statistics or over a zero update of the global weights.
         """
-        cache = self.dir / f"upload-{round_index:05d}.bin"
-        if cache.exists():
+        for cache in sorted(self.dir.glob(f"upload-{round_index:05d}*.bin")):
             header, _ = read_upload(cache)
             return SignedUpload.from_proto(header).manifest.layout_key()
         weight, tags = float(max(len(self.train_rows), 1)), self._tags(round_index)
         if isinstance(self.encryptor, CompactEncryptor):  # lanes: the layout of a (zero) update it would send
             zero = self._delta(self.global_weights)
-            return self.encryptor.encrypt_update(zero, weight, tags=tags).manifest.layout_key()
+            unmasked = (lambda v: v) if self.secure is not None else None  # the layout does not depend on masks
+            return self.encryptor.encrypt_update(zero, weight, tags=tags, mask=unmasked).manifest.layout_key()
         if self._round_kind(round_index) == "stats":
             return weighted_update_layout_key(
                 self.encryptor, self._stats_tensors(), weight, self._stats_scale_bits(), tags

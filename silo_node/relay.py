@@ -125,6 +125,12 @@ class Relay:
         request = pb.ReceiveRequest(job_id=self.job_id, kind=kind, seq=seq, sender=sender, wait_ms=5000)
         return list(self.client.stub.Receive(request, timeout=30))
 
+    def receive_now(self, sender: str, kind: str, seq: int, wait_ms: int) -> list[bytes]:
+        """One Receive that waits at most ``wait_ms`` (polled work: never blocks the node for long)."""
+        request = pb.ReceiveRequest(job_id=self.job_id, kind=str(kind), seq=seq, sender=sender, wait_ms=wait_ms)
+        replies = self.client.call(lambda: list(self.client.stub.Receive(request, timeout=30)), retries=5)
+        return [bytes(r.payload) for r in replies]
+
     def receive_blob(self, sender: str, kind: str, seq: int) -> bytes:
         return b"".join(self.receive(sender, kind, seq)[1])
 

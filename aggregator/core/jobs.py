@@ -8,6 +8,7 @@ drive them while the aggregator relays and sums. Nothing here knows about gRPC: 
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,9 +17,17 @@ from pathlib import Path
 from cryptography import x509
 
 from aggregator.core.clock import Clock, SystemClock
-from aggregator.core.errors import AlreadyExists, Forbidden, InvalidArgument, NotFound, PreconditionFailed
+from aggregator.core.errors import (
+    AlreadyExists,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    ResourceExhausted,
+)
 from aggregator.core.keys import KeyDirectory
 from aggregator.core.rounds import RoundCore
+from aggregator.core.secagg import AggregatorCredentials
 from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs
 from aggregator.core.store_contract import AggregateArchive, JobRow, JobStore
 from aggregator.core.vertical import VerticalJobs
@@ -26,13 +35,15 @@ from aggregator.core.views import (
     DeclineView,
     JobStatusView,
     JobSummary,
+    RelayDelivery,
+    RelayOffer,
     RoundView,
     TaskView,
     UploadOffer,
     UploadReceipt,
 )
 from aggregator.keyring import PublicKeyring
-from aggregator.limits import check_metrics
+from aggregator.limits import check_job_id, check_metrics, check_name
 from audit.events import EventSink
 from crypto.packing import Manifest
 from crypto.pki import Identity
@@ -59,6 +70,7 @@ class Jobs:
         allowed_factories: tuple[str, ...] = (),
         clock: Clock | None = None,
         consortium: str = "",
+        credentials: AggregatorCredentials | None = None,
     ) -> None:
         self.store, self.keyring, self.events = store, keyring, events
         self.policies = PolicyInForce(policy, min_per_aggregate)
@@ -78,6 +90,8 @@ class Jobs:
             state_dir / "spool",
             self.policies,
             max_update_values,
+            consortium,
+            credentials,
         )
         self.vertical = VerticalJobs(store, self.specs, events, self.clock, self.feed)
         self.keys = KeyDirectory(store, keyring, events, consortium)
@@ -105,6 +119,61 @@ class Jobs:
 
     def tick(self, now: float | None = None) -> None:
         self.rounds.tick(now)
+
+    # ------------------------------------------------------------------ relay
+    def relay_send(
+        self,
+        sender: Identity,
+        cert: x509.Certificate,
+        offers: Iterable[RelayOffer],
+        max_messages: int,
+        max_bytes: int,
+        max_payload: int,
+    ) -> int:
+        """One Send: a vertical job's messages, or a secure-aggregation round's (one job per Send)."""
+        stream = iter(offers)
+        first = next(stream, None)
+        if first is None:
+            return 0
+        check_job_id(first.job_id)
+        spec = self.specs.get(first.job_id)
+        messages = itertools.chain([first], stream)
+        if spec.partition == "vertical":
+            return self.vertical.send(sender.name, messages, max_messages, max_bytes, max_payload)
+        if not spec.secure_aggregation:
+            raise Forbidden("relay is for vertical jobs and secure-aggregation rounds")
+        count, total, relayed = 0, 0, []
+        for m in messages:
+            total += len(m.payload)
+            count += 1
+            if count > max_messages or total > max_bytes:
+                raise ResourceExhausted(f"one Send carries at most {max_messages} messages and {max_bytes} bytes")
+            if m.job_id != first.job_id:
+                raise InvalidArgument("job_id: one Send carries the messages of one secure-aggregation job")
+            check_name(m.to, "to")
+            check_name(m.kind, "kind")
+            with self.feed.lock:
+                if not self.rounds.secagg.accept(sender, cert, m, spec):
+                    self.store.relay_put(m.job_id, sender.name, m.to, m.kind, m.seq, m.payload)
+                    relayed.append(m.to)
+                self.store.add_relay_bytes(m.job_id, len(m.payload))
+        if relayed:
+            self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
+        self.feed.bump()
+        return count
+
+    def relay_receive(
+        self,
+        recipient: str,
+        job_id: str,
+        kind: str,
+        seq: int,
+        sender: str,
+        wait_s: float,
+        connected: Callable[[], bool],
+    ) -> RelayDelivery:
+        """Take the messages of one (kind, seq, sender) addressed to ``recipient`` (any job it is a party of)."""
+        return self.vertical.receive(recipient, job_id, kind, seq, sender, wait_s, connected)
 
     # ------------------------------------------------------------------ submit and abort
     def submit(self, spec_toml: str, submitter_identity: Identity) -> str:
@@ -278,6 +347,7 @@ class Jobs:
                         deadline_unix_ms=int(open_round.deadline * 1000) if open_round else 0,
                         reason=row.reason,
                         declined=silo in self.store.declines(row.job_id),
+                        attempt=open_round.attempt if open_round else 1,
                     )
                 )
         return tasks

@@ -30,6 +30,7 @@ from aggregator.core.errors import (
     InvalidArgument,
     PreconditionFailed,
 )
+from aggregator.core.secagg import AggregatorCredentials, SecureAggregation
 from aggregator.core.shared import ChangeFeed, PolicyInForce
 from aggregator.core.store_contract import AggregateArchive, JobStore
 from aggregator.core.uploads import OpenRound, Upload
@@ -57,6 +58,8 @@ class RoundCore:
         spool_dir: Path,
         policies: PolicyInForce,
         max_update_values: int,
+        consortium: str = "",
+        credentials: AggregatorCredentials | None = None,
     ) -> None:
         self.store, self.archive, self.keyring, self.events = store, archive, keyring, events
         self.clock, self.feed, self.lock = clock, feed, feed.lock
@@ -65,6 +68,7 @@ class RoundCore:
         self.policies = policies
         self.max_update_values = max_update_values
         self._open: dict[str, OpenRound] = {}
+        self.secagg = SecureAggregation(store, events, clock, consortium, credentials, self._release, self._fail)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, job_id: str, spec: JobSpec) -> None:
@@ -72,10 +76,15 @@ class RoundCore:
         self._open_round(job_id, spec, 0, 1, self.clock.now())
 
     def recover(self, job_id: str, spec: JobSpec, current_round: int) -> None:
-        """Reopen a running job's current round after a restart: its in-memory sum was lost."""
+        """Reopen a running job's current round after a restart: its in-memory sum was lost.
+
+        A secure-aggregation round reopens as its next attempt: the silos' keys, shares and unmasking
+        commitments are bound to the attempt, and reusing them with a new roster could reveal masks.
+        """
         self.store.clear_contributions(job_id, current_round)
         row = self.store.round(job_id, current_round)
-        self._open_round(job_id, spec, current_round, row.attempt if row else 1, self.clock.now())
+        attempt = (row.attempt if row else 1) + (1 if spec.secure_aggregation and row else 0)
+        self._open_round(job_id, spec, current_round, attempt, self.clock.now())
         self.events.record(
             "round_reopened",
             "aggregator",
@@ -94,6 +103,7 @@ class RoundCore:
         """End a job (aborted, failed): cancel uploads in flight and close its open round with it."""
         with self.lock:
             open_round = self._open.pop(job_id, None)
+            self.secagg.ended(job_id)
             if open_round is not None:
                 for upload in list(open_round.uploads):
                     upload.cancel(f"job {job_id} is {status}")
@@ -117,6 +127,7 @@ class RoundCore:
             attempt=attempt,
             deadline_s=spec.round_timeout_s,
         )
+        self.secagg.opened(self._open[job_id])
 
     def required(self, spec: JobSpec) -> int:
         return max(spec.min_silos, self.policies.min_per_aggregate())
@@ -200,6 +211,9 @@ class RoundCore:
                 raise AlreadyExists(
                     f"duplicate upload: {silo.name} already contributed to round {round_index} of {job_id}"
                 )
+            if open_round.closing:
+                raise PreconditionFailed(f"round {round_index} of job {job_id} is closing (unmasking); too late")
+            self.secagg.check_upload(job_id, silo, manifest)
             if any(u.silo == silo.name for u in open_round.uploads):
                 raise AlreadyExists(f"{silo.name} already has an upload in progress for this round")
             upload = Upload(
@@ -290,8 +304,10 @@ class RoundCore:
         now = self.clock.now() if now is None else now
         with self.lock:
             for open_round in list(self._open.values()):
-                if now >= open_round.deadline:
+                if now >= open_round.deadline and not open_round.closing:
                     self._close(open_round, "deadline reached")
+            if self.secagg.tick(now):
+                self.feed.bump()
 
     def _close(self, open_round: OpenRound, why: str) -> None:
         for upload in list(open_round.uploads):  # uploads still streaming are left out, exactly
@@ -317,7 +333,8 @@ class RoundCore:
         quorum = len(contributors) >= self.required(open_round.spec)
         if quorum and release.allowed and winner is not None:
             self._outvote(open_round, groups, winner)
-            self._release(open_round, winner, contributors, why, now)
+            if not self.secagg.closing(open_round, winner, contributors, why, now):
+                self._release(open_round, winner, contributors, why, now)
         else:
             reason = release.reasons[0] if not release.allowed else None
             if len(groups) > 1:
@@ -447,6 +464,8 @@ class RoundCore:
                         JobStatus.FAILED,
                         f"too few participants left after {silo} declined: {'; '.join(reasons)}",
                     )
+                elif open_round.closing:
+                    pass  # unmasking: the contributor set is fixed
                 elif open_round.contributors and expected <= set(open_round.contributors):
                     self._close(open_round, "all remaining participants reported")
                 elif round_index >= 0 and open_round.round == round_index and len(expected) < self.required(spec):

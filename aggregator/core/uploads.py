@@ -42,6 +42,7 @@ class OpenRound:
     contributors: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # silo -> digest, bytes, head
     uploads: set[Upload] = field(default_factory=set)
     bytes_in: int = 0
+    closing: bool = False  # secure aggregation: closed to uploads, unmasking before release
 
     def verifier(self, manifest: Manifest) -> ChunkVerifier:
         """Checks chunks of ``manifest`` against its digests, under this round's key."""

@@ -24,6 +24,7 @@ class TaskView:
     deadline_unix_ms: int
     reason: str
     declined: bool
+    attempt: int = 1
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def task(view: TaskView) -> pb.Task:
         deadline_unix_ms=view.deadline_unix_ms,
         reason=view.reason,
         declined=view.declined,
+        attempt=view.attempt,
     )
 
 

@@ -138,11 +138,13 @@ class ConsortiumService(pbg.ConsortiumServicer):
 
     def Send(self, request_iterator: Iterator[pb.RelayMessage], context: grpc.ServicerContext) -> pb.Ack:
         ident = self.auth.identity(context)
+        cert = self.auth.certificate(context)
         sent = self._guard(
             context,
             "Send",
-            lambda: self.engine.vertical.send(
-                ident.name,
+            lambda: self.engine.relay_send(
+                ident,
+                cert,
                 serde.relay_offers(request_iterator),
                 self.max_send_messages,
                 self.max_send_bytes,
@@ -157,7 +159,7 @@ class ConsortiumService(pbg.ConsortiumServicer):
         delivery = self._guard(
             context,
             "Receive",
-            lambda: self.engine.vertical.receive(
+            lambda: self.engine.relay_receive(
                 ident.name, request.job_id, request.kind, int(request.seq), request.sender, wait_s, context.is_active
             ),
         )

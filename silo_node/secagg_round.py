@@ -1,0 +1,290 @@
+"""Secure aggregation at a silo: agree on masks before uploading, then answer the unmasking, once.
+
+For one attempt of one round (its session):
+
+1. ``agree``: generate round keys (kept in a 0600 file), send the signed advert, wait for the
+   aggregator's roster and check every entry against the consortium CA (chain, expiry, revocation,
+   role ``silo``, the name in the certificate is a participant of the job spec, the advert is
+   signed by that certificate for this session); build the share graph from the job spec (never
+   the aggregator's word), send each share holder its encrypted shares, open the shares sent to
+   this silo. Returns the ``mask`` function the compact encryptor applies to the update.
+2. ``serve`` (on every poll while the round unmasks): sign the contributor statement if it matches
+   what this silo saw, then answer the unmasking request: one share per peer, the self-seed share of
+   a contributor or the mask-key share of a dropped silo, never both for one silo
+   (``crypto.secagg.unmask.ShareResponder``; its memory is written to disk before any answer leaves).
+
+A refusal (a roster, statement or request that breaks the rules) is audited with its reason and
+nothing is revealed; the silo then sits the round out. Every step is audited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from audit.events import EventSink
+from crypto.endorsement import TrustAnchors
+from crypto.errors import CryptoError
+from crypto.pki import PKIError, certificate_fingerprint, verify_certificate, write_secret_file
+from crypto.secagg.encoding import RoundContext
+from crypto.secagg.errors import SecAggError, UnmaskRefused
+from crypto.secagg.graph import neighbour_graph, round_graph_seed
+from crypto.secagg.keys import Advertisement, Roster, RoundKeys, advertise, verify_advertisement
+from crypto.secagg.masking import mask_vector, share_secrets
+from crypto.secagg.transport import ShareBundle, ShareEnvelope, open_shares
+from crypto.secagg.unmask import ContributorStatement, RoundMaterial, ShareResponder
+from crypto.secagg.wire import (
+    decode_material,
+    decode_request,
+    encode_keys,
+    encode_material,
+    encode_response,
+    encode_signature,
+)
+from protocol.jobspec import JobSpec, compact_params, secagg_policy
+from protocol.secagg import decode_roster, round_context
+from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
+from silo_node.relay import Relay, VerticalError
+
+Mask = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SecAggCredentials:
+    """This node's certificate and key (it signs adverts, shares and answers) and what it trusts peers by."""
+
+    consortium: str
+    private_key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+    trust: TrustAnchors
+
+
+class SecAggRefused(Exception):
+    """This silo will not take part in this session (the reason is audited); it sits the round out."""
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The verified roster: fingerprints, names and certificates of the silos in this session."""
+
+    roster: Roster
+    names: dict[str, str]  # fingerprint -> name
+    certificates: dict[str, x509.Certificate]
+    aggregator: x509.Certificate
+
+
+class SecureAggregation:
+    """One job's secure-aggregation sessions at this silo (state under ``directory/secagg``)."""
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        name: str,
+        credentials: SecAggCredentials,
+        relay: Relay,
+        events: EventSink,
+        directory: Path,
+    ) -> None:
+        self.job_id, self.spec, self.name = job_id, spec, name
+        self.credentials, self.relay, self.events = credentials, relay, events
+        self.dir = directory / "secagg"
+        self.policy = secagg_policy(spec)
+        self.params = compact_params(spec)
+        self.me = certificate_fingerprint(credentials.certificate)
+        self.responder = ShareResponder(self.me, credentials.private_key)
+        state = self.dir / "responder.json"
+        if state.exists():
+            self.responder.load_state(json.loads(state.read_text()))
+
+    # ------------------------------------------------------------------ files
+    def _session_dir(self, context: RoundContext) -> Path:
+        return self.dir / f"session-{context.round:012d}"
+
+    def _record(self, event: str, context: RoundContext, **details: object) -> None:
+        self.events.record(event, self.name, job=self.job_id, session=context.round, **details)
+
+    def _save_responder(self) -> None:
+        """Persisted before any signature or answer leaves: a restart cannot make this silo answer twice."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "responder.json.tmp"
+        tmp.write_text(json.dumps(self.responder.export_state()))
+        tmp.replace(self.dir / "responder.json")
+
+    # ------------------------------------------------------------------ 1. mask agreement
+    def agree(self, round_index: int, attempt: int) -> Mask:
+        """Advertise, verify the roster, exchange shares; the mask for this session's upload.
+
+        Raises SecAggRefused (audited) when this silo cannot take part in the session safely.
+        """
+        context = round_context(self.credentials.consortium, self.job_id, round_index, attempt)
+        where = self._session_dir(context)
+        if where.exists():
+            raise SecAggRefused(
+                f"session {context.round} was started before a restart; its keys are not reused: sitting it out"
+            )
+        where.mkdir(parents=True)
+        keys = RoundKeys.generate()
+        write_secret_file(where / "keys.bin", encode_keys(keys))
+        advert = advertise(keys, context, self.credentials.certificate, self.credentials.private_key)
+        seq = context.round
+        try:
+            self.relay.send(AGGREGATOR_RECIPIENT, SecAggKind.ADVERT, seq, [advert.to_bytes()])
+            self._record("secagg_advertised", context, round=round_index, attempt=attempt)
+            roster_bytes = self.relay.receive_blob(AGGREGATOR_RECIPIENT, SecAggKind.ROSTER, seq)
+            peers = self._verified_roster(context, roster_bytes)
+            graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
+            holders = graph[self.me]
+            envelopes = share_secrets(
+                context, keys, self.me, peers.roster, holders, self.policy.threshold, self.credentials.private_key
+            )
+            for envelope in envelopes:
+                self.relay.send(peers.names[envelope.recipient], SecAggKind.SHARES, seq, [envelope.to_bytes()])
+            self._record("secagg_shares_sent", context, to=sorted(peers.names[h] for h in holders))
+            bundles = self._open_shares(context, keys, peers, holders)
+        except (VerticalError, SecAggError, CryptoError) as exc:
+            self._record("secagg_refused", context, step="agreement", reason=str(exc)[:500])
+            raise SecAggRefused(str(exc)) from None
+        material = RoundMaterial(context, self.policy.threshold, graph, frozenset(bundles), bundles)
+        write_secret_file(where / "material.bin", encode_material(material))
+        (where / "roster.bin").write_bytes(roster_bytes)  # verified above; public
+        self._record("secagg_shares_received", context, senders=sorted(peers.names[s] for s in bundles))
+        w = self.params.layout.lane_bits
+        threshold = self.policy.threshold
+        mask_set = material.mask_set
+
+        def mask(values: np.ndarray) -> np.ndarray:
+            return mask_vector(values, w, context, keys, self.me, peers.roster, mask_set, threshold)
+
+        return mask
+
+    def _verified_roster(self, context: RoundContext, data: bytes) -> Peers:
+        """Every entry: a current silo certificate of a job participant, its advert signed for this session."""
+        message = decode_roster(data, len(self.spec.participants))
+        anchors = self.credentials.trust
+        try:
+            aggregator = x509.load_pem_x509_certificate(message.aggregator_pem)
+            verify_certificate(aggregator, anchors.ca_cert, roles=("aggregator",), revocation=anchors.revocation)
+        except (ValueError, PKIError) as exc:
+            raise SecAggError(f"roster's aggregator certificate refused: {exc}") from None
+        names: dict[str, str] = {}
+        certificates: dict[str, x509.Certificate] = {}
+        adverts: list[Advertisement] = []
+        for entry in message.entries:
+            try:
+                cert = x509.load_pem_x509_certificate(entry.cert_pem)
+                identity = verify_certificate(cert, anchors.ca_cert, roles=("silo",), revocation=anchors.revocation)
+            except (ValueError, PKIError) as exc:
+                raise SecAggError(f"roster entry {entry.name!r} refused: {exc}") from None
+            if identity.name != entry.name or entry.name not in self.spec.participants:
+                raise SecAggError(f"roster entry {entry.name!r} is not a participant's own certificate")
+            if identity.fingerprint in names or entry.name in names.values():
+                raise SecAggError(f"roster lists {entry.name!r} twice")
+            adverts.append(verify_advertisement(Advertisement.from_bytes(entry.advert), context, cert))
+            names[identity.fingerprint] = entry.name
+            certificates[identity.fingerprint] = cert
+        if self.me not in names:
+            raise SecAggError("the roster leaves this silo out although it advertised keys")
+        if len(names) < self.policy.min_participants:
+            raise SecAggError(
+                f"the roster lists {len(names)} silos; this job needs at least {self.policy.min_participants}"
+            )
+        self._record("secagg_roster_verified", context, roster=sorted(names.values()))
+        return Peers(Roster.build(context, adverts), names, certificates, aggregator)
+
+    def _open_shares(
+        self, context: RoundContext, keys: RoundKeys, peers: Peers, holders: frozenset[str]
+    ) -> dict[str, ShareBundle]:
+        """The shares every graph neighbour sent this silo (a missing one ends the session for it)."""
+        bundles: dict[str, ShareBundle] = {}
+        for sender in sorted(holders):
+            raw = self.relay.receive_blob(peers.names[sender], SecAggKind.SHARES, context.round)
+            envelope = ShareEnvelope.from_bytes(raw)
+            if envelope.sender != sender or envelope.recipient != self.me:
+                raise SecAggError(f"shares relayed as from {peers.names[sender]} are addressed otherwise")
+            bundles[sender] = open_shares(
+                envelope,
+                context,
+                keys,
+                self.me,
+                peers.roster.x_of(self.me),
+                peers.roster.advert(sender),
+                peers.certificates[sender],
+            )
+        return bundles
+
+    # ------------------------------------------------------------------ 2. unmasking
+    def serve(self, round_index: int, attempt: int, wait_ms: int = 1000) -> None:
+        """Sign the statement and answer the request of this session if they have arrived (each once)."""
+        context = round_context(self.credentials.consortium, self.job_id, round_index, attempt)
+        where = self._session_dir(context)
+        if not (where / "material.bin").exists():
+            return
+        material = decode_material((where / "material.bin").read_bytes())
+        peers = _stored_peers(context, (where / "roster.bin").read_bytes())
+        names, certificates, aggregator = peers.names, peers.certificates, peers.aggregator
+        seq = context.round
+        if not (where / "signed").exists():
+            payloads = self._try_receive(SecAggKind.STATEMENT, seq, wait_ms)
+            if payloads is None:
+                return
+            try:
+                statement = ContributorStatement.decode(b"".join(payloads))
+                signature = self.responder.sign_statement(statement, material)
+            except (SecAggError, CryptoError) as exc:
+                self._record("secagg_refused", context, step="statement", reason=str(exc)[:500])
+                return
+            self._save_responder()
+            self.relay.send(AGGREGATOR_RECIPIENT, SecAggKind.CONSISTENCY, seq, [encode_signature(signature)])
+            (where / "signed").write_text(statement.digest().hex())
+            self._record(
+                "secagg_statement_signed",
+                context,
+                contributors=sorted(names.get(fp, fp[:16]) for fp in statement.contributors),
+                dropped=sorted(names.get(fp, fp[:16]) for fp in statement.dropped),
+            )
+        payloads = self._try_receive(SecAggKind.REQUEST, seq, wait_ms)
+        if payloads is None:
+            return
+        try:
+            request = decode_request(b"".join(payloads), len(material.graph))
+            response = self.responder.respond(request, material, certificates, aggregator)
+        except UnmaskRefused as exc:
+            self._record("secagg_refused", context, step="unmask", refusal=type(exc).__name__, reason=str(exc)[:500])
+            return
+        except (SecAggError, CryptoError) as exc:
+            self._record("secagg_refused", context, step="unmask", refusal="malformed", reason=str(exc)[:500])
+            return
+        self._save_responder()
+        self.relay.send(AGGREGATOR_RECIPIENT, SecAggKind.ANSWER, seq, [encode_response(response)])
+        self._record(
+            "secagg_answered",
+            context,
+            self_shares_of=sorted(names.get(s.silo, s.silo[:16]) for s in response.shares if s.kind == "self"),
+            mask_shares_of=sorted(names.get(s.silo, s.silo[:16]) for s in response.shares if s.kind == "mask"),
+        )
+
+    def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
+        replies = self.relay.receive_now(AGGREGATOR_RECIPIENT, kind, seq, wait_ms)
+        return replies or None
+
+
+def _stored_peers(context: RoundContext, data: bytes) -> Peers:
+    """The roster this silo verified at agreement, read back from its own disk."""
+    message = decode_roster(data)
+    names = {}
+    certificates = {}
+    adverts = []
+    for entry in message.entries:
+        cert = x509.load_pem_x509_certificate(entry.cert_pem)
+        fp = certificate_fingerprint(cert)
+        names[fp], certificates[fp] = entry.name, cert
+        adverts.append(Advertisement.from_bytes(entry.advert))
+    aggregator = x509.load_pem_x509_certificate(message.aggregator_pem)
+    return Peers(Roster.build(context, adverts), names, certificates, aggregator)
