@@ -257,3 +257,32 @@ def test_add_plain_refusals(keys, public):
     empty = Accumulator(public, 1)
     with pytest.raises(ManifestError, match="no contribution"):
         empty.add_plain(np.zeros(per), 19)
+
+
+@pytest.mark.parametrize("extreme", ["high", "low"])
+def test_extreme_masked_values_wrap_and_reduce_exactly(keys, public, members, extreme):
+    """Masks chosen so every centered masked value (lanes and weights) sits at the edge of [-2^(w-1), 2^(w-1)):
+    the encrypted sums then lie multiples of 2^w away from the true sums (and at the lane limit
+    (c + 1) * 2^(w-1)), so the silo must reduce both lanes and weights mod 2^w to read them."""
+    params = _params()
+    w = params.mask_bits
+    modulus = np.uint64((1 << w) - 1)
+    target = np.uint64((1 << (w - 1)) - 1 if extreme == "high" else 1 << (w - 1))  # centered: 2^(w-1)-1 or -2^(w-1)
+    enc = CompactEncryptor(keys, params)
+    updates, pads = _updates(members), []
+
+    def edge(values: np.ndarray) -> np.ndarray:
+        pads.append((target - values) & modulus)  # the one-time pad that lands every value on the edge
+        return np.full_like(values, target)
+
+    batches = [
+        enc.encrypt_update(updates[m.fingerprint], WEIGHTS[i], _seed(i), mask=edge) for i, m in enumerate(members)
+    ]
+    expected = sum(_expected(params, updates[m.fingerprint], WEIGHTS[i], _seed(i)) for i, m in enumerate(members))
+    correction = (np.uint64(0) - sum(pads, np.zeros_like(pads[0]))) & modulus
+    manifest = batches[0].manifest
+    acc = accumulate_batches(public, keys.fingerprint, batches)
+    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, correction), 19)
+    sums = enc.decrypt_lane_sums(manifest, acc.serialize())
+    np.testing.assert_array_equal(sums.values, expected)
+    assert sums.total_weight == sum(WEIGHTS)
