@@ -44,6 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from crypto.compact_masked import HEADER_REALS as HEADER_REALS  # re-exported: callers import it from here
+from crypto.compact_masked import Mask, chunk_count_for, frame, masked_lanes_and_weights, masked_layout_of
+from crypto.compact_masked import correction_reals as correction_reals  # the aggregator's half
+from crypto.compact_masked import mask_length as mask_length
+from crypto.compact_masked import mask_length_for as mask_length_for
 from crypto.contributors import CONTRIBUTOR_TAGS, tag_key_from_secret
 from crypto.engine import EncryptedBatch
 from crypto.errors import CiphertextError, FingerprintMismatchError, ManifestError, ValueRangeError
@@ -52,10 +57,13 @@ from crypto.lanes import (
     EXACT_INTEGER_BITS,
     SCALE_BITS,
     LaneLayout,
+    MaskedLaneLayout,
     compact_layout,
+    masked_layout,
     max_bits_for,
     pack_lanes,
     to_integers,
+    unmasked_lane_sums,
     unpack_lanes,
 )
 from crypto.packing import Manifest, chunk_digest, pack, unpack
@@ -64,7 +72,6 @@ from crypto.seal_io import save_bytes
 from crypto.seal_reals import SeededRealCodec
 
 PROFILE_NAME = "compact"
-HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
 DEFAULT_MAX_SILOS = 16
 # Clipping biases the mean, rounding only adds zero-mean noise of ~step/2 per value: prefer a wide
 # bound. 1.0 is 20 standard deviations of N(0, 0.05) updates and clips ~5e-5 of heavy-tailed
@@ -82,11 +89,19 @@ class CompactParams:
     bound: float
     max_silos: int
     weight_cap: int
-    layout: LaneLayout = field(init=False, repr=False, compare=False)
+    # Mask lanes and weights with SecAgg masks (crypto/compact_masked.py); off keeps every digest unchanged.
+    secure_aggregation: bool = False
+    layout: LaneLayout = field(init=False, repr=False, compare=False)  # unmasked lanes: w = layout.lane_bits
+    packing: LaneLayout = field(init=False, repr=False, compare=False)  # the lanes uploads are packed in
 
     def __post_init__(self) -> None:
         check_quantizer(self.bits, self.bound)
         object.__setattr__(self, "layout", compact_layout(self.bits, self.max_silos))
+        object.__setattr__(self, "packing", self.layout)
+        if not isinstance(self.secure_aggregation, bool):
+            raise ValueRangeError(
+                f"compact profile: secure_aggregation must be true or false, got {self.secure_aggregation!r}"
+            )
         cap = self.weight_cap
         limit = (1 << EXACT_INTEGER_BITS) // self.max_silos
         if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= limit:
@@ -94,6 +109,26 @@ class CompactParams:
                 f"compact profile: weight_cap (the largest sample count one silo is weighted with) must be an "
                 f"integer in 1..{limit} for {self.max_silos} silos, got {cap!r}"
             )
+        if self.secure_aggregation:
+            self._check_masked()
+
+    def _check_masked(self) -> None:
+        """Masked lanes must fit two per real, and the total weight must be recoverable mod 2^w."""
+        object.__setattr__(self, "packing", masked_layout(self.bits, self.max_silos))
+        w = self.mask_bits
+        largest = ((1 << w) - 1) // self.max_silos
+        if self.weight_cap > largest:
+            raise ValueRangeError(
+                f"secure aggregation: weight_cap {self.weight_cap} is too large; weights are masked mod 2^{w} "
+                f"(the lane width of {self.bits}-bit values for {self.max_silos} silos), so the total of "
+                f"{self.max_silos} weights must stay below 2^{w}: lower weight_cap to at most {largest}, "
+                f"or lower max_silos"
+            )
+
+    @property
+    def mask_bits(self) -> int:
+        """Width w of the SecAgg masks (mod 2^w): the unmasked lane width."""
+        return self.layout.lane_bits
 
     @property
     def step(self) -> float:
@@ -101,14 +136,17 @@ class CompactParams:
 
     def describe(self) -> str:
         """The quantization as canonical JSON: what the signed manifest carries (rounding is stochastic)."""
+        fields: dict[str, object] = {
+            "bits": self.bits,
+            "bound": self.bound,
+            "max_silos": self.max_silos,
+            "rounding": "stochastic",
+            "weight_cap": self.weight_cap,
+        }
+        if self.secure_aggregation:  # only then: unmasked jobs keep their digests and frozen vectors
+            fields.update({"mask_bits": self.mask_bits, "secure_aggregation": True})
         return json.dumps(
-            {
-                "bits": self.bits,
-                "bound": self.bound,
-                "max_silos": self.max_silos,
-                "rounding": "stochastic",
-                "weight_cap": self.weight_cap,
-            },
+            fields,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -168,15 +206,28 @@ class CompactEncryptor:
 
     @property
     def values_per_chunk(self) -> int:
-        return self.params.layout.lanes_per_real * self.data_reals_per_chunk
+        return self.params.packing.lanes_per_real * self.data_reals_per_chunk
 
     def encrypt_update(
-        self, tensors: Mapping[str, Any], weight: float, seed: bytes | None = None, tags: np.ndarray | None = None
+        self,
+        tensors: Mapping[str, Any],
+        weight: float,
+        seed: bytes | None = None,
+        tags: np.ndarray | None = None,
+        mask: Mask | None = None,
     ) -> CompactBatch:
         """Quantize ``tensors`` weighted by ``weight`` (a whole sample count) and encrypt them.
 
         ``tags`` (contributor tag lanes) travel after the lanes as exact integers, see the module notes.
+        ``mask`` (required exactly when the params have secure_aggregation) maps the uint64 vector
+        [lane values mod 2^w, weight per chunk] to its SecAgg-masked residues (crypto/compact_masked.py).
         """
+        if (mask is not None) != self.params.secure_aggregation:
+            raise ValueRangeError(
+                "a mask was given but this job has secure_aggregation off"
+                if mask is not None
+                else "this job has secure_aggregation on: encrypt_update needs the round's `mask`"
+            )
         tag_reals = np.zeros(0)
         if tags is not None:
             tags = np.asarray(tags, dtype=np.float64)
@@ -196,10 +247,17 @@ class CompactEncryptor:
         quantized = quantize(
             vector, self.params.bound, self.params.bits, UniformStream(seed), factor=w / self.params.weight_cap
         )
-        data = pack_lanes(quantized.values, self.params.layout)
+        lane_reals = self.params.packing.reals_for(quantized.values.shape[0])
+        count = chunk_count_for(lane_reals, tag_reals.shape[0], self.data_reals_per_chunk)
+        weights = np.full(count, float(w))
+        if mask is None:
+            data = pack_lanes(quantized.values, self.params.layout)
+        else:
+            data, centered = masked_lanes_and_weights(quantized.values, w, count, masked_layout_of(self.params), mask)
+            weights = centered.astype(np.float64)
         if tag_reals.shape[0]:
             data = np.concatenate([data, tag_reals])
-        chunks = self._codec.encrypt(self._with_headers(data, w), SCALE_BITS)
+        chunks = self._codec.encrypt(frame(data, self.data_reals_per_chunk, np.ones(count), weights), SCALE_BITS)
         manifest = Manifest(
             PROFILE_NAME,
             self.fingerprint,
@@ -212,17 +270,6 @@ class CompactEncryptor:
         )
         manifest.check_consistent()
         return CompactBatch(manifest, chunks, quantized.clipped, w, capped)
-
-    def _with_headers(self, data: np.ndarray, weight: int) -> np.ndarray:
-        per = self.data_reals_per_chunk
-        count = -(-data.shape[0] // per)
-        grid = np.zeros((count, HEADER_REALS + per))
-        grid[:, 0] = 1.0
-        grid[:, 1] = float(weight)
-        padded = np.zeros(count * per)
-        padded[: data.shape[0]] = data
-        grid[:, HEADER_REALS:] = padded.reshape(count, per)
-        return grid.ravel()
 
     def decrypt_mean(self, manifest: Manifest, chunks: Sequence[bytes]) -> CompactMean:
         """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean."""
@@ -243,18 +290,23 @@ class CompactEncryptor:
         self._check_manifest(manifest, len(chunks))
         reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
         grid = reals.reshape(len(chunks), -1)
+        packing = self.params.packing
+        if isinstance(packing, MaskedLaneLayout):  # weights are masked residues: reduce them first
+            grid[:, 1] &= np.int64((1 << packing.mask_bits) - 1)  # two's complement: the residue in [0, 2^w)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
         data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
         count, tags = manifest.value_count, None
         last = manifest.layout.tensors[-1] if manifest.layout.tensors else None
         if last is not None and last.name == CONTRIBUTOR_TAGS:
             count -= last.size
-            used = self.params.layout.reals_for(count)
+            used = packing.reals_for(count)
             if data.shape[0] < used + last.size:
                 raise CiphertextError("aggregate is too short for its contributor tags; refusing it")
             tags = data[used : used + last.size] / TAG_SCALE
             data[used : used + last.size] = 0  # what remains must be lanes and zero padding
-        values = unpack_lanes(data, self.params.layout, count, contributors, overwrite=True)
+        values = unpack_lanes(data, packing, count, contributors, overwrite=True)
+        if isinstance(packing, MaskedLaneLayout):
+            values = unmasked_lane_sums(values, packing, contributors)
         return LaneSums(values, contributors, total, tags)
 
     def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:

@@ -137,6 +137,11 @@ class PublicContext:
     seal_context: seal.SEALContext | None = field(default=None, repr=False)
     tenseal_context: ts.Context | None = field(default=None, repr=False)
 
+    @property
+    def reals_per_ciphertext(self) -> int:
+        """Reals one ciphertext carries with complex packing (two per slot): the poly modulus degree."""
+        return self.profile.poly_modulus_degree
+
     def header(self) -> dict[str, object]:
         return {"profile": self.profile.name, "key_id": self.key_id.hex(), "commitment": self.commitment.hex()}
 

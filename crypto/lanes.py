@@ -228,3 +228,124 @@ def unpack_lanes(
     if flat[count:].any():
         raise CiphertextError("padding lanes of the aggregate are not zero: it was tampered with; refusing it")
     return flat[:count]
+
+
+# ---- masked lanes (secure aggregation) --------------------------------------------------------------
+#
+# A silo's lane value v (|v| <= level) is masked as m = (v + mask) mod 2^w, w = the unmasked lane width
+# bits + ceil(log2 max_silos), and sent CENTERED in [-2^(w-1), 2^(w-1)). The aggregate lane then holds
+# the sum of up to max_silos masked values plus the aggregator's centered correction: up to
+# max_silos + 1 terms of magnitude <= 2^(w-1), so the lane needs w + ceil(log2(max_silos + 1)) bits.
+# The silo reduces the decrypted lane mod 2^w and centers it: the true sum |sum v| <= max_silos * level
+# < 2^(w-1) comes back exactly.
+
+
+@dataclass(frozen=True)
+class MaskedLaneLayout(LaneLayout):
+    """Lanes that carry centered values masked mod 2^mask_bits (one-time pads), not raw quantized values.
+
+    ``level`` and ``lane_limit`` describe the masked values, so :func:`pack_lanes` and
+    :func:`unpack_lanes` work unchanged; ``value_level`` is the quantized values' own bound.
+    """
+
+    mask_bits: int = 0
+
+    @property
+    def level(self) -> int:
+        return 1 << (self.mask_bits - 1)
+
+    @property
+    def value_level(self) -> int:
+        return max_level(self.bits)
+
+    def lane_limit(self, contributors: int) -> int:
+        """Largest |lane| of ``contributors`` masked values plus one correction, before reduction."""
+        return (contributors + 1) * self.level
+
+
+def _masked_widths(bits: int, max_silos: int) -> tuple[int, int]:
+    """(mask width w, masked lane width L) for b-bit values over up to ``max_silos`` silos."""
+    w = bits + _headroom_bits(max_silos)
+    return w, w + math.ceil(math.log2(max_silos + 1))
+
+
+def _masked_lanes_that_fit(bits: int, max_silos: int) -> int:
+    w, lane_bits = _masked_widths(bits, max_silos)
+    lane_sum = (max_silos + 1) << (w - 1)
+    lanes = 0
+    while _largest_real(lane_sum, lane_bits, lanes + 1) <= 1 << EXACT_INTEGER_BITS:
+        lanes += 1
+    return lanes
+
+
+def max_masked_bits_for(max_silos: int, lanes: int = MIN_LANES) -> int:
+    """Widest quantization whose masked lanes still fit ``lanes`` per real for that many silos (0 if none).
+
+    The default ``bits`` of a secure-aggregation job: 15 for 4 silos, 13 for 8, 11 for 16, 7 for 64.
+    """
+    best = 0
+    for bits in range(MIN_BITS, MAX_BITS + 1):
+        if _masked_lanes_that_fit(bits, max_silos) >= lanes:
+            best = bits
+    return best
+
+
+def max_masked_silos_for(bits: int, lanes: int = MIN_LANES) -> int:
+    """Largest consortium (<= MAX_SILOS) for which masked b-bit values still get ``lanes`` lanes (0 if none)."""
+    best = 0
+    for silos in range(1, MAX_SILOS + 1):
+        if _masked_lanes_that_fit(bits, silos) >= lanes:
+            best = silos
+    return best
+
+
+def masked_layout(bits: int, max_silos: int) -> MaskedLaneLayout:
+    """The lane layout of masked b-bit values summed over up to ``max_silos`` silos, plus one correction.
+
+    Refused, saying what to lower, when fewer than two masked lanes fit a real's exact range.
+    """
+    plain = compact_layout(bits, max_silos)  # validates bits and max_silos with the usual messages
+    w, lane_bits = _masked_widths(bits, max_silos)
+    fit = _masked_lanes_that_fit(bits, max_silos)
+    if fit < MIN_LANES:
+        fixes = []
+        if (b := max_masked_bits_for(max_silos)) >= MIN_BITS:
+            fixes.append(f"lower bits to at most {b}")
+        if (s := max_masked_silos_for(bits)) >= 1:
+            fixes.append(f"lower max_silos to at most {s}")
+        fixes.append("or turn secure aggregation off")
+        raise ValueRangeError(
+            f"secure aggregation: {bits}-bit values over up to {max_silos} silos are masked mod 2^{w} and summed "
+            f"with one correction into {lane_bits}-bit lanes (w + ceil(log2(silos + 1))); a CKKS real holds "
+            f"integers up to 2^{EXACT_INTEGER_BITS} exactly, so {fit} such lane(s) fit and {MIN_LANES} are "
+            f"needed; " + ", ".join(fixes)
+        )
+    assert plain.lane_bits == w
+    return MaskedLaneLayout(bits, max_silos, lane_bits, fit, mask_bits=w)
+
+
+def center(residues: np.ndarray, w: int) -> np.ndarray:
+    """Integers mod 2^w (any int64/uint64 representative) -> the centered representative in [-2^(w-1), 2^(w-1))."""
+    half = np.int64(1 << (w - 1))
+    low = np.asarray(residues).astype(np.int64, copy=True)  # two's complement wrap keeps the residue mod 2^w
+    low += half
+    low &= np.int64((1 << w) - 1)
+    low -= half
+    return low
+
+
+def unmasked_lane_sums(lanes: np.ndarray, layout: MaskedLaneLayout, contributors: int) -> np.ndarray:
+    """Corrected masked lane sums -> the exact sums of the quantized values, each checked against its limit.
+
+    Without the right correction the residues are uniform mod 2^w and fall outside
+    ±contributors * level with probability 1 - contributors / 2^(bits-1+headroom) per lane: refused.
+    """
+    sums = center(lanes, layout.mask_bits)
+    limit = contributors * layout.value_level
+    if sums.size and (int(sums.max()) > limit or int(sums.min()) < -limit):
+        raise CiphertextError(
+            f"an unmasked lane sum is outside ±{limit} (the most {contributors} contributions of {layout.bits}-bit "
+            f"values can reach): the masks were not removed (missing or wrong correction) or the sum was "
+            f"tampered with; refusing it"
+        )
+    return sums

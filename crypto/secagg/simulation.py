@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,6 +127,32 @@ def setup_round(
     drop_before_upload: Iterable[str] = (),
 ) -> SimRound:
     """Advertise, verify, share, open and mask: the round up to the uploads (dropped silos do not upload)."""
+    sim = agree_round(members, context, w, threshold, k)
+    dropped = set(drop_before_upload)
+    for fp in sim.silos:
+        if fp not in dropped:
+            with _clock(sim.timings, "mask_vector"):
+                silo_mask(sim, fp)(values[fp])
+    return sim
+
+
+def silo_mask(sim: SimRound, fp: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``mask`` callable silo ``fp`` hands its encryptor; it records the masked vector as its upload."""
+    silo = sim.silos[fp]
+    assert silo.material is not None
+
+    def mask(values: np.ndarray) -> np.ndarray:
+        assert silo.material is not None
+        silo.masked = mask_vector(
+            values, sim.w, sim.context, silo.keys, fp, sim.roster, silo.material.mask_set, sim.threshold
+        )
+        return silo.masked
+
+    return mask
+
+
+def agree_round(members: list[Member], context: RoundContext, w: int, threshold: int, k: int | None = None) -> SimRound:
+    """Advertise, verify, share and open: every silo holds its keys, roster and mask set, nothing is masked yet."""
     timings: dict[str, float] = {}
     certificates = {m.fingerprint: m.cert for m in members}
     graph = neighbour_graph(list(certificates), round_graph_seed(context), k)
@@ -153,14 +179,10 @@ def setup_round(
                 roster.advert(e.sender),
                 certificates[e.sender],
             )
-    dropped = set(drop_before_upload)
     for fp, s in silos.items():
         mask_set = frozenset(s.bundles) & graph[fp]
         s.material = RoundMaterial(context, threshold, graph, mask_set, dict(s.bundles))
         s.responder = ShareResponder(fp, s.member.key)
-        if fp not in dropped:
-            with _clock(timings, "mask_vector"):
-                s.masked = mask_vector(values[fp], w, context, s.keys, fp, roster, mask_set, threshold)
     return SimRound(context, threshold, w, graph, roster, silos, envelopes, certificates, timings)
 
 

@@ -1,0 +1,157 @@
+"""Secure aggregation over profile ``compact``: masked lanes, mask lengths and the aggregator's correction.
+
+With ``CompactParams.secure_aggregation`` every silo masks its quantized lane values AND its weight
+header with SecAgg masks mod 2^w (w = the unmasked lane width, crypto/lanes.py) before encryption,
+so a colluding key holder that decrypts one upload reads one-time-padded residues. The aggregator
+sums the masked ciphertexts as usual, learns the total mask's negation (the ``correction``) from the
+survivors' shares, and adds it as a plaintext (:func:`correction_reals`,
+:meth:`crypto.engine.Accumulator.add_plain`); silos decrypt, reduce every masked real mod 2^w and
+center it (:func:`crypto.lanes.unmasked_lane_sums`).
+
+The mask vector of one upload is [its lane values in manifest order (contributor tags excluded),
+then one weight per chunk], uint64 in [0, 2^w). Its length depends only on the manifest and the job
+parameters (:func:`mask_length_for`), so silo and aggregator agree on it without talking. The count
+header (real 0, always 1) and the tag reals stay unmasked: the count is public anyway, and tags are
+checked against per-silo keys after decryption.
+
+Weights: a silo's weight w_i <= weight_cap is masked mod 2^w like a lane, and the total
+sum w_i <= max_silos * weight_cap is recovered as the non-negative residue mod 2^w, so the job needs
+max_silos * weight_cap < 2^w (checked when the parameters are built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from crypto.contributors import CONTRIBUTOR_TAGS
+from crypto.errors import ManifestError, ValueRangeError
+from crypto.lanes import MaskedLaneLayout, center, pack_lanes
+from crypto.packing import Manifest
+
+if TYPE_CHECKING:
+    from crypto.compact import CompactParams
+
+HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
+
+Mask = Callable[[np.ndarray], np.ndarray]
+
+
+def tag_count_of(manifest: Manifest) -> int:
+    """How many contributor tag values the manifest's layout ends with (0 without tags)."""
+    last = manifest.layout.tensors[-1] if manifest.layout.tensors else None
+    return last.size if last is not None and last.name == CONTRIBUTOR_TAGS else 0
+
+
+def chunk_count_for(lane_reals: int, tag_count: int, data_reals_per_chunk: int) -> int:
+    """Ciphertexts an upload needs: lane reals then tag reals, ``data_reals_per_chunk`` after each header."""
+    return -(-(lane_reals + tag_count) // data_reals_per_chunk)
+
+
+def mask_length(params: CompactParams, value_count: int, chunk_count: int, tag_count: int = 0) -> int:
+    """Length of one upload's mask vector: its lane values (tags excluded) plus one weight per chunk.
+
+    ``value_count`` is the manifest's (tags included); ``tag_count`` the size of its tag tensor.
+    """
+    masked_layout_of(params)
+    for name, n in (("value_count", value_count), ("chunk_count", chunk_count), ("tag_count", tag_count)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueRangeError(f"secure aggregation: {name} must be a non-negative integer, got {n!r}")
+    if tag_count >= value_count or chunk_count < 1:
+        raise ValueRangeError(
+            f"secure aggregation: an upload of {value_count} values ({tag_count} of them tags) in {chunk_count} "
+            f"chunks has no lane value to mask"
+        )
+    return value_count - tag_count + chunk_count
+
+
+def mask_length_for(params: CompactParams, manifest: Manifest) -> int:
+    """:func:`mask_length` of an upload or aggregate, from its (signed or recomputed) manifest.
+
+    Refuses a manifest that was not quantized with these secure-aggregation parameters: the lengths
+    would not match the silos' masks and the unmasking would silently produce garbage.
+    """
+    if manifest.quantization != params.describe():
+        raise ManifestError(
+            f"manifest was quantized as {manifest.quantization or 'nothing'}; this secure-aggregation job "
+            f"quantizes as {params.describe()}"
+        )
+    manifest.check_consistent()
+    return mask_length(params, manifest.value_count, manifest.chunk_count, tag_count_of(manifest))
+
+
+def masked_layout_of(params: CompactParams) -> MaskedLaneLayout:
+    """The params' masked lane layout, refusing params without secure aggregation."""
+    layout = params.packing
+    if not params.secure_aggregation or not isinstance(layout, MaskedLaneLayout):
+        raise ValueRangeError("these compact parameters have secure_aggregation off: there is no mask to apply")
+    return layout
+
+
+def check_residues(vector: object, length: int, w: int, what: str) -> np.ndarray:
+    """``vector`` as uint64 of exactly ``length`` values in [0, 2^w), else a ValueRangeError naming ``what``."""
+    array = np.asarray(vector)
+    if array.dtype != np.uint64 or array.ndim != 1 or array.shape[0] != length:
+        raise ValueRangeError(
+            f"{what} must be a uint64 vector of {length} values, got {array.dtype} with shape {array.shape}"
+        )
+    if array.size and int(array.max()) >= 1 << w:
+        raise ValueRangeError(f"{what} holds a value >= 2^{w}; every value must be a residue mod 2^{w}")
+    return array
+
+
+def masked_lanes_and_weights(
+    quantized: np.ndarray, weight: int, chunk_count: int, layout: MaskedLaneLayout, mask: Mask
+) -> tuple[np.ndarray, np.ndarray]:
+    """Silo side: mask [values mod 2^w, weight per chunk] and return (lane reals, centered weight per chunk)."""
+    w = layout.mask_bits
+    modulus = np.uint64((1 << w) - 1)
+    plain = np.empty(quantized.shape[0] + chunk_count, dtype=np.uint64)
+    plain[: quantized.shape[0]] = np.asarray(quantized, dtype=np.int64).astype(np.uint64) & modulus
+    plain[quantized.shape[0] :] = weight
+    masked = check_residues(mask(plain), plain.shape[0], w, "the masked vector returned by `mask`")
+    centered = center(masked, w)
+    return pack_lanes(centered[: quantized.shape[0]], layout), centered[quantized.shape[0] :]
+
+
+def frame(data: np.ndarray, per: int, counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Reals of whole ciphertexts: each chunk's [count, weight] header, then ``per`` data reals (zero-padded)."""
+    chunks = counts.shape[0]
+    grid = np.zeros((chunks, HEADER_REALS + per))
+    grid[:, 0] = counts
+    grid[:, 1] = weights
+    padded = np.zeros(chunks * per)
+    padded[: data.shape[0]] = data
+    grid[:, HEADER_REALS:] = padded.reshape(chunks, per)
+    return grid.ravel()
+
+
+def correction_reals(
+    params: CompactParams, manifest: Manifest, reals_per_ciphertext: int, correction: np.ndarray
+) -> np.ndarray:
+    """Aggregator side: the plaintext reals that remove the total mask from the encrypted aggregate.
+
+    ``correction`` (minus the total mask mod 2^w, from :func:`crypto.secagg.unmask.unmask`) is laid out
+    exactly like a silo's masked vector: centered lanes at the silos' lane positions, the weight
+    corrections in header real 1 of each chunk, zeros in the count header, tags and padding.
+    It came from shares the silos sent, so its type, length and range are checked first.
+    """
+    layout = masked_layout_of(params)
+    if isinstance(reals_per_ciphertext, bool) or not isinstance(reals_per_ciphertext, int):
+        raise ValueRangeError(f"reals_per_ciphertext must be an integer, got {reals_per_ciphertext!r}")
+    per = reals_per_ciphertext - HEADER_REALS
+    if per < 1 or manifest.values_per_chunk != layout.lanes_per_real * per:
+        raise ManifestError(
+            f"manifest packs {manifest.values_per_chunk} values per chunk; {reals_per_ciphertext} reals per "
+            f"ciphertext in this job's masked lanes pack {layout.lanes_per_real * max(per, 0)}"
+        )
+    length = mask_length_for(params, manifest)
+    chunks = manifest.chunk_count
+    values = check_residues(correction, length, layout.mask_bits, "the secure-aggregation correction")
+    centered = center(values, layout.mask_bits)
+    lanes = pack_lanes(centered[: length - chunks], layout)
+    if chunk_count_for(lanes.shape[0], tag_count_of(manifest), per) > chunks:
+        raise ManifestError(f"the manifest's {chunks} chunks cannot hold {length - chunks} masked lane values")
+    return frame(lanes, per, np.zeros(chunks), centered[length - chunks :].astype(np.float64))

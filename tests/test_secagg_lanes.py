@@ -1,0 +1,288 @@
+"""Secure aggregation over compact lanes (crypto/compact_masked.py): masked uploads, exact unmasked sums.
+
+Real compact CKKS keys and ciphertexts, real SecAgg masks, shares and unmasking from
+crypto.secagg.simulation (certificates from an in-memory CA); the test plays the aggregator:
+Accumulator sum, unmask, add_plain(correction_reals(...)), and the silos' decryption. No processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from crypto.compact import CompactEncryptor, CompactParams, correction_reals, mask_length, mask_length_for
+from crypto.engine import Accumulator, accumulate_batches
+from crypto.errors import CiphertextError, ManifestError, ValueRangeError
+from crypto.keys import generate_key_set, load_public_context
+from crypto.lanes import center, masked_layout, max_masked_bits_for, unpack_lanes
+from crypto.packing import pack
+from crypto.quantize import UniformStream, quantize
+from crypto.seal_reals import SeededRealCodec
+from crypto.secagg import RoundContext
+from crypto.secagg.simulation import Member, SimRound, agree_round, finish_round, make_members, silo_mask
+
+CTX = RoundContext("consortium-a", "job-7", 3)
+ALPHA = 1e-4  # significance level of the uniformity check
+WEIGHTS = (120, 333, 707, 999)
+CAP = 1000
+SIZE = 20_000  # values per silo: two chunks of 8190 real pairs
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_key_set("compact")
+
+
+@pytest.fixture(scope="module")
+def public(keys):
+    return load_public_context(keys.export_public())
+
+
+@pytest.fixture(scope="module")
+def members() -> list[Member]:
+    return make_members(4)
+
+
+@pytest.fixture(scope="module")
+def aggregator() -> Member:
+    return make_members(1, "aggregator")[0]
+
+
+def _params(max_silos: int = 4) -> CompactParams:
+    return CompactParams(max_masked_bits_for(max_silos), 0.5, max_silos, CAP, secure_aggregation=True)
+
+
+def _updates(members: list[Member]) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    return {m.fingerprint: {"w": rng.normal(0, 0.1, SIZE - 100), "b": rng.normal(0, 0.1, 100)} for m in members}
+
+
+def _seed(i: int) -> bytes:
+    return bytes([i + 1]) * 32
+
+
+def _expected(params: CompactParams, tensors: dict[str, np.ndarray], weight: int, seed: bytes) -> np.ndarray:
+    """The silo's quantized values, computed without masking or encryption."""
+    vector, _ = pack(tensors)
+    return quantize(vector, params.bound, params.bits, UniformStream(seed), factor=weight / params.weight_cap).values
+
+
+def _masked_round(keys, params, members, uploaders, tags=None):
+    """Agree on masks, then each uploader encrypts its masked update; returns (sim, batches, expected sum)."""
+    sim = agree_round(members, CTX, params.mask_bits, threshold=2)
+    enc = CompactEncryptor(keys, params)
+    updates = _updates(members)
+    batches, expected = [], np.zeros(SIZE, dtype=np.int64)
+    for i, m in enumerate(members):
+        if m.fingerprint not in uploaders:
+            continue
+        fp = m.fingerprint
+        batches.append(enc.encrypt_update(updates[fp], WEIGHTS[i], _seed(i), tags=tags, mask=silo_mask(sim, fp)))
+        expected += _expected(params, updates[fp], WEIGHTS[i], _seed(i))
+    return sim, batches, expected
+
+
+def _aggregate(public, keys, params, sim: SimRound, aggregator, batches, correct=True):
+    """Aggregator: sum the masked ciphertexts, unmask, add the plaintext correction; returns the chunks."""
+    manifest = batches[0].manifest
+    acc = accumulate_batches(public, keys.fingerprint, batches)
+    _, result = finish_round(sim, aggregator, mask_length_for(params, manifest))
+    if correct:
+        acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, result.correction), 19)
+    return manifest, acc.serialize(), result.correction
+
+
+@pytest.mark.parametrize("dropped", [0, 1], ids=["all-upload", "one-dropped-after-shares"])
+def test_masked_round_decrypts_to_exact_sum(keys, public, members, aggregator, dropped):
+    params = _params()
+    uploaders = {m.fingerprint for m in members[dropped:]}
+    sim, batches, expected = _masked_round(keys, params, members, uploaders)
+    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks)
+    assert sums.contributors == len(uploaders)
+    assert sums.total_weight == sum(WEIGHTS[dropped:])
+    np.testing.assert_array_equal(sums.values, expected)
+    mean = CompactEncryptor(keys, params).decrypt_mean(manifest, chunks)
+    assert mean.tensors["w"].shape == (SIZE - 100,)
+
+
+def test_masked_round_with_contributor_tags(keys, public, members, aggregator):
+    """Tags stay unmasked after the lanes; mask_length_for leaves them out of the mask vector."""
+    params = _params()
+    tags = np.arange(1.0, 5.0)
+    sim, batches, expected = _masked_round(keys, params, members, {m.fingerprint for m in members}, tags)
+    manifest = batches[0].manifest
+    assert mask_length_for(params, manifest) == SIZE + manifest.chunk_count
+    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks)
+    np.testing.assert_array_equal(sums.values, expected)
+    np.testing.assert_allclose(sums.tags, 4 * tags, atol=1e-3)
+    assert sums.total_weight == sum(WEIGHTS)
+
+
+def test_one_masked_upload_does_not_decode_for_a_key_holder(keys, members):
+    """A colluding silo decrypting one upload alone reads residues uniform mod 2^w, unrelated to the update."""
+    params = _params()
+    sim, batches, _ = _masked_round(keys, params, members, {members[0].fingerprint})
+    batch = batches[0]
+    with pytest.raises(CiphertextError):  # its weight headers are one-time padded: implausible and disagreeing
+        CompactEncryptor(keys, params).decrypt_lane_sums(batch.manifest, batch.chunks)
+    reals = (
+        np.rint(SeededRealCodec(keys).decrypt(batch.chunks)).astype(np.int64).reshape(batch.manifest.chunk_count, -1)
+    )
+    data = reals[:, 2:].ravel()
+    lanes = unpack_lanes(data, params.packing, SIZE, 1)
+    w = params.mask_bits
+    residues = lanes & np.int64((1 << w) - 1)
+    true = _expected(params, _updates(members)[members[0].fingerprint], WEIGHTS[0], _seed(0))
+    assert np.count_nonzero(center(residues, w) == true) < 10  # ~SIZE / 2^w by chance
+    counts = np.bincount(residues >> (w - 4), minlength=16)  # top 4 bits: 16 equiprobable bins
+    assert chisquare(counts).pvalue > ALPHA
+
+
+def test_missing_or_wrong_correction_is_refused(keys, public, aggregator):
+    """With room for more silos than contributed, un-removed masks fail the lane range check."""
+    members = make_members(4)
+    params = _params(max_silos=8)
+    sim, batches, _ = _masked_round(keys, params, members, {m.fingerprint for m in members})
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches, correct=False)
+    enc = CompactEncryptor(keys, params)
+    with pytest.raises(CiphertextError, match="masks were not removed|total weight|headers disagree"):
+        enc.decrypt_lane_sums(manifest, chunks)
+    wrong = correction.copy()  # right weight corrections, random lane corrections (e.g. another round's)
+    lanes = wrong.shape[0] - manifest.chunk_count
+    wrong[:lanes] = np.random.default_rng(5).integers(0, 1 << params.mask_bits, lanes, dtype=np.uint64)
+    acc = accumulate_batches(public, keys.fingerprint, batches)
+    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, wrong), 19)
+    with pytest.raises(CiphertextError, match="masks were not removed"):
+        enc.decrypt_lane_sums(manifest, acc.serialize())
+
+
+def test_wrong_correction_with_a_full_consortium_gives_wrong_values(keys, public, members, aggregator):
+    """Residual risk, pinned: when contributors == max_silos every residue is a plausible sum, so a shifted
+    correction decrypts to shifted values without an error (the aggregator can shift sums; see security.md)."""
+    params = _params()
+    sim, batches, expected = _masked_round(keys, params, members, {m.fingerprint for m in members})
+    manifest, _, correction = _aggregate(public, keys, params, sim, aggregator, batches, correct=False)
+    shifted = correction.copy()
+    shifted[:10] = (shifted[:10] + np.uint64(3)) & np.uint64((1 << params.mask_bits) - 1)
+    acc = accumulate_batches(public, keys.fingerprint, batches)
+    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, shifted), 19)
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize())
+    np.testing.assert_array_equal(sums.values[:10], expected[:10] + 3)
+    np.testing.assert_array_equal(sums.values[10:], expected[10:])
+
+
+# ---- refusals --------------------------------------------------------------------------------------
+
+
+def test_params_refusals():
+    with pytest.raises(ValueRangeError, match="lower weight_cap to at most 32767"):
+        CompactParams(15, 0.5, 4, 40_000, secure_aggregation=True)  # w = 17: 4 * cap must stay below 2^17
+    CompactParams(15, 0.5, 4, 32_767, secure_aggregation=True)
+    with pytest.raises(ValueRangeError, match="lower bits to at most 15"):
+        CompactParams(16, 0.5, 4, 100, secure_aggregation=True)
+    with pytest.raises(ValueRangeError, match="lower bits to at most 7"):
+        masked_layout(8, 64)
+    with pytest.raises(ValueRangeError, match="secure_aggregation must be true or false"):
+        CompactParams(12, 0.5, 4, 100, secure_aggregation=1)  # type: ignore[arg-type]
+
+
+def test_describe_adds_mask_fields_only_when_on():
+    off, on = CompactParams(12, 0.5, 4, 100), CompactParams(12, 0.5, 4, 100, secure_aggregation=True)
+    assert "secure_aggregation" not in off.describe() and "mask_bits" not in off.describe()
+    assert '"mask_bits":14' in on.describe() and '"secure_aggregation":true' in on.describe()
+
+
+def test_mask_and_secure_aggregation_go_together(keys):
+    update = {"v": np.zeros(100)}
+    with pytest.raises(ValueRangeError, match="secure_aggregation off"):
+        CompactEncryptor(keys, CompactParams(12, 0.5, 4, 100)).encrypt_update(update, 5, mask=lambda v: v)
+    with pytest.raises(ValueRangeError, match="needs the round's `mask`"):
+        CompactEncryptor(keys, _params()).encrypt_update(update, 5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda v: v[:-1],  # too short
+        lambda v: v.astype(np.int64),  # wrong type
+        lambda v: v | np.uint64(1 << 17),  # beyond 2^w
+    ],
+    ids=["short", "int64", "out-of-range"],
+)
+def test_a_bad_mask_result_is_refused(keys, bad):
+    with pytest.raises(ValueRangeError, match="masked vector returned by `mask`"):
+        CompactEncryptor(keys, _params()).encrypt_update({"v": np.zeros(100)}, 5, mask=bad)
+
+
+def test_mask_length_counts_lanes_and_chunks_not_tags():
+    params = _params()
+    assert mask_length(params, 20_004, 2, tag_count=4) == 20_002
+    with pytest.raises(ValueRangeError, match="secure_aggregation off"):
+        mask_length(CompactParams(12, 0.5, 4, 100), 10, 1)
+    with pytest.raises(ValueRangeError, match="no lane value"):
+        mask_length(params, 4, 1, tag_count=4)
+
+
+def test_correction_is_validated(keys, public, members):
+    params = _params()
+    batch = CompactEncryptor(keys, params).encrypt_update({"v": np.zeros(100)}, 5, mask=lambda v: v)
+    manifest, n = batch.manifest, mask_length_for(params, batch.manifest)
+    per = public.reals_per_ciphertext
+    for bad in (np.zeros(n, dtype=np.int64), np.zeros(n - 1, dtype=np.uint64), np.full(n, 1 << 17, dtype=np.uint64)):
+        with pytest.raises(ValueRangeError, match="secure-aggregation correction"):
+            correction_reals(params, manifest, per, bad)
+    with pytest.raises(ManifestError, match="quantized as"):
+        correction_reals(_params(8), manifest, per, np.zeros(n, dtype=np.uint64))
+    assert correction_reals(params, manifest, per, np.zeros(n, dtype=np.uint64)).shape == (per,)
+
+
+def test_add_plain_refusals(keys, public):
+    params = _params()
+    batch = CompactEncryptor(keys, params).encrypt_update({"v": np.zeros(100)}, 5, mask=lambda v: v)
+    acc = accumulate_batches(public, keys.fingerprint, [batch])
+    per = public.reals_per_ciphertext
+    with pytest.raises(ValueRangeError, match="float64 reals"):
+        acc.add_plain(np.zeros(per - 1), 19)
+    with pytest.raises(ValueRangeError, match="not finite or exceeds"):
+        acc.add_plain(np.full(per, np.nan), 19)
+    with pytest.raises(ValueRangeError, match="not finite or exceeds"):
+        acc.add_plain(np.full(per, 2.0**40), 19)
+    with pytest.raises(CiphertextError, match="not 2\\^20"):
+        acc.add_plain(np.zeros(per), 20)
+    with pytest.raises(ValueRangeError, match="encrypted sums only"):
+        Accumulator(None, 1).add_plain(np.zeros(per), 19)
+    empty = Accumulator(public, 1)
+    with pytest.raises(ManifestError, match="no contribution"):
+        empty.add_plain(np.zeros(per), 19)
+
+
+@pytest.mark.parametrize("extreme", ["high", "low"])
+def test_extreme_masked_values_wrap_and_reduce_exactly(keys, public, members, extreme):
+    """Masks chosen so every centered masked value (lanes and weights) sits at the edge of [-2^(w-1), 2^(w-1)):
+    the encrypted sums then lie multiples of 2^w away from the true sums (and at the lane limit
+    (c + 1) * 2^(w-1)), so the silo must reduce both lanes and weights mod 2^w to read them."""
+    params = _params()
+    w = params.mask_bits
+    modulus = np.uint64((1 << w) - 1)
+    target = np.uint64((1 << (w - 1)) - 1 if extreme == "high" else 1 << (w - 1))  # centered: 2^(w-1)-1 or -2^(w-1)
+    enc = CompactEncryptor(keys, params)
+    updates, pads = _updates(members), []
+
+    def edge(values: np.ndarray) -> np.ndarray:
+        pads.append((target - values) & modulus)  # the one-time pad that lands every value on the edge
+        return np.full_like(values, target)
+
+    batches = [
+        enc.encrypt_update(updates[m.fingerprint], WEIGHTS[i], _seed(i), mask=edge) for i, m in enumerate(members)
+    ]
+    expected = sum(_expected(params, updates[m.fingerprint], WEIGHTS[i], _seed(i)) for i, m in enumerate(members))
+    correction = (np.uint64(0) - sum(pads, np.zeros_like(pads[0]))) & modulus
+    manifest = batches[0].manifest
+    acc = accumulate_batches(public, keys.fingerprint, batches)
+    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, correction), 19)
+    sums = enc.decrypt_lane_sums(manifest, acc.serialize())
+    np.testing.assert_array_equal(sums.values, expected)
+    assert sums.total_weight == sum(WEIGHTS)
