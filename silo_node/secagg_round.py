@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography import x509
@@ -107,7 +108,7 @@ class SecureAggregation:
     def _session_dir(self, context: RoundContext) -> Path:
         return self.dir / f"session-{context.round:012d}"
 
-    def _record(self, event: str, context: RoundContext, **details: object) -> None:
+    def _record(self, event: str, context: RoundContext, **details: Any) -> None:
         self.events.record(event, self.name, job=self.job_id, session=context.round, **details)
 
     def _save_responder(self) -> None:
@@ -155,7 +156,7 @@ class SecureAggregation:
         write_secret_file(where / "material.bin", encode_material(material))
         (where / "roster.bin").write_bytes(roster_bytes)  # verified above; public
         self._record("secagg_shares_received", context, senders=sorted(peers.names[s] for s in bundles))
-        w = self.params.layout.lane_bits
+        w = self.params.mask_bits
         threshold = self.policy.threshold
         mask_set = material.mask_set
 

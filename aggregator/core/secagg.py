@@ -36,7 +36,8 @@ from aggregator.core.store_contract import JobStore
 from aggregator.core.uploads import OpenRound
 from aggregator.core.views import RelayOffer
 from audit.events import EventSink
-from crypto.compact import CompactParams, correction_reals, mask_length_for
+from crypto.compact import CompactParams
+from crypto.compact_masked import correction_reals, mask_length_for
 from crypto.errors import CryptoError
 from crypto.packing import Manifest
 from crypto.pki import Identity
@@ -441,13 +442,13 @@ class SecureAggregation:
                 roster,
                 session.graph,
                 session.policy.threshold,
-                session.params.layout.lane_bits,
+                session.params.mask_bits,
                 mask_length_for(session.params, manifest),
                 certificates,
             )
             public = open_round.public
             assert public is not None
-            reals = correction_reals(session.params, manifest, public.profile.poly_modulus_degree, result.correction)
+            reals = correction_reals(session.params, manifest, public.reals_per_ciphertext, result.correction)
             open_round.staging[session.layout].add_plain(reals, manifest.scale_bits)
         except (NotEnoughSurvivors, SecAggError, CryptoError) as exc:
             self._fail_round(session, f"secure aggregation: the masks cannot be removed: {exc}; nothing released", now)
