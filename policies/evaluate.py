@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from policies.decision import Decision
 from policies.schema import DAYS, HE_ORDER, ConsortiumPolicy, SitePolicy, TimeWindow
-from protocol.jobspec import JobSpec
+from protocol.jobspec import JobSpec, secagg_policy
 
 
 def job_columns(spec: JobSpec, site: str | None = None) -> list[str]:
@@ -126,6 +126,7 @@ def evaluate_site(
         f"updates are protected by HE profile {spec.he_profile!r}",
         f"HE profile {spec.he_profile!r} is weaker than this site's minimum {policy.min_he_profile!r}",
     )
+    _check_site_secagg(d, policy, spec)
     d.check(
         "rounds",
         spec.rounds <= policy.max_rounds,
@@ -260,6 +261,7 @@ def evaluate_submission(
         f"{spec.rounds_description} (max {policy.max_rounds} rounds in all)",
         f"{spec.rounds_description} exceeds the consortium maximum of {policy.max_rounds} rounds in all",
     )
+    _check_consortium_secagg(d, policy, spec)
     threshold = policy.min_silos_per_aggregate
     vertical = spec.partition == "vertical"
     d.check(
@@ -273,6 +275,69 @@ def evaluate_submission(
         f"{threshold} contributors",
     )
     return d
+
+
+def _secagg_terms(spec: JobSpec) -> str:
+    policy = secagg_policy(spec)
+    graph = "complete graph" if policy.neighbours is None else f"{policy.neighbours} neighbours each"
+    return f"threshold {policy.threshold}, at least {policy.min_participants} silos, {graph}"
+
+
+def _check_site_secagg(d: Decision, policy: SitePolicy, spec: JobSpec) -> None:
+    """A site that requires secure aggregation joins only masked horizontal jobs with a threshold it accepts."""
+    if spec.partition != "horizontal" or not (policy.require_secure_aggregation or spec.secure_aggregation):
+        return
+    if not spec.secure_aggregation:
+        d.check(
+            "secure aggregation",
+            False,
+            "",
+            'this site requires secure aggregation (set secure_aggregation = true, he_profile = "compact")',
+        )
+        return
+    threshold = secagg_policy(spec).threshold
+    d.check(
+        "secure aggregation",
+        threshold >= policy.min_secagg_threshold,
+        f"updates are masked (secure aggregation: {_secagg_terms(spec)})",
+        f"secagg.threshold {threshold} is below this site's min_secagg_threshold {policy.min_secagg_threshold}",
+    )
+
+
+def _check_consortium_secagg(d: Decision, policy: ConsortiumPolicy, spec: JobSpec) -> None:
+    """The consortium's floor on secure aggregation: required or not, and the weakest terms it accepts."""
+    rules = policy.secure_aggregation
+    if spec.partition != "horizontal":
+        return
+    if not spec.secure_aggregation:
+        if rules.required:
+            d.check(
+                "secure aggregation",
+                False,
+                "",
+                'the consortium requires secure aggregation: set secure_aggregation = true (he_profile = "compact")',
+            )
+        return
+    terms = secagg_policy(spec)
+    problems = []
+    if terms.threshold < rules.min_threshold:
+        problems.append(
+            f"secagg.threshold {terms.threshold} is below the consortium's min_threshold {rules.min_threshold}"
+        )
+    if terms.min_participants < rules.min_participants:
+        problems.append(
+            f"secagg.min_participants {terms.min_participants} is below the consortium's {rules.min_participants}"
+        )
+    if rules.min_neighbours is not None and terms.neighbours is not None and terms.neighbours < rules.min_neighbours:
+        problems.append(
+            f"secagg.neighbours {terms.neighbours} is below the consortium's min_neighbours {rules.min_neighbours}"
+        )
+    d.check(
+        "secure aggregation",
+        not problems,
+        f"updates are masked (secure aggregation: {_secagg_terms(spec)})",
+        "; ".join(problems),
+    )
 
 
 def _submitter_refusal(policy: ConsortiumPolicy, submitter: str, fingerprint: str) -> str | None:

@@ -66,6 +66,17 @@ class Member(Strict):
     _fp = field_validator("cert_fingerprint")(classmethod(lambda cls, v: _fingerprint(v)))
 
 
+class ConsortiumSecAgg(Strict):
+    """What the consortium demands of secure aggregation (the job spec's ``[secagg]`` must meet it)."""
+
+    required: bool = Field(False, description="every horizontal job must set secure_aggregation = true")
+    min_threshold: int = Field(2, ge=2, description="jobs may not let fewer shares recover a silo's secrets")
+    min_participants: int = Field(3, ge=3, description="jobs may not run a secure round with fewer silos")
+    min_neighbours: int | None = Field(
+        None, ge=2, description="sparse graphs must give each silo at least this many share holders; absent: any"
+    )
+
+
 class ConsortiumPolicy(Strict):
     kind: Literal["consortium"]
     consortium: str
@@ -79,6 +90,7 @@ class ConsortiumPolicy(Strict):
         description="model factories ('package.module:function') jobs may name; empty: no factory jobs "
         "(each site still decides with its own allowed_factories)",
     )
+    secure_aggregation: ConsortiumSecAgg = Field(default_factory=lambda: ConsortiumSecAgg())
 
     @field_validator("allowed_factories")
     @classmethod
@@ -148,6 +160,14 @@ class SitePolicy(Strict):
         "claim), of an aggregate this silo applies; the job's min_silos applies too if larger",
     )
     min_he_profile: Literal["none", "sum"] = "sum"
+    require_secure_aggregation: bool = Field(
+        False,
+        description="refuse horizontal jobs without secure aggregation: then not even the aggregator together "
+        "with another silo can read this site's individual update",
+    )
+    min_secagg_threshold: int = Field(
+        2, ge=2, description="refuse secure-aggregation jobs whose threshold t is lower (t resists coalitions)"
+    )
     max_rounds: int = Field(1000, ge=1)
     max_local_epochs: int = Field(100, ge=1)
     dp: SiteDP | None = None
