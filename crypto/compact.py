@@ -25,6 +25,11 @@ CONTRIBUTOR_TAGS as in profile ``sum``. They cannot be lanes: a tag is far large
 The decrypted reals are exact integers, so a tag reads c * tau to within 1/(2 * TAG_SCALE), far
 inside TAG_TOLERANCE, and :func:`crypto.contributors.verify_tags` applies unchanged.
 
+Secure aggregation (``CompactParams.secure_aggregation``, crypto/compact_masked.py): the lane
+values and the weight header are SecAgg-masked mod 2^w before encryption and packed into wider
+masked lanes (crypto/lanes.py ``masked_layout``); the aggregator adds a plaintext correction to the
+encrypted sum, and the silos reduce every masked lane and weight digit mod 2^w after decryption.
+
 Weighting decision. Integer lanes have no room for w_i * q_i (sample counts would add ~log2 W
 bits to every lane), so each silo scales its update by w_i / W <= 1 before quantizing and the
 lane budget is unchanged. The price is precision: the rounding error of the mean grows by
@@ -129,7 +134,7 @@ class CompactParams:
             raise ValueRangeError(
                 f"secure aggregation: weight_cap {self.weight_cap} is too large; a weight is masked as two "
                 f"{self.bits}-bit digits (the quantization width), so it must stay below 2^{2 * self.bits}: "
-                f"lower weight_cap to at most {largest} (or count weights in larger units), or raise bits"
+                f"lower weight_cap to at most {largest} (count weights in larger units if sample counts are bigger)"
             )
 
     @property
