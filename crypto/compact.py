@@ -25,6 +25,11 @@ CONTRIBUTOR_TAGS as in profile ``sum``. They cannot be lanes: a tag is far large
 The decrypted reals are exact integers, so a tag reads c * tau to within 1/(2 * TAG_SCALE), far
 inside TAG_TOLERANCE, and :func:`crypto.contributors.verify_tags` applies unchanged.
 
+Secure aggregation (``CompactParams.secure_aggregation``, crypto/compact_masked.py): the lane
+values and the weight header are SecAgg-masked mod 2^w before encryption and packed into wider
+masked lanes (crypto/lanes.py ``masked_layout``); the aggregator adds a plaintext correction to the
+encrypted sum, and the silos reduce every masked lane and weight digit mod 2^w after decryption.
+
 Weighting decision. Integer lanes have no room for w_i * q_i (sample counts would add ~log2 W
 bits to every lane), so each silo scales its update by w_i / W <= 1 before quantizing and the
 lane budget is unchanged. The price is precision: the rounding error of the mean grows by
@@ -45,7 +50,15 @@ from typing import Any
 import numpy as np
 
 from crypto.compact_masked import HEADER_REALS as HEADER_REALS  # re-exported: callers import it from here
-from crypto.compact_masked import Mask, chunk_count_for, frame, masked_lanes_and_weights, masked_layout_of
+from crypto.compact_masked import (
+    Mask,
+    chunk_count_for,
+    frame,
+    masked_lanes_and_weights,
+    masked_layout_of,
+    max_masked_weight,
+    unmasked_weights,
+)
 from crypto.compact_masked import correction_reals as correction_reals  # the aggregator's half
 from crypto.compact_masked import mask_length as mask_length
 from crypto.compact_masked import mask_length_for as mask_length_for
@@ -113,16 +126,15 @@ class CompactParams:
             self._check_masked()
 
     def _check_masked(self) -> None:
-        """Masked lanes must fit two per real, and the total weight must be recoverable mod 2^w."""
-        object.__setattr__(self, "packing", masked_layout(self.bits, self.max_silos))
-        w = self.mask_bits
-        largest = ((1 << w) - 1) // self.max_silos
+        """Masked lanes must fit two per real, and a weight must fit the two masked digits of its header."""
+        packing = masked_layout(self.bits, self.max_silos)
+        object.__setattr__(self, "packing", packing)
+        largest = max_masked_weight(packing)
         if self.weight_cap > largest:
             raise ValueRangeError(
-                f"secure aggregation: weight_cap {self.weight_cap} is too large; weights are masked mod 2^{w} "
-                f"(the lane width of {self.bits}-bit values for {self.max_silos} silos), so the total of "
-                f"{self.max_silos} weights must stay below 2^{w}: lower weight_cap to at most {largest}, "
-                f"or lower max_silos"
+                f"secure aggregation: weight_cap {self.weight_cap} is too large; a weight is masked as two "
+                f"{self.bits}-bit digits (the quantization width), so it must stay below 2^{2 * self.bits}: "
+                f"lower weight_cap to at most {largest} (count weights in larger units if sample counts are bigger)"
             )
 
     @property
@@ -253,8 +265,7 @@ class CompactEncryptor:
         if mask is None:
             data = pack_lanes(quantized.values, self.params.layout)
         else:
-            data, centered = masked_lanes_and_weights(quantized.values, w, count, masked_layout_of(self.params), mask)
-            weights = centered.astype(np.float64)
+            data, weights = masked_lanes_and_weights(quantized.values, w, count, masked_layout_of(self.params), mask)
         if tag_reals.shape[0]:
             data = np.concatenate([data, tag_reals])
         chunks = self._codec.encrypt(frame(data, self.data_reals_per_chunk, np.ones(count), weights), SCALE_BITS)
@@ -292,7 +303,7 @@ class CompactEncryptor:
         grid = reals.reshape(len(chunks), -1)
         packing = self.params.packing
         if isinstance(packing, MaskedLaneLayout):  # weights are masked residues: reduce them first
-            grid[:, 1] &= np.int64((1 << packing.mask_bits) - 1)  # two's complement: the residue in [0, 2^w)
+            grid[:, 1] = unmasked_weights(grid[:, 1], packing)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
         data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
         count, tags = manifest.value_count, None

@@ -9,14 +9,17 @@ survivors' shares, and adds it as a plaintext (:func:`correction_reals`,
 center it (:func:`crypto.lanes.unmasked_lane_sums`).
 
 The mask vector of one upload is [its lane values in manifest order (contributor tags excluded),
-then one weight per chunk], uint64 in [0, 2^w). Its length depends only on the manifest and the job
+then, per chunk, the two digits of its weight], uint64 in [0, 2^w). Its length depends only on the manifest and the job
 parameters (:func:`mask_length_for`), so silo and aggregator agree on it without talking. The count
 header (real 0, always 1) and the tag reals stay unmasked: the count is public anyway, and tags are
 checked against per-silo keys after decryption.
 
-Weights: a silo's weight w_i <= weight_cap is masked mod 2^w like a lane, and the total
-sum w_i <= max_silos * weight_cap is recovered as the non-negative residue mod 2^w, so the job needs
-max_silos * weight_cap < 2^w (checked when the parameters are built).
+Weights: header real 1 of every chunk carries the weight as two masked lanes, the base-2^b digits
+(d0, d1) of w_i (b = bits, the quantization width). Each digit sum over at most max_silos silos is
+below max_silos * 2^b <= 2^w, so it is recovered exactly as the non-negative residue mod 2^w, and the
+total weight is D0 + 2^b * D1. One masked weight per chunk would cap a silo's weight at
+(2^w - 1) / max_silos: 2047 at 16 silos, 127 at 64, below a typical sample count. Two digits allow
+weight_cap up to 2^(2b) - 1 (4,194,303 at 16 silos, 16,383 at 64), checked when the parameters are built.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crypto.contributors import CONTRIBUTOR_TAGS
-from crypto.errors import ManifestError, ValueRangeError
+from crypto.errors import CiphertextError, ManifestError, ValueRangeError
 from crypto.lanes import MaskedLaneLayout, center, pack_lanes
 from crypto.packing import Manifest
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from crypto.compact import CompactParams
 
 HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
+WEIGHT_DIGITS = 2  # masked lanes of header real 1 (every masked layout has at least two lanes per real)
 
 Mask = Callable[[np.ndarray], np.ndarray]
 
@@ -51,7 +55,7 @@ def chunk_count_for(lane_reals: int, tag_count: int, data_reals_per_chunk: int) 
 
 
 def mask_length(params: CompactParams, value_count: int, chunk_count: int, tag_count: int = 0) -> int:
-    """Length of one upload's mask vector: its lane values (tags excluded) plus one weight per chunk.
+    """Length of one upload's mask vector: its lane values (tags excluded) plus two weight digits per chunk.
 
     ``value_count`` is the manifest's (tags included); ``tag_count`` the size of its tag tensor.
     """
@@ -64,7 +68,7 @@ def mask_length(params: CompactParams, value_count: int, chunk_count: int, tag_c
             f"secure aggregation: an upload of {value_count} values ({tag_count} of them tags) in {chunk_count} "
             f"chunks has no lane value to mask"
         )
-    return value_count - tag_count + chunk_count
+    return value_count - tag_count + WEIGHT_DIGITS * chunk_count
 
 
 def mask_length_for(params: CompactParams, manifest: Manifest) -> int:
@@ -102,18 +106,52 @@ def check_residues(vector: object, length: int, w: int, what: str) -> np.ndarray
     return array
 
 
+def max_masked_weight(layout: MaskedLaneLayout) -> int:
+    """Largest weight_cap two base-2^bits digits carry: 2^(2 * bits) - 1."""
+    return (1 << (WEIGHT_DIGITS * layout.bits)) - 1
+
+
 def masked_lanes_and_weights(
     quantized: np.ndarray, weight: int, chunk_count: int, layout: MaskedLaneLayout, mask: Mask
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Silo side: mask [values mod 2^w, weight per chunk] and return (lane reals, centered weight per chunk)."""
-    w = layout.mask_bits
+    """Silo side: mask [values mod 2^w, weight digits per chunk]; returns (lane reals, weight real per chunk)."""
+    w, n = layout.mask_bits, quantized.shape[0]
+    if not 0 <= weight <= max_masked_weight(layout):
+        raise ValueRangeError(f"weight {weight} does not fit two {layout.bits}-bit digits")
     modulus = np.uint64((1 << w) - 1)
-    plain = np.empty(quantized.shape[0] + chunk_count, dtype=np.uint64)
-    plain[: quantized.shape[0]] = np.asarray(quantized, dtype=np.int64).astype(np.uint64) & modulus
-    plain[quantized.shape[0] :] = weight
+    plain = np.empty(n + WEIGHT_DIGITS * chunk_count, dtype=np.uint64)
+    plain[:n] = np.asarray(quantized, dtype=np.int64).astype(np.uint64) & modulus
+    plain[n::2] = weight & ((1 << layout.bits) - 1)  # digit 0 of every chunk
+    plain[n + 1 :: 2] = weight >> layout.bits  # digit 1 of every chunk
     masked = check_residues(mask(plain), plain.shape[0], w, "the masked vector returned by `mask`")
     centered = center(masked, w)
-    return pack_lanes(centered[: quantized.shape[0]], layout), centered[quantized.shape[0] :]
+    return pack_lanes(centered[:n], layout), weight_reals(centered[n:], layout)
+
+
+def weight_reals(centered_digits: np.ndarray, layout: MaskedLaneLayout) -> np.ndarray:
+    """Centered (digit 0, digit 1) pairs, one pair per chunk -> header real 1 of each chunk (exact float64)."""
+    pairs = centered_digits.reshape(-1, WEIGHT_DIGITS)
+    return pairs[:, 0].astype(np.float64) + pairs[:, 1].astype(np.float64) * float(1 << layout.lane_bits)
+
+
+def unmasked_weights(headers: np.ndarray, layout: MaskedLaneLayout) -> np.ndarray:
+    """Decrypted, corrected header reals 1 (int64) -> each chunk's total weight D0 + 2^bits * D1.
+
+    Each digit lane is split off centered, bounded like any masked lane sum of up to max_silos
+    contributions, and reduced to its non-negative residue mod 2^w; the caller then checks the
+    totals for plausibility (equal across chunks, within contributors * 1..weight_cap).
+    """
+    lane_bits, w = layout.lane_bits, layout.mask_bits
+    low = center(headers, lane_bits)
+    high = (np.asarray(headers, dtype=np.int64) - low) >> lane_bits
+    limit = layout.lane_limit(layout.max_silos)
+    for digit in (low, high):
+        if digit.size and (int(digit.max()) > limit or int(digit.min()) < -limit):
+            raise CiphertextError(
+                f"a decrypted weight digit is outside ±{limit}: the sum overflowed or was tampered with; refusing it"
+            )
+    modulus = np.int64((1 << w) - 1)
+    return (low & modulus) + ((high & modulus) << layout.bits)
 
 
 def frame(data: np.ndarray, per: int, counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -151,7 +189,9 @@ def correction_reals(
     chunks = manifest.chunk_count
     values = check_residues(correction, length, layout.mask_bits, "the secure-aggregation correction")
     centered = center(values, layout.mask_bits)
-    lanes = pack_lanes(centered[: length - chunks], layout)
+    values_count = length - WEIGHT_DIGITS * chunks
+    lanes = pack_lanes(centered[:values_count], layout)
     if chunk_count_for(lanes.shape[0], tag_count_of(manifest), per) > chunks:
-        raise ManifestError(f"the manifest's {chunks} chunks cannot hold {length - chunks} masked lane values")
-    return frame(lanes, per, np.zeros(chunks), centered[length - chunks :].astype(np.float64))
+        raise ManifestError(f"the manifest's {chunks} chunks cannot hold {values_count} masked lane values")
+    digits = WEIGHT_DIGITS * chunks
+    return frame(lanes, per, np.zeros(chunks), weight_reals(centered[length - digits :], layout))

@@ -18,14 +18,15 @@ from crypto.keys import generate_key_set, load_public_context
 from crypto.lanes import center, masked_layout, max_masked_bits_for, unpack_lanes
 from crypto.packing import pack
 from crypto.quantize import UniformStream, quantize
+from crypto.seal_io import load_ciphertext
 from crypto.seal_reals import SeededRealCodec
 from crypto.secagg import RoundContext
 from crypto.secagg.simulation import Member, SimRound, agree_round, finish_round, make_members, silo_mask
 
 CTX = RoundContext("consortium-a", "job-7", 3)
 ALPHA = 1e-4  # significance level of the uniformity check
-WEIGHTS = (120, 333, 707, 999)
-CAP = 1000
+WEIGHTS = (120, 40_000, 70_707, 999_999)  # above 2^bits: both weight digits in use
+CAP = 1_000_000
 SIZE = 20_000  # values per silo: two chunks of 8190 real pairs
 
 
@@ -113,7 +114,7 @@ def test_masked_round_with_contributor_tags(keys, public, members, aggregator):
     tags = np.arange(1.0, 5.0)
     sim, batches, expected = _masked_round(keys, params, members, {m.fingerprint for m in members}, tags)
     manifest = batches[0].manifest
-    assert mask_length_for(params, manifest) == SIZE + manifest.chunk_count
+    assert mask_length_for(params, manifest) == SIZE + 2 * manifest.chunk_count
     manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
     sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks)
     np.testing.assert_array_equal(sums.values, expected)
@@ -151,7 +152,7 @@ def test_missing_or_wrong_correction_is_refused(keys, public, aggregator):
     with pytest.raises(CiphertextError, match="masks were not removed|total weight|headers disagree"):
         enc.decrypt_lane_sums(manifest, chunks)
     wrong = correction.copy()  # right weight corrections, random lane corrections (e.g. another round's)
-    lanes = wrong.shape[0] - manifest.chunk_count
+    lanes = wrong.shape[0] - 2 * manifest.chunk_count
     wrong[:lanes] = np.random.default_rng(5).integers(0, 1 << params.mask_bits, lanes, dtype=np.uint64)
     acc = accumulate_batches(public, keys.fingerprint, batches)
     acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, wrong), 19)
@@ -178,9 +179,11 @@ def test_wrong_correction_with_a_full_consortium_gives_wrong_values(keys, public
 
 
 def test_params_refusals():
-    with pytest.raises(ValueRangeError, match="lower weight_cap to at most 32767"):
-        CompactParams(15, 0.5, 4, 40_000, secure_aggregation=True)  # w = 17: 4 * cap must stay below 2^17
-    CompactParams(15, 0.5, 4, 32_767, secure_aggregation=True)
+    with pytest.raises(ValueRangeError, match="lower weight_cap to at most 16383"):
+        CompactParams(7, 0.5, 64, 20_000, secure_aggregation=True)  # two 7-bit digits: below 2^14
+    CompactParams(7, 0.5, 64, 16_383, secure_aggregation=True)
+    with pytest.raises(ValueRangeError, match="lower weight_cap to at most 1073741823"):
+        CompactParams(15, 0.5, 4, 1 << 30, secure_aggregation=True)
     with pytest.raises(ValueRangeError, match="lower bits to at most 15"):
         CompactParams(16, 0.5, 4, 100, secure_aggregation=True)
     with pytest.raises(ValueRangeError, match="lower bits to at most 7"):
@@ -219,7 +222,7 @@ def test_a_bad_mask_result_is_refused(keys, bad):
 
 def test_mask_length_counts_lanes_and_chunks_not_tags():
     params = _params()
-    assert mask_length(params, 20_004, 2, tag_count=4) == 20_002
+    assert mask_length(params, 20_004, 2, tag_count=4) == 20_004  # 20,000 lanes + 2 weight digits per chunk
     with pytest.raises(ValueRangeError, match="secure_aggregation off"):
         mask_length(CompactParams(12, 0.5, 4, 100), 10, 1)
     with pytest.raises(ValueRangeError, match="no lane value"):
@@ -286,3 +289,25 @@ def test_extreme_masked_values_wrap_and_reduce_exactly(keys, public, members, ex
     sums = enc.decrypt_lane_sums(manifest, acc.serialize())
     np.testing.assert_array_equal(sums.values, expected)
     assert sums.total_weight == sum(WEIGHTS)
+
+
+def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members, aggregator):
+    """An aggregator that adds a multiple of 2^w to the high weight digit leaves the residue unchanged but produces
+    a lane no honest round can: refused like any out-of-range lane rather than silently reduced away."""
+    params = _params()
+    sim, batches, _ = _masked_round(keys, params, members, {m.fingerprint for m in members})
+    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
+    acc = Accumulator(public, len(chunks))
+    for i, chunk in enumerate(chunks):
+        acc.add(i, load_ciphertext(public.seal_context, chunk))  # the released aggregate, re-loaded
+    # the test holds the key: read chunk 0's high digit h, shift it by k * 2^w to just beyond the honest limit
+    w, lane_bits = params.mask_bits, params.packing.lane_bits
+    header = int(np.rint(SeededRealCodec(keys).decrypt(chunks[:1])[1]))
+    high = (header - int(center(np.array([header]), lane_bits)[0])) >> lane_bits
+    limit = params.packing.lane_limit(params.max_silos)
+    k = (limit - high) // (1 << w) + 1  # smallest k with high + k * 2^w > limit (and still < 2^(39 - lane_bits))
+    tamper = np.zeros(len(chunks) * public.reals_per_ciphertext)
+    tamper[1] = float(k << w) * float(1 << lane_bits)
+    acc.add_plain(tamper, 19)
+    with pytest.raises(CiphertextError, match="weight digit is outside"):
+        CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize())
