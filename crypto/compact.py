@@ -58,6 +58,7 @@ from crypto.compact_masked import (
     masked_layout_of,
     max_masked_weight,
     unmasked_weights,
+    upload_residues,
 )
 from crypto.compact_masked import correction_reals as correction_reals  # the aggregator's half
 from crypto.compact_masked import mask_length as mask_length
@@ -319,6 +320,12 @@ class CompactEncryptor:
         if isinstance(packing, MaskedLaneLayout):
             values = unmasked_lane_sums(values, packing, contributors)
         return LaneSums(values, contributors, total, tags)
+
+    def decrypt_residues(self, manifest: Manifest, chunks: Sequence[bytes]) -> np.ndarray:
+        """One masked upload as a key holder reads it (audits and collusion tests): uniform residues."""
+        self._check_manifest(manifest, len(chunks))
+        reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
+        return upload_residues(reals.reshape(len(chunks), -1), manifest, self.params)
 
     def _check_manifest(self, manifest: Manifest, chunk_count: int) -> None:
         if manifest.fingerprint != self.fingerprint:

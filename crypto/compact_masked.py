@@ -31,7 +31,7 @@ import numpy as np
 
 from crypto.contributors import CONTRIBUTOR_TAGS
 from crypto.errors import CiphertextError, ManifestError, ValueRangeError
-from crypto.lanes import MaskedLaneLayout, center, pack_lanes
+from crypto.lanes import MaskedLaneLayout, center, pack_lanes, unpack_lanes
 from crypto.packing import Manifest
 
 if TYPE_CHECKING:
@@ -195,3 +195,25 @@ def correction_reals(
         raise ManifestError(f"the manifest's {chunks} chunks cannot hold {values_count} masked lane values")
     digits = WEIGHT_DIGITS * chunks
     return frame(lanes, per, np.zeros(chunks), weight_reals(centered[length - digits :], layout))
+
+
+def upload_residues(grid: np.ndarray, manifest: Manifest, params: CompactParams) -> np.ndarray:
+    """Decrypted integer reals of ONE masked upload (chunks x reals) -> its masked vector, in [0, 2^w).
+
+    What a key holder (a silo, or anyone holding its key) reads from another silo's upload: the same
+    order as the mask vector (lane values, then the weight digits of each chunk). Used by audits and
+    the collusion tests; an honest silo never decrypts a single upload.
+    """
+    layout = masked_layout_of(params)
+    tags = tag_count_of(manifest)
+    count = manifest.value_count - tags
+    data = np.array(grid[:, HEADER_REALS:], dtype=np.int64).ravel()
+    used = layout.reals_for(count)
+    data[used : used + tags] = 0  # the tag reals ride after the lanes, unmasked
+    lanes = unpack_lanes(data, layout, count, 1)
+    headers = np.asarray(grid[:, 1], dtype=np.int64)
+    low = center(headers, layout.lane_bits)
+    digits = np.empty(WEIGHT_DIGITS * headers.shape[0], dtype=np.int64)
+    digits[0::2], digits[1::2] = low, (headers - low) >> layout.lane_bits
+    modulus = np.int64((1 << layout.mask_bits) - 1)
+    return (np.concatenate([lanes, digits]) & modulus).astype(np.uint64)

@@ -28,14 +28,13 @@ from crypto import pki
 from crypto.compact import CompactEncryptor, CompactParams
 from crypto.keys import load_secret_key_set
 from crypto.lanes import center
-from crypto.secagg.keys import Roster
 from crypto.secagg.masking import mask_vector
 from crypto.secagg.wire import decode_keys, decode_material
 from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
-from protocol.jobspec import compact_params, parse_job_spec, secagg_policy
+from protocol.jobspec import compact_params, parse_job_spec
 from protocol.messages import read_aggregate
-from protocol.secagg import decode_roster, round_context
+from protocol.secagg import ATTEMPTS_PER_ROUND, session_number
 from protocol.upload import SignedUpload
 from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
@@ -111,6 +110,11 @@ def _job_key(c: LocalConsortium, name: str, spec_text: str) -> CompactEncryptor:
     """The compact secret key as silo ``name`` holds it: what a colluding silo brings to the aggregator."""
     node = c.nodes[name]
     fp = c.fingerprints["compact"]
+    custodian_copy = node.dir / "state" / "keys" / f"{fp}.key"
+    if custodian_copy.exists():  # the silo that generated the key keeps its export
+        return CompactEncryptor(
+            load_secret_key_set(custodian_copy.read_bytes()), compact_params(parse_job_spec(spec_text))
+        )
     export = unwrap_key(
         (node.dir / "state" / "keys" / f"{fp}.wrapped").read_bytes(),
         pki.load_private_key(node.key),
@@ -129,11 +133,22 @@ def _job_dir(c: LocalConsortium, name: str, job_id: str) -> Path:
 def _upload(c: LocalConsortium, name: str, job_id: str, round_index: int) -> tuple[SignedUpload, list[bytes]]:
     (cache,) = sorted(_job_dir(c, name, job_id).glob(f"upload-{round_index:05d}-a*.bin"))
     header, chunks = read_upload(cache)
-    return SignedUpload.from_proto(header), chunks
+    upload = SignedUpload.from_proto(header)
+    attempt = int(cache.stem.rsplit("-a", 1)[1])
+    upload_sessions[upload.manifest.digest().hex()] = session_number(round_index, attempt)
+    return upload, chunks
+
+
+def upload_session(upload: SignedUpload) -> int:
+    """The session an upload was masked for: the attempt its cache file name records."""
+    return upload_sessions[upload.manifest.digest().hex()]
+
+
+upload_sessions: dict[str, int] = {}
 
 
 def _raw_residues(key: CompactEncryptor, upload: SignedUpload, chunks: list[bytes]) -> np.ndarray:
-    """Decrypt one masked upload into its mask-vector residues in [0, 2^w) (lanes, then weights)."""
+    """Decrypt one masked upload into its mask-vector residues in [0, 2^w) (lanes, then weight digits)."""
     return key.decrypt_residues(upload.manifest, chunks)
 
 
@@ -141,11 +156,12 @@ def _true_quantized(c: LocalConsortium, name: str, job_id: str, round_index: int
     """The silo's quantized update, recovered from its own disk: residues minus its own mask."""
     params: CompactParams = key.params
     sessions = sorted((_job_dir(c, name, job_id) / "secagg").glob("session-*"))
-    spec = parse_job_spec(json.loads(json.dumps((_job_dir(c, name, job_id) / "accepted_spec.json").read_text())))
     for where in sessions:
+        if not (where / "material.bin").exists():
+            continue
         material = decode_material((where / "material.bin").read_bytes())
         context = material.context
-        if context.round // 1024 != round_index:
+        if context.round // ATTEMPTS_PER_ROUND != round_index or context.round != upload_session(upload):
             continue
         keys = decode_keys((where / "keys.bin").read_bytes())
         peers = _stored_peers(context, (where / "roster.bin").read_bytes())
@@ -153,7 +169,7 @@ def _true_quantized(c: LocalConsortium, name: str, job_id: str, round_index: int
         residues = _raw_residues(key, upload, chunks)
         zeros = np.zeros(residues.shape[0], dtype=np.uint64)
         mask = mask_vector(zeros, params.mask_bits, context, keys, me, peers.roster, material.mask_set,
-                           secagg_policy(spec).threshold)  # fmt: skip
+                           material.threshold)  # fmt: skip
         return center((residues - mask) & np.uint64((1 << params.mask_bits) - 1), params.mask_bits)
     raise AssertionError(f"{name} kept no session for round {round_index}")
 
@@ -178,6 +194,9 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     sums = key.decrypt_lane_sums(manifest, chunks)
     assert sums.contributors == 3
     assert np.array_equal(sums.values, truth[: sums.values.shape[0]])
+    bits = key.params.bits
+    digits = truth[sums.values.shape[0] :]
+    assert sums.total_weight == int(digits[0]) + (int(digits[1]) << bits)  # weights summed exactly too
     # every silo, the restarted one too, holds the same model; audit logs verify
     models = [np.load(_job_dir(c, n, job_id) / "final_model.npz") for n in SILOS]
     weights = [k for k in models[0].files if not k.startswith("__")]
@@ -187,7 +206,7 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
 @pytest.mark.slow
 def test_aggregator_with_one_colluding_silo_reads_noise_from_another_silos_upload(run):
     c, job_id, spec, _ = run
-    key = _job_key(c, "silo-1", spec)  # silo-1 colludes: it hands the aggregator its copy of the job key
+    key = _job_key(c, "silo-3", spec)  # silo-3 colludes: it hands the aggregator its copy of the job key
     upload, chunks = _upload(c, "silo-2", job_id, 0)
     accepted = _aggregator_records(c, "upload_accepted", job_id)
     assert upload.manifest.digest().hex() in {r["details"]["digest"] for r in accepted if r["actor"] == "silo-2"}
