@@ -8,13 +8,14 @@ halfway is subtracted again, so a round never contains part of an upload. Every 
 (tensors, sizes, scale) sums apart for the whole round: no single contributor, say the fastest, fixes
 the layout for the others. At close the layout most contributors committed to is released if it alone
 leads and reaches the quorum; contributors of other layouts are left out and audited
-(``layout_outvoted``); a tie fails the round, naming the competing layouts. Vertical jobs never open
-a round here (``core.vertical`` runs them), so an upload to one finds no open round and is refused.
+(``layout_outvoted``); a tie fails the round, naming the competing layouts (``core.layouts``). A
+secure-aggregation round (``core.secagg``) takes uploads only from the silos that agreed on masks, and
+at close is unmasked before its release. Vertical jobs never open a round here (``core.vertical``
+runs them), so an upload to one finds no open round and is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from aggregator.core.errors import (
     InvalidArgument,
     PreconditionFailed,
 )
+from aggregator.core.layouts import LayoutVote
 from aggregator.core.secagg import AggregatorCredentials, SecureAggregation
 from aggregator.core.shared import ChangeFeed, PolicyInForce
 from aggregator.core.store_contract import AggregateArchive, JobStore
@@ -314,70 +316,33 @@ class RoundCore:
             upload.cancel(
                 f"round {open_round.round} of {open_round.job_id} closed ({why}) before this upload completed"
             )
-        groups = self._layout_groups(open_round)
+        vote = LayoutVote.count(open_round)
         now = self.clock.now()
-        top = max((len(silos) for silos in groups.values()), default=0)
-        leaders = [key for key, silos in groups.items() if len(silos) == top]
-        if len(leaders) > 1:  # no layout alone leads: releasing either would let a minority decide
-            layouts = self._describe_layouts(open_round, groups)
-            tie = f"no layout leads, {top} contributors each; competing layouts: {layouts}"
+        if vote.tie:
+            tie = f"no layout leads, {vote.top} contributors each; competing layouts: {vote.describe(open_round)}"
             self._fail(open_round, sorted(open_round.contributors), why, tie, now)
             self.feed.bump()
             return
-        winner = leaders[0] if leaders else None
-        contributors = groups.get(winner, []) if winner is not None else []
+        winner, contributors = vote.winner, vote.contributors
         release = evaluate_release(self.policies.min_per_aggregate(), contributors)
         self.events.record(
             "policy_decision", "aggregator", job=open_round.job_id, round=open_round.round, **release.as_details()
         )
         quorum = len(contributors) >= self.required(open_round.spec)
         if quorum and release.allowed and winner is not None:
-            self._outvote(open_round, groups, winner)
+            for details in vote.outvoted(open_round):
+                self.events.record(
+                    "layout_outvoted", "aggregator", job=open_round.job_id, round=open_round.round, **details
+                )
             if not self.secagg.closing(open_round, winner, contributors, why, now):
                 self._release(open_round, winner, contributors, why, now)
         else:
             reason = release.reasons[0] if not release.allowed else None
-            if len(groups) > 1:
+            if len(vote.groups) > 1:
                 short = f"{len(contributors)} of the required {self.required(open_round.spec)} silos contributed"
-                layouts = self._describe_layouts(open_round, groups)
-                reason = f"{reason or short + ' in the leading layout'}; competing layouts: {layouts}"
+                reason = f"{reason or short + ' in the leading layout'}; competing layouts: {vote.describe(open_round)}"
             self._fail(open_round, contributors, why, reason, now)
         self.feed.bump()
-
-    @staticmethod
-    def _layout_groups(open_round: OpenRound) -> dict[Any, list[str]]:
-        """Committed contributors by the layout they committed, each list sorted."""
-        groups: dict[Any, list[str]] = {}
-        for silo in sorted(open_round.contributors):
-            groups.setdefault(open_round.layout_of[silo], []).append(silo)
-        return groups
-
-    @staticmethod
-    def _layout_name(manifest: Manifest) -> str:
-        """A short, bounded name for a layout in reasons and audit records (never the member's own text)."""
-        tag = hashlib.sha256(repr(manifest.layout_key()).encode()).hexdigest()[:12]
-        return f"layout {tag} ({manifest.value_count} values)"
-
-    def _describe_layouts(self, open_round: OpenRound, groups: dict[Any, list[str]]) -> str:
-        return "; ".join(
-            f"{self._layout_name(open_round.committed[key])} from {', '.join(silos)}" for key, silos in groups.items()
-        )
-
-    def _outvote(self, open_round: OpenRound, groups: dict[Any, list[str]], winner: Any) -> None:
-        """Audit, by name, every contributor whose layout lost: left out of the aggregate, never silently."""
-        for key, silos in groups.items():
-            if key == winner:
-                continue
-            self.events.record(
-                "layout_outvoted",
-                "aggregator",
-                job=open_round.job_id,
-                round=open_round.round,
-                contributors=silos,
-                layout=self._layout_name(open_round.committed[key]),
-                released_layout=self._layout_name(open_round.committed[winner]),
-                released_contributors=groups[winner],
-            )
 
     def _release(self, open_round: OpenRound, layout: Any, contributors: list[str], why: str, now: float) -> None:
         """Write the sum of the winning layout, record it, and open the next round or complete the job."""
