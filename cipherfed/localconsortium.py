@@ -258,7 +258,7 @@ key = "{who}.key"
             time.sleep(0.1)
 
     def start_node(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """``env``: extra environment, e.g. a fault to inject (``silo_node.daemon.FAULT_STOP_AFTER_AGREEMENT``)."""
+        """``env``: extra environment, e.g. a fault to inject (``silo_node.faults.FAULT_STOP_AFTER_AGREEMENT``)."""
         if not self.nodes[name].config.exists():
             self.write_node_config(name)
         return self._spawn(name, ["node", "start", "--config", str(self.nodes[name].config)], env)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import threading
@@ -33,25 +32,18 @@ from protocol.vocabulary import JobStatus
 from silo_node.client import AggregatorClient, Backoff
 from silo_node.config import NodeConfig, load_node_config
 from silo_node.data import DataError, LocalData, load_columns, split
+from silo_node.dp_training import calibrate, reserve
+from silo_node.faults import stop_after_agreement_hook
 from silo_node.horizontal import HorizontalJob, RoundRefused, SiloServices
 from silo_node.keys import FetchedKey, NodeKeys, key_trust
+from silo_node.node_files import FinishedJobs, write_atomic
 from silo_node.peer import aggregator_certificate
 from silo_node.privacy_ledger import PrivacyLedger
+from silo_node.refusal import JobRefused
 from silo_node.secagg_round import SecAggCredentials
 from silo_node.vertical import ActiveParty, PartyCredentials, PassiveParty, Relay, VerticalRunner
 
-FAULT_STOP_AFTER_AGREEMENT = "CIPHERFED_FAULT_STOP_AFTER_AGREEMENT"  # demo --drop-silo: see _fault_after_agreement
-FAULT_EXIT_CODE = 75
-
 MAX_STEP_FAILURES = 3  # then the job is declined with the error as its reason
-
-
-class JobRefused(Exception):
-    """This node will not (or cannot) take part in a job; the reasons go to the aggregator."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
-        self.reasons = reasons
 
 
 class SiloNode:
@@ -159,19 +151,20 @@ class SiloNode:
             )
         return spec
 
-    def _fault_after_agreement(self, job_id: str, round_index: int) -> None:
-        """Fault injection for demos and tests (``CIPHERFED_FAULT_STOP_AFTER_AGREEMENT=ROUND``): this node's
-        process stops after mask agreement and before its upload in that round, as a crashed site would."""
-        wanted = os.environ.get(FAULT_STOP_AFTER_AGREEMENT, "")
-        if wanted.isdigit() and int(wanted) == round_index:
-            self.events.record(
-                "fault_injected", self.config.name, job=job_id, round=round_index, fault="stop_after_agreement"
-            )
-            print(
-                f"{self.config.name}: stopping after mask agreement in round {round_index} (fault injection)",
-                flush=True,
-            )
-            os._exit(FAULT_EXIT_CODE)
+    def _load_for_job(
+        self, job_id: str, features: list[str], label: str | None, id_column: str | None, role: str
+    ) -> LocalData:
+        """Read exactly the columns a job uses; record names and counts (never values) in the audit log."""
+        try:
+            data = load_columns(self.config.data.path, features, label, id_column, self.config.data.format)
+        except DataError as exc:
+            raise JobRefused([str(exc)]) from None
+        columns = [*data.feature_names, *([label] if label else []), *([id_column] if id_column else [])]
+        rows, fp = data.rows, data.source_fingerprint
+        self.events.record(
+            "dataset_used", self.config.name, job=job_id, dataset=fp, rows=rows, columns=columns, role=role
+        )
+        return data
 
     def _dataset_key(self) -> str:
         return str(self.config.data.path.resolve())
@@ -229,8 +222,8 @@ class SiloNode:
         except (CryptoError, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             raise JobRefused([f"HE key: {detail}"]) from None
-        data = self._load_for_job(job_id, spec.dataset.features, spec.dataset.label, None)
-        plan = self._dp_plan(spec, data)
+        data = self._load_for_job(job_id, spec.dataset.features, spec.dataset.label, None, "horizontal")
+        plan = calibrate(spec, len(split(data, self.config.data.validation_fraction, 0)[0]))  # seed-independent
         newly_reserved = spec.dp is not None and self.ledger.reservation(self._dataset_key(), job_id) is None
         try:
             return self._accept_horizontal(job_id, spec, data, encryptor, plan)
@@ -238,24 +231,6 @@ class SiloNode:
             if newly_reserved and self.ledger.release(self._dataset_key(), job_id):
                 self.events.record("dp_budget_released", self.config.name, job=job_id, reason="job not accepted")
             raise
-
-    def _dp_plan(self, spec: JobSpec, data: LocalData) -> dp.DPPlan | None:
-        """The job's DP-SGD noise, calibrated before any budget is reserved: an epsilon the accountant cannot
-        reach on this dataset (opacus raises ValueError) is a refusal with what to do, not a crash."""
-        if spec.dp is None:
-            return None
-        n_train = len(split(data, self.config.data.validation_fraction, 0)[0])  # the count is seed-independent
-        try:
-            return dp.plan(spec, n_train)
-        except ValueError as exc:
-            raise JobRefused(
-                [
-                    f"dp.epsilon: {spec.dp.epsilon:g} is too small for this dataset ({n_train} training rows, "
-                    f"{spec.rounds} rounds x {spec.local_epochs} epochs at batch_size {spec.batch_size}): "
-                    f"no noise level reaches it ({exc}); resubmit with a larger epsilon, fewer rounds or epochs, "
-                    "or a smaller batch_size"[:2000]
-                ]
-            ) from None
 
     def _accept_horizontal(
         self,
@@ -267,9 +242,7 @@ class SiloNode:
     ) -> HorizontalJob:
         """Reserve the job's epsilon and build the job; the caller releases the reservation if this fails."""
         if spec.dp is not None:
-            self.ledger.reserve(self._dataset_key(), job_id, spec.dp.epsilon, spec.dp.delta)
-            self._check_ledger(job_id)
-            total = self.ledger.reserved(self._dataset_key())
+            total = reserve(self.ledger, self._dataset_key(), job_id, spec)
             budget = self.site_policy.dp.total_budget if self.site_policy and self.site_policy.dp else None
             self.events.record(
                 "dp_budget",
@@ -293,7 +266,7 @@ class SiloNode:
             allowed_factories=tuple(self.site_policy.allowed_factories) if self.site_policy else (),
             min_contributors=self.site_policy.min_contributors if self.site_policy else 2,
             secagg=SecAggCredentials(self.config.consortium, self.private_key, self.certificate, self.trust),
-            after_agreement=self._fault_after_agreement,
+            after_agreement=stop_after_agreement_hook(self.config.name, self.events),
         )
         job = HorizontalJob(
             job_id,
@@ -313,33 +286,6 @@ class SiloNode:
             dp_epsilon=spec.dp.epsilon if spec.dp else None,
         )
         return job
-
-    def _check_ledger(self, job_id: str) -> None:
-        """The privacy ledger must never show more epsilon spent on a job than was reserved for it."""
-        reserved = self.ledger.reservation(self._dataset_key(), job_id) or 0.0
-        spent = self.ledger.spent(self._dataset_key(), job_id)
-        if spent > reserved + 1e-9:
-            raise JobRefused([f"privacy ledger: job {job_id} spent epsilon {spent:.4f}, beyond its {reserved:.4f}"])
-
-    def _load_for_job(
-        self, job_id: str, features: list[str], label: str | None, id_column: str | None, role: str = "horizontal"
-    ) -> LocalData:
-        """Read exactly the columns a job uses; record names and counts (never values) in the audit log."""
-        try:
-            data = load_columns(self.config.data.path, features, label, id_column, self.config.data.format)
-        except DataError as exc:
-            raise JobRefused([str(exc)]) from None
-        columns = [*data.feature_names, *([label] if label else []), *([id_column] if id_column else [])]
-        self.events.record(
-            "dataset_used",
-            self.config.name,
-            job=job_id,
-            dataset=data.source_fingerprint,
-            rows=data.rows,
-            columns=columns,
-            role=role,
-        )
-        return data
 
     def _accept_vertical(self, job_id: str, spec: JobSpec) -> VerticalRunner:
         assert spec.vertical is not None
@@ -437,11 +383,11 @@ class SiloNode:
     # ------------------------------------------------------------------ loop
     def _heartbeat(self, server_time_ms: int) -> None:
         """Proof of life for container/systemd health checks: the node has no port to probe."""
-        _write_atomic(self.config.state_dir / "heartbeat", f"{time.time():.3f} {server_time_ms}\n")
+        write_atomic(self.config.state_dir / "heartbeat", f"{time.time():.3f} {server_time_ms}\n")
 
     def _contact_lost(self, code: str) -> None:
         """A failed poll is recorded next to the heartbeat, so `node health` never vouches for a dead link."""
-        _write_atomic(self.config.state_dir / "heartbeat.failed", f"{time.time():.3f} {code}\n")
+        write_atomic(self.config.state_dir / "heartbeat.failed", f"{time.time():.3f} {code}\n")
 
     def run(self) -> None:
         own = pki.certificate_fingerprint(self.certificate)
@@ -482,33 +428,10 @@ class SiloNode:
         self.client.close()
 
 
-class FinishedJobs:
-    """Ids of jobs this node has finished, one per line, kept across restarts (state_dir/finished-jobs.txt)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._ids = set(path.read_text().split()) if path.exists() else set()
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._ids
-
-    def add(self, job_id: str) -> None:
-        if job_id not in self._ids:
-            self._ids.add(job_id)
-            with open(self.path, "a") as f:
-                f.write(job_id + "\n")
-
-
 def _is_finished(job: HorizontalJob | VerticalRunner) -> bool:
     if isinstance(job, HorizontalJob):
         return job.state.finished
     return job.status != JobStatus.RUNNING
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def run(config_path: Path) -> int:

@@ -21,30 +21,28 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
-from crypto.compact import CompactBatch, CompactEncryptor, CompactMean
-from crypto.contributors import ContributorError, own_tag, verify_tags
+from crypto.compact import CompactBatch, CompactEncryptor
+from crypto.contributors import own_tag
 from crypto.engine import (
     EncryptedBatch,
     UpdateEncryptor,
-    WeightedMean,
-    decrypt_weighted_mean,
     encrypt_weighted_update,
     weighted_update_layout_key,
 )
-from crypto.errors import CryptoError
-from crypto.packing import Manifest
 from policies import dp
 from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import JobSpec
-from protocol.messages import check_digests
 from protocol.upload import SignedUpload
 from protocol.vocabulary import JobStatus, RoundStatus
+from silo_node.aggregate_checks import AggregateGate
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, split
-from silo_node.jobfiles import JobState, read_upload, save_arrays, write_upload
+from silo_node.dp_training import PrivateTraining
+from silo_node.jobfiles import JobState, export_model, read_upload, save_arrays, write_upload
 from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
+from silo_node.refusal import RoundRefused
 from silo_node.relay import Relay
 from silo_node.secagg_round import Mask, SecAggCredentials, SecAggRefused, SecureAggregation
 
@@ -68,14 +66,6 @@ class SiloServices:
     min_contributors: int = 2  # site policy: the fewest verified contributors of an aggregate this silo applies
     secagg: SecAggCredentials | None = None  # what secure-aggregation jobs sign and verify with
     after_agreement: Callable[[str, int], None] | None = None  # fault injection (demo --drop-silo): job, round
-
-
-class RoundRefused(Exception):
-    """What the aggregator asked for breaks the job spec or this silo's limits: the silo leaves the job."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
-        self.reasons = reasons
 
 
 class HorizontalJob:
@@ -109,8 +99,12 @@ class HorizontalJob:
         if dp_plan is None and spec.dp is not None:  # the node calibrates before it reserves; this is a fallback
             dp_plan = dp.plan(spec, len(self.train_rows))
         self.dp_plan = dp_plan if spec.dp is not None else None
+        self.private: PrivateTraining | None = None
         if self.dp_plan is not None:
-            self._check_history_matches_ledger()
+            self.private = PrivateTraining(
+                job_id, self.name, self.dp_plan, services.ledger, services.dataset_key, self.events
+            )
+            self.private.check_history_matches_ledger(self.state)
         self.model = make_adapter(spec, data.features.shape[1], services.allowed_factories)
         weights_path = self.dir / "global.npz"
         if weights_path.exists():
@@ -277,17 +271,9 @@ class HorizontalJob:
     def extra_upload_details(self, round_index: int) -> dict[str, Any]:
         """What the compliance officer needs about privacy in the update_sent record."""
         quantization = self._quantization_details(round_index)
-        if self.dp_plan is None:
+        if self.private is None:
             return {"dp": False, **quantization}
-        return {
-            **quantization,
-            "dp": True,
-            "dp_epsilon": round(dp.epsilon_spent(self._dp_history(), self.dp_plan.delta), 4),
-            "dp_delta": self.dp_plan.delta,
-            "noise_multiplier": round(self.dp_plan.noise_multiplier, 4),
-            "max_grad_norm": self.dp_plan.max_grad_norm,
-            "dp_target_epsilon": self.dp_plan.epsilon,
-        }
+        return {**quantization, **self.private.details(self.state)}
 
     def _quantization_details(self, round_index: int) -> dict[str, Any]:
         """Compact profile: the quantization and what it changed in this round's update (clips are never silent)."""
@@ -309,9 +295,6 @@ class HorizontalJob:
             self._upload_notes[round_index] = {"clipped_values": batch.clipped, "weight_capped": batch.weight_capped}
             return batch
         return encrypt_weighted_update(self.encryptor, tensors, weight, tags=tags)
-
-    def _dp_history(self) -> list[tuple[float, float, int]]:
-        return [(float(s), float(q), int(n)) for s, q, n in self.state.dp_history]
 
     def _contributor_lane(self) -> int:
         if self.name not in self.spec.participants:
@@ -360,8 +343,10 @@ class HorizontalJob:
         seed = int.from_bytes(
             hashlib.sha256(f"{self.spec.seed}|{self.name}|{round_index}".encode()).digest()[:4], "big"
         )
-        if self.dp_plan is not None:
-            self._train_private(round_index, seed)
+        if self.private is not None:
+            assert isinstance(self.model, TorchAdapter)
+            x, y = self._x(self.train_rows), self._y(self.train_rows)
+            self.private.train(self.model, x, y, seed, round_index, self.state, self._save)
         else:
             self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
         delta = self._delta(self.model.get_weights())
@@ -403,89 +388,25 @@ class HorizontalJob:
             )
         return weighted_update_layout_key(self.encryptor, self._delta(self.global_weights), weight, tags=tags)
 
-    def _check_layout(self, round_index: int, manifest: Manifest) -> None:
-        """Refuse an aggregate whose (unsigned) layout differs from this silo's: swapped tensors or shifted lanes."""
-        expected = self._expected_layout_key(round_index)
-        got = manifest.layout_key()
-        if got != expected:
-            fields = ("profile", "fingerprint", "layout", "value_count", "values_per_chunk", "scale_bits")
-            differ = [f for f, a, b in zip(fields, got, expected, strict=True) if a != b]
-            reason = f"round {round_index}: the aggregate's {', '.join(differ)} differ from this silo's upload layout"
-            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=reason)
-            raise RoundRefused([f"aggregate of round {round_index} refused: {reason}"])
-
-    def _reserved_epsilon(self) -> float:
-        """The epsilon reserved for this job when it was accepted (the ledger's, not what a spec says now)."""
-        assert self.dp_plan is not None
-        ledger = self.services.ledger
-        reserved = ledger.reservation(self.services.dataset_key, self.job_id) if ledger is not None else None
-        return self.dp_plan.epsilon if reserved is None else min(reserved, self.dp_plan.epsilon)
-
-    def _check_history_matches_ledger(self) -> None:
-        """The ledger outlives a job directory: if it shows more spent than the local history accounts for
-        (the directory was lost or rolled back), continuing would count that spending twice."""
-        assert self.dp_plan is not None
-        ledger = self.services.ledger
-        if ledger is None:
-            return
-        recorded = ledger.spent(self.services.dataset_key, self.job_id)
-        local = dp.epsilon_spent(self._dp_history(), self.dp_plan.delta)
-        if recorded > local + 1e-6:
-            raise RoundRefused(
-                [
-                    f"the privacy ledger shows epsilon {recorded:.4f} spent on job {self.job_id} but this job's "
-                    f"local history accounts for {local:.4f}; the job cannot continue without double spending"
-                ]
-            )
-
-    def _check_budget(self, round_index: int, history: list[tuple[float, float, int]], when: str) -> float:
-        """Epsilon after ``history``; refuse (audited) if it exceeds the job's reservation."""
-        assert self.dp_plan is not None
-        epsilon = dp.epsilon_spent(history, self.dp_plan.delta)
-        reserved = self._reserved_epsilon()
-        if epsilon > reserved + 1e-9:
-            reason = (
-                f"round {round_index} would bring job {self.job_id} to epsilon {epsilon:.4f} {when}, beyond the "
-                f"{reserved:.4f} reserved for it at accept; this silo stops training for the job"
-            )
-            self.events.record(
-                "dp_budget_refused", self.name, job=self.job_id, round=round_index, epsilon=epsilon, reserved=reserved
-            )
-            raise RoundRefused([reason])
-        return epsilon
-
-    def _train_private(self, round_index: int, seed: int) -> None:
-        assert self.dp_plan is not None and isinstance(self.model, TorchAdapter)
-        plan = self.dp_plan
-        planned = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
-        self._check_budget(round_index, [*self._dp_history(), planned], "(planned)")
-        steps, sample_rate = self.model.train_private(
-            self._x(self.train_rows), self._y(self.train_rows), seed, plan.noise_multiplier, plan.max_grad_norm
-        )
-        self.state.dp_history.append([plan.noise_multiplier, sample_rate, steps])
-        self._save()
-        spent = dp.epsilon_spent(self._dp_history(), plan.delta)
-        if self.services.ledger is not None:
-            self.services.ledger.record_spend(self.services.dataset_key, self.job_id, round_index, spent)
-        self._check_budget(round_index, self._dp_history(), "(as trained)")  # nothing over budget is released
-
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
-        check_digests(manifest, chunks)
-        self._check_layout(round_index, manifest)
-        try:  # the same bytes decrypt the same way: a bad aggregate is the aggregator's doing, not bad luck
-            mean = self._decrypt(manifest, chunks)
-        except CryptoError as exc:
-            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=str(exc))
-            raise RoundRefused([f"aggregate of round {round_index} refused: {exc}"]) from None
-        verified = self._verify_contributors(round_index, mean.tags, int(agg_header.contributors))
-        if isinstance(mean, CompactMean) and mean.contributors != verified:
-            reason = (
-                f"aggregate of round {round_index} refused: its encrypted header counts {mean.contributors} "
-                f"contributions but the contributor tags verify {verified}"
-            )
-            self.events.record("aggregate_refused", self.name, job=self.job_id, round=round_index, reason=reason)
-            raise RoundRefused([reason])
+        gate = AggregateGate(
+            self.job_id,
+            self.name,
+            self.encryptor,
+            self.events,
+            len(self.spec.participants),
+            self._contributor_lane(),
+            max(self.services.min_contributors, self.spec.min_silos, 2),
+        )
+        mean, verified = gate.open(
+            round_index,
+            manifest,
+            chunks,
+            self._expected_layout_key(round_index),
+            int(agg_header.contributors),
+            own_required=round_index in self.state.acknowledged_rounds,
+        )
         self.events.record(
             "aggregate_decrypted",
             self.name,
@@ -515,39 +436,8 @@ class HorizontalJob:
             self._save()
             self.client.report_metrics(self.job_id, round_index, metrics, self._audit_head())
 
-    def _decrypt(self, manifest: Manifest, chunks: list[bytes]) -> WeightedMean | CompactMean:
-        if isinstance(self.encryptor, CompactEncryptor):
-            return self.encryptor.decrypt_mean(manifest, chunks)
-        return decrypt_weighted_mean(self.encryptor, manifest, chunks)
-
-    def _verify_contributors(self, round_index: int, tags: np.ndarray | None, claimed: int) -> int:
-        """Count, from the decrypted tag lanes, who really contributed; refuse anything but an honest sum."""
-        minimum = max(self.services.min_contributors, self.spec.min_silos, 2)
-        lanes = len(self.spec.participants)
-        try:
-            if tags is None or tags.shape[0] != lanes:
-                raise ContributorError(f"round {round_index}: the aggregate has no contributor tags ({lanes} lanes)")
-            count = verify_tags(
-                tags,
-                self.encryptor.tag_key,
-                self.job_id,
-                round_index,
-                own_lane=self._contributor_lane(),
-                own_required=round_index in self.state.acknowledged_rounds,
-                minimum=minimum,
-            ).count
-        except ContributorError as exc:
-            self.events.record(
-                "aggregate_refused", self.name, job=self.job_id, round=round_index, claimed=claimed, reason=str(exc)
-            )
-            raise RoundRefused([f"aggregate of round {round_index} refused: {exc}"]) from None
-        return count
-
     def _finish(self) -> None:
-        export = self.dir / "final_model.npz"
-        extras = {"__mean__": np.asarray(self.state.mean or []), "__std__": np.asarray(self.state.std or [])}
-        save_arrays(export, {**self.global_weights, **extras})
-        (self.dir / "job_spec.json").write_text(self.spec.model_dump_json(indent=2))
+        export = export_model(self.dir, self.global_weights, self.state, self.spec)
         self.state.finished = True
         self._save()
         self.events.record(

@@ -38,6 +38,15 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
+def export_model(directory: Path, weights: dict[str, np.ndarray], state: JobState, spec: JobSpec) -> Path:
+    """The trained model with its scaling (``__mean__``/``__std__``) and the spec it was trained under."""
+    export = directory / "final_model.npz"
+    extras = {"__mean__": np.asarray(state.mean or []), "__std__": np.asarray(state.std or [])}
+    save_arrays(export, {**weights, **extras})
+    (directory / "job_spec.json").write_text(spec.model_dump_json(indent=2))
+    return export
+
+
 def write_upload(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
     """Cache an upload as frames (header, then chunks), so a re-send after a restart is the same bytes."""
     write_framed_file(path, [header.SerializeToString(), *chunks])

@@ -36,7 +36,7 @@ from protocol.jobspec import compact_params, parse_job_spec
 from protocol.messages import read_aggregate
 from protocol.secagg import ATTEMPTS_PER_ROUND, session_number
 from protocol.upload import SignedUpload
-from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
+from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
 from silo_node.secagg_round import _stored_peers
 
