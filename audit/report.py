@@ -88,6 +88,7 @@ def build_report(paths: list[Path], ca_cert: x509.Certificate | None = None) -> 
     sections.append(_policy(by_event))
     sections.append(_key_custody(by_event))
     sections.append(_privacy_budget(by_event))
+    sections.append(_secure_aggregation(by_event))
     sections.append(_curves(by_event))
     html = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cipherfed compliance report</title>"
@@ -374,6 +375,48 @@ def _privacy_budget(by_event: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
+def _secure_aggregation(by_event: dict[str, list[dict[str, Any]]]) -> str:
+    """Who revealed what: each silo's unmasking answers and refusals, each round's unmasking at the aggregator."""
+    seen: set[tuple[str, str, Any, str]] = set()
+    rows = []
+    for event in ("secagg_answered", "secagg_refused"):
+        for r in by_event.get(event, []):
+            d = r["details"]
+            key = (r["actor"], r["job"], d.get("session"), event)
+            if key in seen:  # the same record appears once per log that holds it
+                continue
+            seen.add(key)
+            if event == "secagg_answered":
+                what = (
+                    f"self-seed shares of {', '.join(d.get('self_shares_of', [])) or 'nobody'}; mask-key shares of "
+                    f"{', '.join(d.get('mask_shares_of', [])) or 'nobody (no silo dropped)'}"
+                )
+            else:
+                what = f"refused ({d.get('step', '')}): {d.get('reason', '')}"
+            rows.append([r["actor"], r["job"], d.get("session", ""), what])
+    rounds = [
+        [
+            r["job"],
+            r["round"] if r.get("round") is not None else f"session {r['details'].get('session', '')}",
+            "unmasked" if r["event"] == "secagg_unmasked" else "failed: " + str(r["details"].get("reason", "")),
+            ", ".join(r["details"].get("dropped", [])) or "none",
+        ]
+        for r in sorted(by_event.get("secagg_unmasked", []) + by_event.get("secagg_failed", []), key=lambda r: r["ts"])
+    ]
+    if not rows and not rounds:
+        return (
+            "<h2>9. Secure aggregation</h2><p class='muted'>No job used secure aggregation: an aggregator colluding "
+            "with one silo could have decrypted individual updates (docs/security.md).</p>"
+        )
+    return (
+        "<h2>9. Secure aggregation</h2><p class='muted'>Each survivor reveals, per round, the self-seed share of "
+        "every silo that contributed and the mask-key share of every silo that dropped, never both for one silo. "
+        "A refusal means the silo saw a request that would have revealed more.</p>"
+        + (_table(["silo", "job", "session", "revealed"], rows) if rows else "")
+        + (_table(["job", "round", "unmasking", "dropped silos"], rounds) if rounds else "")
+    )
+
+
 def _curves(by_event: dict[str, list[dict[str, Any]]]) -> str:
     per_job: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     seen: set[tuple[str, str, int]] = set()
@@ -387,7 +430,7 @@ def _curves(by_event: dict[str, list[dict[str, Any]]]) -> str:
         line_chart(series, f"{job}: validation accuracy at each silo", "round", "accuracy")
         for job, series in per_job.items()
     ]
-    return "<h2>9. Training curves</h2>" + ("".join(charts) if charts else "<p class='muted'>no metrics reported</p>")
+    return "<h2>10. Training curves</h2>" + ("".join(charts) if charts else "<p class='muted'>no metrics reported</p>")
 
 
 def write_report(paths: list[Path], output: Path, ca_cert: x509.Certificate | None = None) -> Verification:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from audit.report import build_report
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
 from crypto.compact import CompactEncryptor, CompactParams
@@ -197,7 +198,13 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     bits = key.params.bits
     digits = truth[sums.values.shape[0] :]
     assert sums.total_weight == int(digits[0]) + (int(digits[1]) << bits)  # weights summed exactly too
-    # every silo, the restarted one too, holds the same model; audit logs verify
+    # the compliance report shows who revealed what: the survivors gave silo-4's mask-key shares in round 1
+    logs = [c.agg_dir / "state" / "audit.jsonl", *(c.nodes[n].dir / "state" / "audit.jsonl" for n in SILOS)]
+    html, verification = build_report(logs)
+    assert verification.ok, verification.problems[:3]
+    section = html.split("9. Secure aggregation")[1].split("<h2>")[0]
+    assert section.count("mask-key shares of silo-4") == 3 and "nobody (no silo dropped)" in section
+    # every silo, the restarted one too, holds the same model
     models = [np.load(_job_dir(c, n, job_id) / "final_model.npz") for n in SILOS]
     weights = [k for k in models[0].files if not k.startswith("__")]
     assert all(np.array_equal(models[0][k], m[k]) for m in models[1:] for k in weights)
