@@ -132,7 +132,8 @@ class DropoutWatcher:
             raise RuntimeError(f"{self.silo} exited with code {self.exit_code}; see its log in the demo's logs/")
 
 
-def _aggregator_records(consortium: LocalConsortium, job_id: str) -> list[dict[str, Any]]:
+def aggregator_records(consortium: LocalConsortium, job_id: str) -> list[dict[str, Any]]:
+    """The aggregator's ``secagg_*`` audit records of one job, in log order."""
     path = consortium.agg_dir / "state" / "audit.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r.get("job") == job_id and str(r.get("event", "")).startswith("secagg_")]
@@ -142,7 +143,7 @@ def _ts(record: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00")).timestamp()
 
 
-def _timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def session_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per session (round attempt): setup = session opened -> roster sent; unmask = statement sent -> unmasked."""
     by_session: dict[int, dict[str, dict[str, Any]]] = {}
     for r in records:
@@ -169,7 +170,7 @@ def summary(consortium: LocalConsortium, spec_text: str, job_id: str, status: An
     """The demo JSON's ``secure_aggregation`` object for one job: from its spec, its status and the aggregator's
     audit log (the dropouts are the ``dropped`` lists of its ``secagg_unmasked`` records)."""
     policy = secagg_policy(parse_job_spec(spec_text))
-    records = _aggregator_records(consortium, job_id)
+    records = aggregator_records(consortium, job_id)
     unmasked = [r for r in records if r["event"] == "secagg_unmasked"]
     dropouts = [{"round": r["round"], "silo": s} for r in unmasked for s in r["details"].get("dropped", [])]
     return {
@@ -183,5 +184,5 @@ def summary(consortium: LocalConsortium, spec_text: str, job_id: str, status: An
         "dropouts": dropouts,
         "failed_sessions": sum(1 for r in records if r["event"] == "secagg_failed"),
         "relay_bytes": int(status.relay_bytes),
-        "timing": _timings(records),
+        "timing": session_timings(records),
     }
