@@ -117,9 +117,10 @@ def test_round_overhead_benchmark_with_secure_aggregation_on_a_tiny_size(tmp_pat
 
 
 def test_round_overhead_benchmark_refuses_secure_aggregation_it_cannot_run(tmp_path):
+    TINY = ["--rounds", "1", "--features", "3", "--hidden", "4", "--rows", "20"]  # quick, should it ever run
     for args in (["--secure-aggregation"], ["--profile", "compact", "--secure-aggregation", "--silos", "2"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.round_overhead", *args, "--workdir", str(tmp_path / "w")],
+            [sys.executable, "-m", "benchmarks.round_overhead", *args, *TINY, "--workdir", str(tmp_path / "w")],
             capture_output=True,
             text=True,
             timeout=60,

@@ -66,7 +66,8 @@ def test_demo_refuses_bad_secure_aggregation_options_clearly(tmp_path, capsys, a
     from cipherfed.cli import main
 
     w = tmp_path / "w"
-    assert main(["demo", *args, "--workdir", str(w)]) == 1
+    rounds = [] if "--rounds" in args else ["--rounds", "3"]  # short, should a refusal ever let a demo start
+    assert main(["demo", *args, *rounds, "--workdir", str(w)]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not w.exists()  # refused before anything was provisioned
