@@ -32,12 +32,15 @@ def test_demo_with_a_dropout_recovers_it_and_closes_every_round(tmp_path):
     assert sa["rounds_completed"] == sa["rounds_unmasked"] == result["rounds"] == 10
     assert sa["dropouts_recovered"] >= 1 and {"round": 1, "silo": "hospital-4"} in sa["dropouts"]
     assert sa["threshold"] == 2 and sa["min_participants"] == 3 and sa["graph"] == "complete"
-    assert sa["relay_bytes"] > 0 and [t["round"] for t in sa["timing"]] == list(range(10))
-    assert all(t["outcome"] == "unmasked" and t["setup_s"] >= 0 and t["unmask_s"] >= 0 for t in sa["timing"])
+    # one unmasked session per round (a loaded machine may add a failed first attempt, retried)
+    unmasked = [t for t in sa["timing"] if t["outcome"] == "unmasked"]
+    assert sa["relay_bytes"] > 0 and [t["round"] for t in unmasked] == list(range(10))
+    assert all(t["setup_s"] >= 0 and t["unmask_s"] >= 0 for t in unmasked)
     # the node really stopped with the fault's exit code and was restarted, and the demo said so
     assert "hospital-4 stopped after mask agreement in round 1 (exit code 75)" in " ".join(proc.stdout.split())
     assert "fault injection" in (w / "logs" / "hospital-4.log").read_text()
     assert result["all_silos_hold_the_same_model"]
+    # deterministic (seeded training, fixed split): masks not removed exactly would garble the model
     assert abs(result["final"]["accuracy"] - result["plaintext_federated"]["accuracy"]) <= 0.005
     assert result["audit"]["verified"]
 
