@@ -19,6 +19,14 @@ room for, no transport or protocol change can meet the target at that workload o
 With ``--profile compact`` the headline keys describe the compact profile (weight cap = records per
 silo, default quantization), and ``sum_profile`` holds the sum profile's figures measured in the
 same consortium right after it, so that the two compare on equal machine load.
+
+``--secure-aggregation`` (compact only, >= 3 silos) also runs the compact job with
+``secure_aggregation = true`` in the same consortium, right after the unmasked compact job, and adds
+``secagg_over_compact`` (masked round time / unmasked compact round time) and ``secure_aggregation``
+(its round times, upload bytes per parameter, and the key and share bytes the aggregator relayed,
+``JobStatus.relay_bytes``, which travel beside the uploads, not in them).
+
+    python -m benchmarks.round_overhead --profile compact --secure-aggregation --json OUT
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from benchmarks.common import emit, machine
+from cipherfed.demo_secagg import aggregator_records, session_timings
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto.compact import CompactEncryptor, CompactParams
 from crypto.engine import (
@@ -50,6 +59,7 @@ from protocol import cipherfed_pb2 as pb
 from protocol.vocabulary import JobStatus
 
 TARGET_RATIO = 1.3
+SECAGG_TARGET_RATIO = 1.15  # issue 14: a masked compact round at most 15 % slower than an unmasked one
 
 
 def _cpu_seconds(c: LocalConsortium) -> dict[str, float]:
@@ -86,6 +96,7 @@ def _measure(c: LocalConsortium, stub: Any, spec: str, params: int, silos: int) 
     walls = [r.wall_s for r in status.rounds]
     steady = walls[1:] if len(walls) > 1 else walls
     upload = statistics.mean(r.bytes_in for r in status.rounds) / silos
+    relay = status.relay_bytes / silos / rounds  # secure aggregation's keys and shares; 0 otherwise
     silo_cpu = sum(after[k] - before[k] for k in after if k != "aggregator") / silos / rounds
     aggregator_cpu = (after["aggregator"] - before["aggregator"]) / rounds
     return {
@@ -94,6 +105,8 @@ def _measure(c: LocalConsortium, stub: Any, spec: str, params: int, silos: int) 
         "upload_bytes_per_param": upload / params,
         "cpu_s_per_round": {"per_silo": round(silo_cpu, 3), "aggregator": round(aggregator_cpu, 3)},
         "total_cpu_s_per_round": silo_cpu * silos + aggregator_cpu,
+        "relay_bytes_per_silo_per_round": relay,
+        "job_id": status.job_id,
     }
 
 
@@ -201,7 +214,7 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
         round_timeout_s=600,
     )
 
-    def spec_for(name: str, profile: str, rounds: int) -> str:
+    def spec_for(name: str, profile: str, rounds: int, secagg: bool = False) -> str:
         if profile == "compact":  # default quantization; the weight cap is the records per silo
             spec = job_toml(
                 name,
@@ -211,6 +224,7 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
                 he_profile=profile,
                 rounds=rounds,
                 compact=f"weight_cap = {rows}",
+                secagg="" if secagg else None,  # the [secagg] defaults: complete graph, t = (n - 1) // 2 + 1
                 **common,
             )
         else:
@@ -223,6 +237,11 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
         _run_job(c, stub, spec_for("bench-warmup", "none", 1))
         plain = _measure(c, stub, spec_for("bench-none", "none", args.rounds), params, args.silos)
         he = _measure(c, stub, spec_for(f"bench-{args.profile}", args.profile, args.rounds), params, args.silos)
+        masked = (
+            _measure(c, stub, spec_for("bench-secagg", "compact", args.rounds, secagg=True), params, args.silos)
+            if args.secure_aggregation
+            else None
+        )
         sum_he = (
             _measure(c, stub, spec_for("bench-sum", "sum", args.rounds), params, args.silos)
             if (args.profile != "sum")
@@ -233,7 +252,29 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
     result = _ratios(he, plain, rows)
     if sum_he is not None:
         result["sum_profile"] = _ratios(sum_he, plain, rows)
+    if masked is not None:
+        result["secagg_over_compact"] = masked["round_s"] / he["round_s"]
+        result["secure_aggregation"] = _masked_figures(masked, he)
+        # where a masked round's time goes, from the aggregator's audit log: key agreement, unmasking
+        result["secure_aggregation"]["sessions"] = session_timings(aggregator_records(c, masked["job_id"]))
     return result
+
+
+def _masked_figures(masked: dict[str, Any], compact: dict[str, Any]) -> dict[str, Any]:
+    """The masked compact job beside the unmasked one: time, CPU, upload and relay bytes."""
+    return {
+        "round_s": masked["round_s"],
+        "compact_round_s": compact["round_s"],
+        "target_ratio": SECAGG_TARGET_RATIO,
+        "target_met": masked["round_s"] / compact["round_s"] <= SECAGG_TARGET_RATIO,
+        "rounds_s": {"secagg": masked["round_s_each"], "compact": compact["round_s_each"]},
+        "upload_bytes_per_param": {
+            "secagg": masked["upload_bytes_per_param"],
+            "compact": compact["upload_bytes_per_param"],
+        },
+        "relay_bytes_per_silo_per_round": masked["relay_bytes_per_silo_per_round"],
+        "cpu_s_per_round": {"secagg": masked["cpu_s_per_round"], "compact": compact["cpu_s_per_round"]},
+    }
 
 
 def _ratios(he: dict[str, Any], plain: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -268,7 +309,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--profile", choices=("sum", "compact"), default="sum", help="the HE profile measured")
+    parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="also time the compact job with secure aggregation (needs --profile compact and >= 3 silos)",
+    )
     args = parser.parse_args(argv)
+    if args.secure_aggregation and (args.profile != "compact" or args.silos < 3):
+        parser.error("--secure-aggregation masks the compact profile: use --profile compact and --silos >= 3")
     hidden = [int(h) for h in args.hidden.split(",")]
     row_counts = [int(r) for r in args.rows.split(",")]
     sizes = [args.features, *hidden, 1]
@@ -280,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))
     sweep = [_compare(args, workdir, rows, hidden, params) for rows in row_counts]
     headline = sweep[0]
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "round_overhead",
         "profile": args.profile,
         "silos": args.silos,
@@ -301,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seal_arithmetic_cpu_s_per_round": floor,
         "sweep": sweep,
         **({"sum_profile": headline["sum_profile"]} if "sum_profile" in headline else {}),
+        **{k: headline[k] for k in ("secagg_over_compact", "secure_aggregation") if k in headline},
         "target_met_at_rows": [s["rows_per_silo"] for s in sweep if s["target_met"]],
         "note": (
             "headline figures are the first --rows value; a warm-up job runs first; round 0 of each job is "

@@ -22,6 +22,7 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
 from audit.report import write_report
+from cipherfed import demo_secagg
 from cipherfed.cmd_job import watch_job
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
@@ -163,6 +164,54 @@ def audit_epilogue(consortium: LocalConsortium, console: Console) -> dict[str, A
     }
 
 
+def _secagg_options(silos: int, dropout: bool) -> dict[str, Any]:
+    """Job-spec options of a secure-aggregation job in the demo.
+
+    With a planned dropout the round it happens in waits for its deadline, so the timeouts are short,
+    and the quorum is one silo less than the consortium, so that round closes with the survivors.
+    """
+    if not dropout:
+        return {"secagg": ""}  # the [secagg] defaults: threshold and min_participants from the silo count
+    return {
+        "secagg": demo_secagg.DEMO_SECAGG_TABLE,
+        "round_timeout_s": demo_secagg.DEMO_ROUND_TIMEOUT_S,
+        "min_silos": silos - 1,
+    }
+
+
+def _start_with_fault(
+    consortium: LocalConsortium, silo: str, drop_round: int, console: Console
+) -> demo_secagg.DropoutWatcher:
+    """Restart ``silo``'s node with the dropout fault armed (before any job is submitted)."""
+    consortium.kill(silo, sig=15)
+    consortium.start_node(silo, env=demo_secagg.fault_env(drop_round))
+    console.print(f"{silo} runs with a fault: it stops after mask agreement in round {drop_round} of the HE job")
+    return demo_secagg.DropoutWatcher(consortium, silo, drop_round, console)
+
+
+def _secagg_result(
+    consortium: LocalConsortium, he: tuple[str, str, Any], dp: tuple[str, str | None, Any]
+) -> dict[str, Any]:
+    """The HE job's secure-aggregation summary, with the DP job's (if it ran) under ``dp``."""
+    result = demo_secagg.summary(consortium, *he)
+    dp_spec, dp_job, dp_status = dp
+    if dp_job is not None:
+        result["dp"] = demo_secagg.summary(consortium, dp_spec, dp_job, dp_status)
+    return result
+
+
+def _show_secagg(console: Console, sa: dict[str, Any], drop_silo: str | None, drop_round: int | None) -> None:
+    graph = "complete graph" if sa["graph"] == "complete" else f"{sa['graph']} neighbours"
+    console.print(
+        f"secure aggregation: threshold {sa['threshold']}, min participants {sa['min_participants']}, {graph}; "
+        f"{sa['rounds_unmasked']} rounds unmasked, {sa['relay_bytes'] / 1e3:.1f} kB of keys and shares relayed"
+    )
+    for d in sa["dropouts"]:
+        console.print(f"  dropout recovered: {d['silo']} in round {d['round']} (its pairwise masks removed)")
+    if drop_silo is not None and not sa["dropouts"]:
+        console.print(f"[red]  {drop_silo} was planned to drop in round {drop_round}, but no dropout was unmasked[/]")
+
+
 def run_demo(
     workdir: Path,
     silos: int = 3,
@@ -174,15 +223,23 @@ def run_demo(
     dp_epsilon: float | None = None,
     metrics_listen: str | None = None,
     he_profile: str = "sum",
+    secure_aggregation: bool = False,
+    drop_silo: str | None = None,
+    drop_round: int | None = None,
 ) -> dict[str, Any]:
     """``he_profile`` "compact": the HE and DP jobs quantize (crypto/compact.py) under a compact key; as a
     compact job has no statistics round, every job then standardizes locally (the plaintext one too,
-    so that the comparison isolates what HE costs)."""
+    so that the comparison isolates what HE costs).
+
+    ``secure_aggregation`` (compact only): the HE and DP jobs mask their lanes (issue 14); the plaintext
+    job stays as it is. ``drop_silo``/``drop_round``: that silo's node stops after mask agreement in that
+    round of the HE job and is restarted without the fault (see cipherfed/demo_secagg.py)."""
     if he_profile not in ("sum", "compact"):
         raise ValueError(f"--he-profile must be sum or compact, got {he_profile!r}")
+    data = load_dataset(dataset, rounds)
+    demo_secagg.check_options(silos, data.rounds, he_profile, secure_aggregation, drop_silo, drop_round)
     console = console or Console()
     started = time.time()
-    data = load_dataset(dataset, rounds)
     names = [f"hospital-{i + 1}" for i in range(silos)]
     consortium = LocalConsortium(workdir, names)
     console.rule("[bold]cipherfed demo")
@@ -203,11 +260,14 @@ def run_demo(
         console.print(f"  {name}: {len(rows)} records, class counts {counts.tolist()}")
     if after_provision:
         after_provision(consortium)
+    watcher: demo_secagg.DropoutWatcher | None = None
     try:
         stub = consortium.start_all(
             aggregator_extra=f'metrics_listen = "{metrics_listen}"' if metrics_listen else "",
             plaintext_comparison=True,  # the plaintext baseline is opted in
         )
+        if drop_silo is not None and drop_round is not None:
+            watcher = _start_with_fault(consortium, drop_silo, drop_round, console)
         if metrics_listen:
             console.print(f"aggregator metrics: http://{metrics_listen}/metrics")
         common: dict[str, Any] = dict(
@@ -223,16 +283,27 @@ def run_demo(
             common["scaling"] = "local"
             # the public cap on one silo's weight: its record count (a little above its training rows)
             he_options = {"he_profile": "compact", "compact": f"weight_cap = {max(len(p) for p in parts)}"}
-        he_spec = job_toml(f"{dataset}-he", names, fingerprint, data.columns, **common, **he_options)
+        if secure_aggregation:
+            he_options |= _secagg_options(silos, dropout=watcher is not None)
+        he_spec = job_toml(f"{dataset}-he", names, fingerprint, data.columns, **{**common, **he_options})
         plain_spec = job_toml(
             f"{dataset}-plain", names, consortium.fingerprint, data.columns, he_profile="none", **common
         )
-        console.rule(f"federated training under HE (profile {he_profile})")
-        he_job = run_job(consortium, stub, he_spec, console)
+        masked = " with secure aggregation" if secure_aggregation else ""
+        console.rule(f"federated training under HE (profile {he_profile}){masked}")
+        if watcher is not None:
+            watcher.start()
+        try:
+            he_job = run_job(consortium, stub, he_spec, console)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+        if watcher is not None:
+            watcher.check()
         he_status = stub.GetJobStatus(pb.JobRef(job_id=he_job), timeout=30)
         console.rule("same job without encryption (he_profile = none)")
         plain_job = run_job(consortium, stub, plain_spec, console)
-        dp_job = None
+        dp_job, dp_spec, dp_status = None, "", None
         if dp_epsilon is not None:
             console.rule(f"same job under HE with record-level DP-SGD (epsilon {dp_epsilon}, delta {DP_DELTA:g})")
             dp_spec = job_toml(
@@ -241,10 +312,10 @@ def run_demo(
                 fingerprint,
                 data.columns,
                 extra=f"[dp]\nepsilon = {dp_epsilon}\ndelta = {DP_DELTA}\nmax_grad_norm = 1.0\n",
-                **{**common, "lr": DP_LR, "scaling": "local"},
-                **he_options,
+                **{**common, "lr": DP_LR, "scaling": "local", **he_options},
             )
             dp_job = run_job(consortium, stub, dp_spec, console)
+            dp_status = stub.GetJobStatus(pb.JobRef(job_id=dp_job), timeout=30)
         he_paths = wait_for_exports(consortium, he_job)
         plain_paths = wait_for_exports(consortium, plain_job)
         dp_paths = wait_for_exports(consortium, dp_job) if dp_job else []
@@ -297,6 +368,11 @@ def run_demo(
         f"uploaded {upload_total / 1e3:.1f} kB of ciphertext in {len(he_status.rounds)} rounds; "
         f"all silos hold the same model: {identical}; wall {result['wall_s']} s"
     )
+    if secure_aggregation:
+        result["secure_aggregation"] = _secagg_result(
+            consortium, (he_spec, he_job, he_status), (dp_spec, dp_job, dp_status)
+        )
+        _show_secagg(console, result["secure_aggregation"], drop_silo, drop_round)
     result["audit"] = audit_epilogue(consortium, console)
     write_json(result, json_path, console)
     return result

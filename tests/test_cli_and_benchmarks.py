@@ -95,6 +95,40 @@ def test_round_overhead_benchmark_runs_on_a_tiny_size(tmp_path):
     assert abs(floor["total_s"] - (2 * floor["silo_s"] + floor["aggregator_add_s"])) < 1e-3
 
 
+def test_round_overhead_benchmark_with_secure_aggregation_on_a_tiny_size(tmp_path):
+    """The masked compact job is timed in the same consortium as the unmasked one; uploads keep their size."""
+    result = run_benchmark(
+        "benchmarks.round_overhead",
+        ["--silos", 3, "--rounds", 2, "--features", 5, "--hidden", 8, "--rows", 60, "--profile", "compact",
+         "--secure-aggregation", "--workdir", tmp_path / "w"],
+        tmp_path,
+    )  # fmt: skip
+    sa = result["secure_aggregation"]
+    assert result["profile"] == "compact" and sa["compact_round_s"] == result["he_round_s"] > 0
+    assert result["secagg_over_compact"] == sa["round_s"] / sa["compact_round_s"]
+    assert sa["target_met"] == (result["secagg_over_compact"] <= sa["target_ratio"] == 1.15)
+    assert len(sa["rounds_s"]["secagg"]) == len(sa["rounds_s"]["compact"]) == 2
+    # masks ride inside the compact lanes: same upload bytes; keys and shares travel on the relay
+    assert sa["upload_bytes_per_param"]["secagg"] == sa["upload_bytes_per_param"]["compact"] > 0
+    assert sa["relay_bytes_per_silo_per_round"] > 0
+    assert result["sweep"][0]["secagg_over_compact"] == result["secagg_over_compact"]
+    assert [t["round"] for t in sa["sessions"]] == [0, 1]
+    assert all(t["outcome"] == "unmasked" and t["setup_s"] >= 0 and t["unmask_s"] >= 0 for t in sa["sessions"])
+
+
+def test_round_overhead_benchmark_refuses_secure_aggregation_it_cannot_run(tmp_path):
+    TINY = ["--rounds", "1", "--features", "3", "--hidden", "4", "--rows", "20"]  # quick, should it ever run
+    for args in (["--secure-aggregation"], ["--profile", "compact", "--secure-aggregation", "--silos", "2"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.round_overhead", *args, *TINY, "--workdir", str(tmp_path / "w")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and "use --profile compact and --silos >= 3" in proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
 def test_vertical_benchmark_runs_on_a_tiny_size(tmp_path):
     result = run_benchmark(
         "benchmarks.vertical",
