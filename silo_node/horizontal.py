@@ -44,7 +44,7 @@ from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
 from silo_node.refusal import RoundRefused
 from silo_node.relay import Relay
-from silo_node.secagg_round import Mask, SecAggCredentials, SecAggRefused, SecureAggregation
+from silo_node.secagg_round import Mask, SecAggCredentials, SecureAggregation, agree_beside
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
 
@@ -239,9 +239,8 @@ class HorizontalJob:
         else:
             mask = None
             if self.secure is not None:
-                try:
-                    mask = self.secure.agree(round_index, attempt)
-                except SecAggRefused:  # audited by agree(); the round goes on (or retries) without us
+                mask = agree_beside(self.secure, round_index, attempt, lambda: self._trained_delta(round_index))
+                if mask is None:  # refused (audited by agree()): the round goes on, or retries, without us
                     self._sat_out.add((round_index, attempt))
                     return
                 if self.services.after_agreement is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,19 @@ def _stored_peers(context: RoundContext, data: bytes) -> Peers:
         adverts.append(Advertisement.from_bytes(entry.advert))
     aggregator = x509.load_pem_x509_certificate(message.aggregator_pem)
     return Peers(Roster.build(context, adverts), names, certificates, aggregator)
+
+
+def agree_beside(secure: SecureAggregation, round_index: int, attempt: int, work: Callable[[], object]) -> Mask | None:
+    """Mask agreement (round trips through the aggregator) beside ``work`` (local training), not before it:
+    the round's latency grows by whichever is longer, not by both. Agreement is always waited for
+    (bounded by setup_timeout_s), even when ``work`` raises. None: this silo sits the session out."""
+    with ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{secure.job_id}") as pool:
+        agreement = pool.submit(secure.agree, round_index, attempt)
+        try:
+            work()
+        finally:
+            try:
+                mask: Mask | None = agreement.result()
+            except SecAggRefused:
+                mask = None
+    return mask
