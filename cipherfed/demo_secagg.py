@@ -20,7 +20,7 @@ from rich.console import Console
 
 from cipherfed.localconsortium import LocalConsortium
 from protocol.jobspec import parse_job_spec, secagg_policy
-from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
+from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 
 MIN_SECAGG_SILOS = 3  # with 2, each silo learns the other's update from the sum
 MIN_DROP_SILOS = 4  # default threshold t = holders // 2 + 1: a round needs t + 1 survivors, so 3 silos lose none
