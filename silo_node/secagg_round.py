@@ -237,6 +237,7 @@ class SecureAggregation:
                 return
             try:
                 statement = ContributorStatement.decode(b"".join(payloads))
+                _check_whole_roster(statement, material, names)
                 signature = self.responder.sign_statement(statement, material)
             except (SecAggError, CryptoError) as exc:
                 self._record("secagg_refused", context, step="statement", reason=str(exc)[:500])
@@ -255,6 +256,7 @@ class SecureAggregation:
             return
         try:
             request = decode_request(b"".join(payloads), len(material.graph))
+            _check_whole_roster(request.statement, material, names)
             response = self.responder.respond(request, material, certificates, aggregator)
         except UnmaskRefused as exc:
             self._record("secagg_refused", context, step="unmask", refusal=type(exc).__name__, reason=str(exc)[:500])
@@ -274,6 +276,23 @@ class SecureAggregation:
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
         replies = self.relay.receive_now(AGGREGATOR_RECIPIENT, kind, seq, wait_ms)
         return replies or None
+
+
+def _check_whole_roster(statement: ContributorStatement, material: RoundMaterial, names: dict[str, str]) -> None:
+    """A statement must split this session's whole verified roster into contributors and dropped silos.
+
+    The majority of consistency signatures an answer needs is counted over the statement's roster; in a
+    sparse graph a statement over only this silo's neighbourhood would need a majority of that
+    neighbourhood, a few colluders, instead of a majority of the session (the split-view defence).
+    """
+    claimed, verified = set(statement.roster), set(material.graph)
+    if claimed != verified:
+        extra = sorted(names.get(fp, fp[:16]) for fp in claimed - verified)
+        missing = sorted(names.get(fp, fp[:16]) for fp in verified - claimed)
+        raise UnmaskRefused(
+            f"statement's roster is not this session's whole roster (missing {missing or 'none'}, "
+            f"not in it {extra or 'none'}): it would lower the consistency majority; refused"
+        )
 
 
 def _stored_peers(context: RoundContext, data: bytes) -> Peers:

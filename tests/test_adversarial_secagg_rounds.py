@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -34,10 +33,10 @@ from crypto import pki
 from crypto.endorsement import TrustAnchors
 from crypto.secagg.errors import BothSharesRefused
 from crypto.secagg.graph import neighbour_graph, round_graph_seed
-from crypto.secagg.keys import Advertisement, Roster, RoundKeys, advertise
+from crypto.secagg.keys import Advertisement, Roster, RoundKeys, advertise, sign_bytes
 from crypto.secagg.masking import share_secrets
 from crypto.secagg.simulation import Member
-from crypto.secagg.unmask import ContributorStatement, RoundMaterial, ShareResponder, make_request
+from crypto.secagg.unmask import ContributorStatement, StatementSignature, _consistency_bytes, make_request
 from crypto.secagg.wire import decode_response, encode_request
 from protocol import cipherfed_pb2 as pb
 from protocol import cipherfed_pb2_grpc as pbg
@@ -50,11 +49,13 @@ from silo_node.relay import Relay
 from silo_node.secagg_round import SecAggCredentials, SecAggRefused, SecureAggregation
 from tests.helpers import serve_as_aggregator
 
-SILOS = [f"silo-{i}" for i in range(1, 7)]  # silo-5 joins only the sparse job; silo-6 is never a participant
+SILOS = [f"silo-{i}" for i in range(1, 12)]  # silo-10: never a participant; silo-11: revoked
 JOB4 = SILOS[:4]
 JOB5 = SILOS[:5]
+JOB9 = SILOS[:9]
 VICTIM = "silo-1"
-OUTSIDER = "silo-6"
+OUTSIDER = "silo-10"
+REVOKED = "silo-11"
 COLUMNS = ["x0", "x1"]
 FP = "ab" * 16  # the victim never encrypts here: the key fingerprint only has to be well-formed
 AGG = AGGREGATOR_RECIPIENT
@@ -93,7 +94,12 @@ class Mailbox(pbg.ConsortiumServicer):
             payload = self.inbox.get(key)
         if payload is not None:
             yield pb.RelayMessage(
-                job_id=request.job_id, sender=request.sender, kind=request.kind, seq=request.seq, payload=payload, last=True
+                job_id=request.job_id,
+                sender=request.sender,
+                kind=request.kind,
+                seq=request.seq,
+                payload=payload,
+                last=True,
             )
 
     def put(self, job_id: str, sender: str, kind: str, seq: int, payload: bytes) -> None:
@@ -128,9 +134,7 @@ def arena(tmp_path_factory) -> Iterator[Arena]:
     c.provision(he_keys=False)
     mailbox = Mailbox()
     server = serve_as_aggregator(c, mailbox, 8)
-    members = {
-        n: Member(n, pki.load_certificate(c.nodes[n].cert), pki.load_private_key(c.nodes[n].key)) for n in SILOS
-    }
+    members = {n: Member(n, pki.load_certificate(c.nodes[n].cert), pki.load_private_key(c.nodes[n].key)) for n in SILOS}
     agg = Member(
         "aggregator",
         pki.load_certificate(c.agg_dir / "aggregator.crt"),
@@ -226,10 +230,10 @@ class HostileRound:
         members = [self.fp(n) for n in (roster or self.participants)]
         return ContributorStatement.make(self.context, members, [self.fp(n) for n in contributors])
 
-    def signature_of(self, name: str, statement: ContributorStatement):
-        fp = self.fp(name)
-        material = RoundMaterial(self.context, self.policy.threshold, self.graph, self.graph[fp], {})
-        return ShareResponder(fp, self.arena.members[name].key).sign_statement(statement, material)
+    def signature_of(self, name: str, statement: ContributorStatement) -> StatementSignature:
+        """Silo ``name``'s consistency signature, as a colluder signs whatever the aggregator shows it."""
+        member = self.arena.members[name]
+        return StatementSignature(member.fingerprint, sign_bytes(member.key, _consistency_bytes(statement)))
 
     def request(self, statement: ContributorStatement, signers: list[str], extra=()) -> bytes:
         signatures = [self.signature_of(n, statement) for n in signers] + list(extra)
@@ -309,3 +313,214 @@ def test_restarted_silo_never_answers_one_session_twice_differently(arena):
     assert len(r.sent(SecAggKind.ANSWER)) == 1, "the restarted silo answered a second, different request"
     refused = [x for x in r.audit("secagg_refused") if x["details"]["step"] == "unmask"]
     assert refused and refused[-1]["details"]["refusal"] == BothSharesRefused.__name__
+
+
+# ---------------------------------------------------------------------------------------------- hostile rosters
+def _entry(r: HostileRound, name: str, cert_of: str | None = None, advert: Advertisement | None = None) -> RosterEntry:
+    """A roster entry named ``name`` with the certificate of ``cert_of`` and an advert (theirs, for this session)."""
+    holder = r.arena.members[cert_of or name]
+    if advert is None:
+        advert = advertise(RoundKeys.generate(), r.context, holder.cert, holder.key)
+    return RosterEntry(name, _pem(holder.cert), advert.to_bytes())
+
+
+def _other_session(r: HostileRound, name: str, job_id: str | None = None, attempt: int = 1) -> Advertisement:
+    member = r.arena.members[name]
+    context = round_context(r.context.consortium, job_id or r.job_id, 0, attempt)
+    return advertise(RoundKeys.generate(), context, member.cert, member.key)
+
+
+def _swap(entries: list[RosterEntry], name: str, new: RosterEntry) -> list[RosterEntry]:
+    return [new if e.name == name else e for e in entries]
+
+
+ROSTERS: dict[str, tuple[Callable[[HostileRound, list[RosterEntry]], list[RosterEntry]], str]] = {
+    # a consortium silo that is not a participant of this job takes silo-4's place
+    "non-participant": (lambda r, e: _swap(e, "silo-4", _entry(r, OUTSIDER)), "is not a participant's own"),
+    # the outsider's certificate under a participant's name
+    "renamed": (lambda r, e: _swap(e, "silo-4", _entry(r, "silo-4", OUTSIDER)), "is not a participant's own"),
+    # the aggregator's own certificate (role aggregator) as a silo: the attacker holds that key
+    "other-role": (
+        lambda r, e: _swap(
+            e,
+            "silo-4",
+            RosterEntry(
+                "silo-4",
+                _pem(r.arena.aggregator.cert),
+                advertise(RoundKeys.generate(), r.context, r.arena.aggregator.cert, r.arena.aggregator.key).to_bytes(),
+            ),
+        ),
+        "has role 'aggregator'; this needs silo",
+    ),  # fmt: skip
+    "twice": (lambda r, e: [*e[:3], e[1]], "lists 'silo-2' twice"),
+    # silo-2's genuine advert of another attempt of this round, and of another job
+    "replayed-attempt": (
+        lambda r, e: _swap(e, "silo-2", _entry(r, "silo-2", advert=_other_session(r, "silo-2", attempt=2))),
+        "replayed from another round or job",
+    ),
+    "replayed-job": (
+        lambda r, e: _swap(e, "silo-2", _entry(r, "silo-2", advert=_other_session(r, "silo-2", "job-9999"))),
+        "replayed from another round or job",
+    ),
+    # silo-3's advert under silo-2's certificate (the attacker picks whose keys the victim masks with)
+    "foreign-advert": (
+        lambda r, e: _swap(e, "silo-2", RosterEntry("silo-2", e[1].cert_pem, e[2].advert)),
+        "names another sender than the certificate",
+    ),
+    "victim-left-out": (lambda r, e: e[1:], "leaves this silo out"),
+    "below-min-participants": (lambda r, e: e[:2], "lists 2 silos; this job needs at least 3"),
+}
+
+
+def _refused_at_agreement(r: HostileRound, words: str) -> None:
+    victim = r.victim()
+    with pytest.raises(SecAggRefused) as info:
+        victim.agree(0, 1)
+    refused = r.audit("secagg_refused")
+    assert refused and refused[-1]["details"]["step"] == "agreement", refused
+    assert words in refused[-1]["details"]["reason"], refused[-1]["details"]["reason"]
+    assert words in str(info.value)
+    assert not r.sent(SecAggKind.SHARES), "the victim sent shares of its secrets to a hostile roster"
+    assert not r.audit("secagg_roster_verified")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", sorted(ROSTERS))
+def test_hostile_roster_is_refused_before_any_share_leaves(arena, attack):
+    tamper, words = ROSTERS[attack]
+    job_id, text = arena.job()
+    r = HostileRound(arena, job_id, text, JOB4)
+    r.serve_setup(lambda entries: tamper(r, entries))
+    _refused_at_agreement(r, words)
+
+
+@pytest.mark.slow
+def test_roster_with_a_revoked_participant_is_refused(arena):
+    """silo-11's certificate is revoked after the job was written: its (validly signed) advert is refused."""
+    participants = [*JOB4[:3], REVOKED]
+    job_id, text = arena.job(participants)
+    pki.revoke(arena.consortium.ca_dir, arena.members[REVOKED].cert.serial_number)
+    r = HostileRound(arena, job_id, text, participants)
+    r.serve_setup()
+    _refused_at_agreement(r, "is revoked")
+
+
+# ---------------------------------------------------------------------------------------------- statements
+@pytest.mark.slow
+def test_statement_over_only_the_victims_neighbourhood_is_refused(arena):
+    """Sparse graph (9 silos, 2 neighbours each, t = 2). An answer needs the consistency signatures of t
+    contributors and of a majority of the roster: that majority (5 of 9) is what stops a split view across
+    neighbourhoods. A statement whose roster is only the victim's neighbourhood (its neighbours and theirs,
+    so that every secret it holds shares of still has t holders among the contributors) needs
+    max(2, 5 // 2 + 1) = 3: the victim's own signature and two colluders'. The silo refuses any statement
+    that does not split this session's whole verified roster, before signing it: nothing is signed or answered."""
+    r, victim = _agreed(arena, JOB9, "neighbours = 2")
+    names = {r.fp(n): n for n in JOB9}
+    near = {r.fp(VICTIM)} | r.graph[r.fp(VICTIM)]
+    near |= {x for fp in list(near) for x in r.graph[fp]}
+    local_names = sorted(names[fp] for fp in near)
+    assert len(local_names) < len(JOB9) // 2 * 2, local_names  # a minority's majority
+    colluders = [n for n in local_names if n != VICTIM][:2]
+    local = r.statement(local_names, roster=local_names)
+    r.put(AGG, SecAggKind.STATEMENT, local.encode())
+    victim.serve(0, 1, wait_ms=200)
+    signed = r.sent(SecAggKind.CONSISTENCY)
+    if signed:  # (only without the defence) the attack goes on: the victim's and one colluder's signatures
+        from crypto.secagg.wire import decode_signature
+
+        mine = decode_signature(signed[0][4])
+        r.put(AGG, SecAggKind.REQUEST, r.request(local, colluders, [mine]))
+        victim.serve(0, 1, wait_ms=200)
+    assert not r.sent(SecAggKind.ANSWER), "the victim answered for a statement over a part of the roster"
+    assert not signed, "the victim signed a statement over a part of the roster"
+    refused = [x for x in r.audit("secagg_refused") if x["details"]["step"] == "statement"]
+    assert refused and "not this session's whole roster" in refused[-1]["details"]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- too few survivors
+def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
+    rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["event"] == event and r.get("job") == job]
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float = 240.0, what: str = "condition") -> object:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is_released(tmp_path_factory):
+    """Four real silos, t = 2: silo-3 and silo-4 stop after mask agreement, so only two upload (< t + 1 = 3).
+    The masks of two contributors cannot be removed without revealing one through the other: the attempt fails
+    with the threshold named, no aggregate is written, and the round is retried under a new session that the
+    restarted silos join and complete."""
+    from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
+    from tests.helpers import rpc_code
+
+    c = LocalConsortium(tmp_path_factory.mktemp("secagg-few"), JOB4)
+    c.provision()
+    fingerprint = c.add_he_key("compact")
+    columns = [f"x{i}" for i in range(6)]
+    rng = np.random.default_rng(5)
+    for name in JOB4:
+        x = rng.normal(size=(60, len(columns)))
+        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
+    c.write_aggregator_config()
+    c.start_aggregator()
+    stopping = ("silo-3", "silo-4")
+    for name in JOB4:
+        c.write_node_config(name)
+        c.start_node(name, env={FAULT_STOP_AFTER_AGREEMENT: "0"} if name in stopping else None)
+    c.write_admin_config()
+    spec = job_toml(
+        "few", JOB4, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=2,
+        round_timeout_s=30, max_round_retries=3, compact="weight_cap = 60",
+        secagg="setup_timeout_s = 25\nunmask_timeout_s = 10",
+    )  # fmt: skip
+    stub = c.stub("coordinator")
+    try:  # every node polls before the job exists: a slow start on a busy machine must not look like a dropout
+        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in JOB4), what="nodes")
+        job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+        for name in stopping:
+            process = c.processes[name]
+            _wait_for(lambda p=process: p.poll() is not None, what=f"{name} to stop after mask agreement")
+            assert process.returncode == FAULT_EXIT_CODE
+        failed = _wait_for(lambda: _aggregator_records(c, "secagg_failed", job_id), what="secagg_failed")
+        assert "threshold + 1 = 3" in failed[0]["details"]["reason"], failed
+        assert "nothing released" in failed[0]["details"]["reason"]
+        assert failed[0]["details"]["session"] == 1  # round 0, attempt 1
+        # refused before unmasking: no survivor was asked for (or revealed) a share of that session
+        for event in ("secagg_statement_sent", "secagg_unmask_requested", "secagg_answer_received"):
+            assert not [r for r in _aggregator_records(c, event, job_id) if r["details"]["session"] == 1], event
+        round_failed = _aggregator_records(c, "round_failed", job_id)
+        assert round_failed and round_failed[0]["details"]["attempt"] == 1
+        assert "threshold" in round_failed[0]["details"]["reason"]
+        # nothing released for that attempt: no aggregate file, no record, nothing to download
+        assert not _aggregator_records(c, "aggregate_released", job_id)
+        assert not list((c.agg_dir).rglob(f"{job_id}/round-00000.agg"))
+        code, _ = rpc_code(
+            lambda: list(c.stub("silo-1").DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=0), timeout=30))
+        )
+        assert code != grpc.StatusCode.OK
+        status = stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)  # the aggregator keeps serving
+        assert status.status == "running"
+        for name in stopping:  # back without the fault: the retry is a new session with fresh keys
+            c.start_node(name)
+        final = _wait_for(
+            lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
+            what=f"job {job_id}",
+        )
+        assert final.status == "completed", final.reason
+        opened = [r["details"]["session"] for r in _aggregator_records(c, "secagg_session_opened", job_id)]
+        assert opened == list(range(1, len(opened) + 1)) and len(opened) >= 2  # round 0, attempts 1, 2, ...
+        released = _aggregator_records(c, "aggregate_released", job_id)
+        assert len(released) == 1 and sorted(released[0]["details"]["contributors"]) == JOB4
+        (unmasked,) = _aggregator_records(c, "secagg_unmasked", job_id)
+        assert unmasked["details"]["session"] == opened[-1] != 1
+    finally:
+        c.stop_all()
