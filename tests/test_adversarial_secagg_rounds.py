@@ -524,3 +524,187 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
         assert unmasked["details"]["session"] == opened[-1] != 1
     finally:
         c.stop_all()
+
+
+# ---------------------------------------------------------------------------------------------- hostile members
+LIVE = ["silo-1", "silo-2", "silo-3", "silo-4", "silo-5"]  # silo-4: the hostile member (by hand); silo-5: outsider
+LIVE_JOB = LIVE[:4]
+
+
+def _send(c: LocalConsortium, who: str, job_id: str, to: str, kind: str, seq: int, payload: bytes) -> pb.Ack:
+    message = pb.RelayMessage(job_id=job_id, to=to, kind=str(kind), seq=seq, payload=payload, last=True)
+    return c.stub(who).Send(iter([message]), timeout=30)
+
+
+def _refused(c: LocalConsortium, who: str, job_id: str, to: str, kind: str, seq: int, payload: bytes) -> str:
+    from tests.helpers import rpc_code
+
+    code, details = rpc_code(lambda: _send(c, who, job_id, to, kind, seq, payload))
+    return f"{code.name}: {details}"
+
+
+def _hand_member(c: LocalConsortium, name: str, job_id: str, spec_text: str) -> SecureAggregation:
+    """The member's own round protocol object over a real relay to the real aggregator (its audit log on disk)."""
+    node = c.nodes[name]
+    key, cert = pki.load_private_key(node.key), pki.load_certificate(node.cert)
+    ca = pki.load_certificate(c.ca_dir / "ca.crt")
+    trust = TrustAnchors(ca, pki.RevocationList(c.ca_dir / "crl.pem", ca))
+    relay = Relay(AggregatorClient(f"127.0.0.1:{c.port}", c.tls(name), "localhost"), job_id, lambda: False, 60)
+    events = AuditSink(AuditLog(node.dir / "state" / "audit.jsonl", key, cert, __version__), f"test.{name}")
+    directory = node.dir / "state" / "jobs" / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = parse_job_spec(spec_text)
+    return SecureAggregation(
+        job_id, spec, name, SecAggCredentials(c.consortium, key, cert, trust), relay, events, directory
+    )
+
+
+def _masked_upload(c: LocalConsortium, name: str, job_id: str, spec_text: str, mask, columns: int) -> None:
+    """A real masked compact upload of a logistic-regression delta, signed with the member's key."""
+    from collections import OrderedDict
+
+    from crypto.compact import CompactEncryptor
+    from crypto.contributors import own_tag
+    from crypto.keys import load_secret_key_set
+    from crypto.signing import sign_digest, update_digest
+    from crypto.wrapping import unwrap_key
+    from protocol.jobspec import compact_params
+    from protocol.messages import manifest_to_proto, upload_messages
+
+    node, fp = c.nodes[name], c.fingerprints["compact"]
+    key, cert = pki.load_private_key(node.key), pki.load_certificate(node.cert)
+    export = unwrap_key(
+        (node.dir / "state" / "keys" / f"{fp}.wrapped").read_bytes(), key, cert,
+        consortium=c.consortium, job="consortium", recipient=name,
+    )  # fmt: skip
+    encryptor = CompactEncryptor(load_secret_key_set(export), compact_params(parse_job_spec(spec_text)))
+    delta = OrderedDict([("weight", np.full((1, columns), 0.01)), ("bias", np.full(1, -0.01))])
+    tags = own_tag(encryptor.tag_key, job_id, 0, len(LIVE_JOB), LIVE_JOB.index(name))
+    batch = encryptor.encrypt_update(delta, 40, tags=tags, mask=mask)
+    digest = update_digest(job_id, 0, batch.manifest.fingerprint, batch.manifest.digest(), "")
+    header = pb.UploadHeader(
+        job_id=job_id, round=0, manifest=manifest_to_proto(batch.manifest), audit_head="",
+        signature=sign_digest(key, digest),
+    )  # fmt: skip
+    c.stub(name).Upload(upload_messages(header, batch.chunks), timeout=120)
+
+
+@pytest.mark.slow
+def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_factory):
+    """Three real silos and a hostile member (silo-4, driven by hand with its real certificate) plus an
+    outsider (silo-5, a consortium silo that is not a participant). Every message below is refused with
+    its reason, audited as rpc_refused, and the session goes on: silo-4 then plays honestly (its own
+    round protocol object over the real relay) and the round is unmasked and released with all four."""
+    from crypto.secagg.unmask import UnmaskResponse
+    from crypto.secagg.wire import encode_response, encode_signature
+
+    c = LocalConsortium(tmp_path_factory.mktemp("secagg-members"), LIVE)
+    c.provision()
+    fingerprint = c.add_he_key("compact")
+    columns = [f"x{i}" for i in range(4)]
+    rng = np.random.default_rng(9)
+    for name in LIVE_JOB[:3]:
+        x = rng.normal(size=(40, len(columns)))
+        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
+    c.write_aggregator_config()
+    c.start_aggregator()
+    for name in LIVE_JOB[:3]:
+        c.write_node_config(name)
+        c.start_node(name)
+    c.write_admin_config()
+    spec = job_toml(
+        "members", LIVE_JOB, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=3,
+        round_timeout_s=120, compact="weight_cap = 60", secagg="setup_timeout_s = 60\nunmask_timeout_s = 8",
+    )  # fmt: skip
+    stub = c.stub("coordinator")
+    try:
+        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
+        job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+        _wait_for(lambda: len(_aggregator_records(c, "secagg_advert_received", job_id)) == 3, what="3 adverts")
+        context = round_context(c.consortium, job_id, 0, 1)
+        seq = context.round
+        me = pki.load_private_key(c.nodes["silo-4"].key), pki.load_certificate(c.nodes["silo-4"].cert)
+        other = pki.load_private_key(c.nodes["silo-3"].key), pki.load_certificate(c.nodes["silo-3"].cert)
+        outsider = pki.load_private_key(c.nodes["silo-5"].key), pki.load_certificate(c.nodes["silo-5"].cert)
+        own = advertise(RoundKeys.generate(), context, me[1], me[0]).to_bytes()
+        elsewhere = round_context(c.consortium, "job-elsewhere", 0, 1)
+        before_roster = {
+            "outsider's advert": (
+                "silo-5", AGG, SecAggKind.ADVERT, seq, advertise(RoundKeys.generate(), context, outsider[1], outsider[0]).to_bytes(),
+                "PERMISSION_DENIED: secure-aggregation messages are for the participants",
+            ),
+            "advert for another session": ("silo-4", AGG, SecAggKind.ADVERT, seq + 1, own, "FAILED_PRECONDITION: message is for session 2"),
+            "advert replayed from another job": (
+                "silo-4", AGG, SecAggKind.ADVERT, seq, advertise(RoundKeys.generate(), elsewhere, me[1], me[0]).to_bytes(),
+                "INVALID_ARGUMENT: payload: advert refused: advertisement is for",
+            ),
+            "another silo's advert": (
+                "silo-4", AGG, SecAggKind.ADVERT, seq, advertise(RoundKeys.generate(), context, other[1], other[0]).to_bytes(),
+                "INVALID_ARGUMENT: payload: advert refused: advertisement names another sender",
+            ),
+            "garbage advert": ("silo-4", AGG, SecAggKind.ADVERT, seq, b"\x00\x00\x00\x05hello" * 3, "INVALID_ARGUMENT: payload: advert refused"),
+            "oversized advert": ("silo-4", AGG, SecAggKind.ADVERT, seq, b"x" * 4096, "INVALID_ARGUMENT: payload: an advert of 4096 bytes; at most 1024"),
+            "advert to a silo": ("silo-4", "silo-1", SecAggKind.ADVERT, seq, own, "PERMISSION_DENIED: 'sa-advert' messages go to the aggregator"),
+            "a roster from a silo": ("silo-4", AGG, SecAggKind.ROSTER, seq, own, "INVALID_ARGUMENT: kind: 'sa-roster' is not a message a silo sends"),
+            "shares before the roster": ("silo-4", "silo-1", SecAggKind.SHARES, seq, b"s" * 64, "FAILED_PRECONDITION: shares go out after the roster is fixed"),
+            "consistency before a statement": ("silo-4", AGG, SecAggKind.CONSISTENCY, seq, b"s" * 64, "FAILED_PRECONDITION: no unmasking in progress"),
+        }  # fmt: skip
+        for what, (who, to, kind, s, payload, words) in before_roster.items():
+            got = _refused(c, who, job_id, to, kind, s, payload)
+            assert got.startswith(words), (what, got)
+        assert not _aggregator_records(c, "secagg_roster_sent", job_id)
+        assert not _aggregator_records(c, "secagg_failed", job_id)
+        # silo-4 now advertises honestly (its own protocol object): the roster goes out, shares are exchanged
+        hand = _hand_member(c, "silo-4", job_id, spec)
+        mask = hand.agree(0, 1)
+        (roster,) = _aggregator_records(c, "secagg_roster_sent", job_id)
+        assert roster["details"]["roster"] == LIVE_JOB
+        after_roster = {
+            "a second advert": ("silo-4", AGG, SecAggKind.ADVERT, seq, own, "FAILED_PRECONDITION: this round's roster is already fixed"),
+            "shares re-sent": ("silo-4", "silo-1", SecAggKind.SHARES, seq, b"s" * 64, "FAILED_PRECONDITION: silo-4 already sent its shares to silo-1"),
+            "oversized shares": ("silo-4", "silo-2", SecAggKind.SHARES, seq, b"s" * 5000, "INVALID_ARGUMENT: payload: a share envelope of 5000 bytes"),
+            "shares to itself": ("silo-4", "silo-4", SecAggKind.SHARES, seq, b"s" * 64, "PERMISSION_DENIED: 'silo-4' is not one of silo-4's share holders"),
+            "shares to the outsider": ("silo-4", "silo-5", SecAggKind.SHARES, seq, b"s" * 64, "PERMISSION_DENIED: 'silo-5' is not one of silo-4's share holders"),
+            "outsider's shares": ("silo-5", "silo-1", SecAggKind.SHARES, seq, b"s" * 64, "PERMISSION_DENIED: secure-aggregation messages are for the participants"),
+        }  # fmt: skip
+        for what, (who, to, kind, s, payload, words) in after_roster.items():
+            got = _refused(c, who, job_id, to, kind, s, payload)
+            assert got.startswith(words), (what, got)
+        _masked_upload(c, "silo-4", job_id, spec, mask, len(columns))
+        statement = _wait_for(lambda: _aggregator_records(c, "secagg_statement_sent", job_id), what="the statement")
+        assert statement[0]["details"]["contributors"] == LIVE_JOB
+        fp4 = pki.certificate_fingerprint(me[1])
+        forged = StatementSignature(fp4, sign_bytes(me[0], b"a statement the aggregator never sent"))
+        got = _refused(c, "silo-4", job_id, AGG, SecAggKind.CONSISTENCY, seq, encode_signature(forged))
+        assert got.startswith("INVALID_ARGUMENT: payload: consistency signature: signature does not verify"), got
+        not_mine = StatementSignature(pki.certificate_fingerprint(other[1]), forged.signature)
+        got = _refused(c, "silo-4", job_id, AGG, SecAggKind.CONSISTENCY, seq, encode_signature(not_mine))
+        assert got.startswith("PERMISSION_DENIED: a consistency signature names another signer"), got
+        # silo-4 signs the statement it was sent; once the request is out, it answers for another contributor set
+        request = pb.ReceiveRequest(job_id=job_id, kind=SecAggKind.STATEMENT, seq=seq, sender=AGG, wait_ms=5000)
+        (sent,) = list(c.stub("silo-4").Receive(request, timeout=30))
+        honest = StatementSignature(
+            fp4, sign_bytes(me[0], _consistency_bytes(ContributorStatement.decode(sent.payload)))
+        )
+        _send(c, "silo-4", job_id, AGG, SecAggKind.CONSISTENCY, seq, encode_signature(honest))
+        _wait_for(lambda: _aggregator_records(c, "secagg_unmask_requested", job_id), what="the unmask request")
+        stale = UnmaskResponse(context, b"\x07" * 32, fp4, ())
+        stale = UnmaskResponse(context, stale.statement_digest, fp4, (), sign_bytes(me[0], stale.signed_bytes()))
+        got = _refused(c, "silo-4", job_id, AGG, SecAggKind.ANSWER, seq, encode_response(stale))
+        assert got.startswith("INVALID_ARGUMENT: payload: the answer is for another session or contributor set"), got
+        # silo-4 then stays silent: at the deadline its self mask is recovered from the three other silos' shares
+        (unmasked,) = _wait_for(lambda: _aggregator_records(c, "secagg_unmasked", job_id), what="unmasking")
+        assert unmasked["details"]["answers"] == 3 and unmasked["details"]["at_deadline"]
+        status = _wait_for(
+            lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
+            what=f"job {job_id}",
+        )
+        assert status.status == "completed", status.reason
+        (released,) = _aggregator_records(c, "aggregate_released", job_id)
+        assert sorted(released["details"]["contributors"]) == LIVE_JOB
+        rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
+        refusals = [r for r in rows if r["event"] == "rpc_refused" and r["details"].get("method") == "Send"]
+        assert len(refusals) == len(before_roster) + len(after_roster) + 3
+        assert {r["actor"] for r in refusals} == {"silo-4", "silo-5"}
+    finally:
+        c.stop_all()
