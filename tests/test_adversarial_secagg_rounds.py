@@ -47,7 +47,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.client import AggregatorClient
 from silo_node.relay import Relay
 from silo_node.secagg_round import SecAggCredentials, SecAggRefused, SecureAggregation
-from tests.helpers import serve_as_aggregator
+from tests.helpers import rpc_code, serve_as_aggregator
 
 SILOS = [f"silo-{i}" for i in range(1, 12)]  # silo-10: never a participant; silo-11: revoked
 JOB4 = SILOS[:4]
@@ -460,7 +460,6 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
     with the threshold named, no aggregate is written, and the round is retried under a new session that the
     restarted silos join and complete."""
     from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
-    from tests.helpers import rpc_code
 
     c = LocalConsortium(tmp_path_factory.mktemp("secagg-few"), JOB4)
     c.provision()
@@ -537,8 +536,6 @@ def _send(c: LocalConsortium, who: str, job_id: str, to: str, kind: str, seq: in
 
 
 def _refused(c: LocalConsortium, who: str, job_id: str, to: str, kind: str, seq: int, payload: bytes) -> str:
-    from tests.helpers import rpc_code
-
     code, details = rpc_code(lambda: _send(c, who, job_id, to, kind, seq, payload))
     return f"{code.name}: {details}"
 
@@ -654,6 +651,9 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
             assert got.startswith(words), (what, got)
         assert not _aggregator_records(c, "secagg_roster_sent", job_id)
         assert not _aggregator_records(c, "secagg_failed", job_id)
+        # an upload before silo-4 is in a roster (unmasked: nobody could ever remove its masks anyway)
+        code, details = rpc_code(lambda: _masked_upload(c, "silo-4", job_id, spec, lambda v: v, len(columns)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "has not fixed this round's roster" in details, details
         # silo-4 now advertises honestly (its own protocol object): the roster goes out, shares are exchanged
         hand = _hand_member(c, "silo-4", job_id, spec)
         mask = hand.agree(0, 1)
