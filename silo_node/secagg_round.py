@@ -54,6 +54,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
 Mask = Callable[[np.ndarray], np.ndarray]
+ROSTER_GRACE_S = 20.0  # beyond the setup timeout: the aggregator's deadline tick and one relay long-poll
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,10 @@ class SecureAggregation:
         self.policy = secagg_policy(spec)
         self.params = compact_params(spec)
         self.me = certificate_fingerprint(credentials.certificate)
+        # The aggregator publishes the roster at its setup deadline when a participant never advertises;
+        # a wait of exactly the setup timeout from this silo's advert races that publication (and the
+        # relay's long-poll steps), and a lost race makes every silo sit out the attempt.
+        relay.timeout_s += ROSTER_GRACE_S
         self.responder = ShareResponder(self.me, credentials.private_key)
         state = self.dir / "responder.json"
         if state.exists():

@@ -708,3 +708,52 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
         assert {r["actor"] for r in refusals} == {"silo-4", "silo-5"}
     finally:
         c.stop_all()
+
+
+@pytest.mark.slow
+def test_participant_missing_from_the_roster_cannot_upload_and_the_others_complete(tmp_path_factory):
+    """silo-4 never advertises keys (driven by hand, no process): the roster goes out at the setup deadline with
+    the three others, silo-4's upload is refused (nobody could remove its masks), and the three complete the
+    round. The silos wait for a roster published at the deadline (they would otherwise give up just as it
+    is published, and sit out every attempt)."""
+    c = LocalConsortium(tmp_path_factory.mktemp("secagg-missing"), LIVE_JOB)
+    c.provision()
+    fingerprint = c.add_he_key("compact")
+    columns = [f"x{i}" for i in range(4)]
+    rng = np.random.default_rng(3)
+    for name in LIVE_JOB[:3]:
+        x = rng.normal(size=(40, len(columns)))
+        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
+    c.write_aggregator_config()
+    c.start_aggregator()
+    for name in LIVE_JOB[:3]:
+        c.write_node_config(name)
+        c.start_node(name)
+    c.write_admin_config()
+    spec = job_toml(
+        "missing", LIVE_JOB, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=3,
+        round_timeout_s=90, max_round_retries=0, compact="weight_cap = 60",
+        secagg="setup_timeout_s = 12\nunmask_timeout_s = 20",
+    )  # fmt: skip
+    stub = c.stub("coordinator")
+    try:
+        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
+        job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+        (roster,) = _wait_for(lambda: _aggregator_records(c, "secagg_roster_sent", job_id), what="the roster")
+        assert roster["details"]["roster"] == LIVE_JOB[:3] and roster["details"]["why"] == "setup deadline reached"
+        code, details = rpc_code(lambda: _masked_upload(c, "silo-4", job_id, spec, lambda v: v, len(columns)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED, details
+        assert "silo-4 is not in this round's secure-aggregation roster" in details
+        c.stub("silo-4").Decline(pb.DeclineRequest(job_id=job_id, round=0, reasons=["sits this round out"]), timeout=30)
+        status = _wait_for(
+            lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
+            what=f"job {job_id}",
+        )
+        assert status.status == "completed", status.reason
+        (released,) = _aggregator_records(c, "aggregate_released", job_id)
+        assert sorted(released["details"]["contributors"]) == LIVE_JOB[:3]
+        for name in LIVE_JOB[:3]:
+            rows = [json.loads(line) for line in (c.nodes[name].dir / "state" / "audit.jsonl").read_text().splitlines()]
+            assert not [r for r in rows if r["event"] == "secagg_refused" and r.get("job") == job_id], name
+    finally:
+        c.stop_all()
