@@ -55,6 +55,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
 Mask = Callable[[np.ndarray], np.ndarray]
+ROSTER_GRACE_S = 20.0  # beyond the setup timeout: the aggregator's deadline tick and one relay long-poll
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class SecureAggregation:
         self.policy = secagg_policy(spec)
         self.params = compact_params(spec)
         self.me = certificate_fingerprint(credentials.certificate)
+        # The aggregator publishes the roster at its setup deadline when a participant never advertises;
+        # a wait of exactly the setup timeout from this silo's advert races that publication (and the
+        # relay's long-poll steps), and a lost race makes every silo sit out the attempt.
+        relay.timeout_s += ROSTER_GRACE_S
         self.responder = ShareResponder(self.me, credentials.private_key)
         state = self.dir / "responder.json"
         if state.exists():
@@ -238,6 +243,7 @@ class SecureAggregation:
                 return
             try:
                 statement = ContributorStatement.decode(b"".join(payloads))
+                _check_whole_roster(statement, material, names)
                 signature = self.responder.sign_statement(statement, material)
             except (SecAggError, CryptoError) as exc:
                 self._record("secagg_refused", context, step="statement", reason=str(exc)[:500])
@@ -256,6 +262,7 @@ class SecureAggregation:
             return
         try:
             request = decode_request(b"".join(payloads), len(material.graph))
+            _check_whole_roster(request.statement, material, names)
             response = self.responder.respond(request, material, certificates, aggregator)
         except UnmaskRefused as exc:
             self._record("secagg_refused", context, step="unmask", refusal=type(exc).__name__, reason=str(exc)[:500])
@@ -275,6 +282,23 @@ class SecureAggregation:
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
         replies = self.relay.receive_now(AGGREGATOR_RECIPIENT, kind, seq, wait_ms)
         return replies or None
+
+
+def _check_whole_roster(statement: ContributorStatement, material: RoundMaterial, names: dict[str, str]) -> None:
+    """A statement must split this session's whole verified roster into contributors and dropped silos.
+
+    The majority of consistency signatures an answer needs is counted over the statement's roster; in a
+    sparse graph a statement over only this silo's neighbourhood would need a majority of that
+    neighbourhood, a few colluders, instead of a majority of the session (the split-view defence).
+    """
+    claimed, verified = set(statement.roster), set(material.graph)
+    if claimed != verified:
+        extra = sorted(names.get(fp, fp[:16]) for fp in claimed - verified)
+        missing = sorted(names.get(fp, fp[:16]) for fp in verified - claimed)
+        raise UnmaskRefused(
+            f"statement's roster is not this session's whole roster (missing {missing or 'none'}, "
+            f"not in it {extra or 'none'}): it would lower the consistency majority; refused"
+        )
 
 
 def _stored_peers(context: RoundContext, data: bytes) -> Peers:

@@ -54,7 +54,7 @@ from crypto.secagg.unmask import (
     make_request,
     unmask,
 )
-from crypto.secagg.wire import decode_response, decode_signature, encode_request
+from crypto.secagg.wire import check_response, check_signature, decode_response, decode_signature, encode_request
 from protocol.jobspec import JobSpec, compact_params, secagg_policy
 from protocol.secagg import MAX_ADVERT_BYTES, RosterEntry, RosterMessage, encode_roster, round_context
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
@@ -87,6 +87,7 @@ class Session:
     adverts: dict[str, tuple[Identity, x509.Certificate, Advertisement, bytes]] = field(default_factory=dict)
     roster: dict[str, str] | None = None  # fingerprint -> name, fixed when published
     graph: Graph | None = None
+    shares_sent: set[tuple[str, str]] = field(default_factory=set)  # (sender, recipient) fingerprints relayed
     # unmasking (after the round core closed the round)
     layout: Any = None
     contributors: list[str] = field(default_factory=list)  # names
@@ -328,8 +329,10 @@ class SecureAggregation:
             raise InvalidArgument(
                 f"payload: a share envelope of {len(m.payload)} bytes; at most {MAX_SHARE_ENVELOPE_BYTES}"
             )
-        if self.store.relay_peek(m.job_id, m.to, m.kind, m.seq, sender.name):
+        pair = (sender.fingerprint, to)
+        if pair in session.shares_sent or self.store.relay_peek(m.job_id, m.to, m.kind, m.seq, sender.name):
             raise PreconditionFailed(f"{sender.name} already sent its shares to {m.to} this session")
+        session.shares_sent.add(pair)  # once per pair, also after delivery: no re-send floods the relay store
 
     def shares_relayed(self, sender: str, job_id: str, recipients: list[str], seq: int) -> None:
         self.events.record("secagg_shares_relayed", sender, job=job_id, session=seq, recipients=sorted(recipients))
@@ -344,6 +347,11 @@ class SecureAggregation:
             raise Forbidden(f"{sender.name} is not a contributor of this round: no {what} from it")
         return sender.fingerprint
 
+    @staticmethod
+    def _certificate(session: Session, fingerprint: str) -> x509.Certificate:
+        """The certificate a roster member advertised with (its TLS certificate when it did)."""
+        return next(c for ident, c, _, _ in session.adverts.values() if ident.fingerprint == fingerprint)
+
     def _consistency(self, session: Session, sender: Identity, payload: bytes) -> None:
         fp = self._contributor(session, sender, "consistency signature")
         if len(payload) > MAX_CONSISTENCY_BYTES or session.request_sent or fp in session.signatures:
@@ -354,7 +362,12 @@ class SecureAggregation:
             raise InvalidArgument(f"payload: {exc}") from None
         if signature.signer != fp:
             raise Forbidden("a consistency signature names another signer than its sender's certificate")
-        session.signatures[fp] = signature  # checked by every answering silo (and by unmask's outcome)
+        assert session.statement is not None
+        try:
+            check_signature(session.statement, signature, self._certificate(session, fp))
+        except SecAggError as exc:
+            raise InvalidArgument(f"payload: {exc}; sign the contributor statement of this session") from None
+        session.signatures[fp] = signature  # checked again by every answering silo
         self.events.record(
             "secagg_consistency_received", sender.name, job=session.open_round.job_id, session=session.seq
         )
@@ -411,6 +424,11 @@ class SecureAggregation:
             raise InvalidArgument(f"payload: {exc}") from None
         if response.responder != fp:
             raise Forbidden("an unmasking answer names another responder than its sender's certificate")
+        assert session.statement is not None
+        try:
+            check_response(session.statement, response, self._certificate(session, fp))
+        except SecAggError as exc:
+            raise InvalidArgument(f"payload: {exc}; answer the unmasking request of this session") from None
         session.answers[fp] = response
         kinds = {"self": 0, "mask": 0}
         for share in response.shares:

@@ -9,6 +9,7 @@ with the same framing so a restarted node can still answer, exactly once, for a 
 
 from __future__ import annotations
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from crypto.secagg.encoding import (
@@ -21,7 +22,7 @@ from crypto.secagg.encoding import (
 )
 from crypto.secagg.errors import EncodingError
 from crypto.secagg.graph import Graph
-from crypto.secagg.keys import MAX_SIGNATURE_BYTES, RoundKeys
+from crypto.secagg.keys import MAX_SIGNATURE_BYTES, RoundKeys, verify_bytes
 from crypto.secagg.shamir import Share
 from crypto.secagg.transport import ShareBundle
 from crypto.secagg.unmask import (
@@ -31,6 +32,7 @@ from crypto.secagg.unmask import (
     StatementSignature,
     UnmaskRequest,
     UnmaskResponse,
+    _consistency_bytes,
 )
 
 SIGNATURE_TAG = b"cipherfed-secagg-wire-signature-v1"
@@ -59,6 +61,23 @@ def decode_signature(data: bytes) -> StatementSignature:
     if len(signer) != 32:
         raise EncodingError("signer must be a 32-byte certificate fingerprint")
     return StatementSignature(signer.hex(), _signature(signature))
+
+
+def check_signature(statement: ContributorStatement, entry: StatementSignature, cert: x509.Certificate) -> None:
+    """The relay's check of a consistency signature on arrival: by ``cert`` over this very statement.
+
+    Every answering silo checks them again; checking on arrival lets the aggregator refuse a forged or
+    stale one with a clear error (and keep waiting for the sender's real one) instead of relaying it.
+    Raises AdvertisementError.
+    """
+    verify_bytes(cert, _consistency_bytes(statement), entry.signature, "consistency signature")
+
+
+def check_response(statement: ContributorStatement, response: UnmaskResponse, cert: x509.Certificate) -> None:
+    """An answer on arrival: for this session and statement, signed by ``cert`` (``unmask`` checks it again)."""
+    if response.context != statement.context or response.statement_digest != statement.digest():
+        raise EncodingError("the answer is for another session or contributor set than the request sent")
+    verify_bytes(cert, response.signed_bytes(), response.signature, "unmask response")
 
 
 def encode_request(request: UnmaskRequest) -> bytes:
