@@ -8,7 +8,7 @@ from pathlib import Path
 from aggregator.aggregate_files import AggregateFiles
 from aggregator.core.clock import Clock
 from aggregator.core.jobs import Jobs
-from aggregator.core.secagg import AggregatorCredentials
+from aggregator.core.secagg_session import AggregatorCredentials
 from aggregator.core.store_contract import JobStore
 from aggregator.keyring import PublicKeyring
 from audit.events import EventSink

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.auth import Authenticator, AuthInterceptor, CallerStampingSink, EdgeLimits
 from aggregator.config import AggregatorConfig, load_aggregator_config
-from aggregator.core.secagg import AggregatorCredentials
+from aggregator.core.secagg_session import AggregatorCredentials
 from aggregator.edge.servicer import ConsortiumService
 from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring

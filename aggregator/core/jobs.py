@@ -27,7 +27,7 @@ from aggregator.core.errors import (
 )
 from aggregator.core.keys import KeyDirectory
 from aggregator.core.rounds import RoundCore
-from aggregator.core.secagg import AggregatorCredentials
+from aggregator.core.secagg_session import AggregatorCredentials
 from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs
 from aggregator.core.store_contract import AggregateArchive, JobRow, JobStore
 from aggregator.core.vertical import VerticalJobs

@@ -32,7 +32,8 @@ from aggregator.core.errors import (
     PreconditionFailed,
 )
 from aggregator.core.layouts import LayoutVote
-from aggregator.core.secagg import AggregatorCredentials, SecureAggregation
+from aggregator.core.secagg import SecureAggregation
+from aggregator.core.secagg_session import AggregatorCredentials
 from aggregator.core.shared import ChangeFeed, PolicyInForce
 from aggregator.core.store_contract import AggregateArchive, JobStore
 from aggregator.core.uploads import OpenRound, Upload

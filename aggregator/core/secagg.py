@@ -22,34 +22,35 @@ reopens the round with a new attempt, hence fresh keys (``RoundCore.recover``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from aggregator.core.clock import Clock
 from aggregator.core.errors import Forbidden, InvalidArgument, PreconditionFailed
+from aggregator.core.secagg_session import (
+    MAX_ANSWER_BYTES,
+    MAX_CONSISTENCY_BYTES,
+    MAX_SHARE_ENVELOPE_BYTES,
+    AggregatorCredentials,
+    Fail,
+    Release,
+    Session,
+)
 from aggregator.core.store_contract import JobStore
 from aggregator.core.uploads import OpenRound
 from aggregator.core.views import RelayOffer
 from audit.events import EventSink
-from crypto.compact import CompactParams
 from crypto.compact_masked import correction_reals, mask_length_for
 from crypto.errors import CryptoError
 from crypto.packing import Manifest
 from crypto.pki import Identity
-from crypto.secagg.encoding import RoundContext
 from crypto.secagg.errors import NotEnoughSurvivors, SecAggError
-from crypto.secagg.graph import Graph, neighbour_graph, round_graph_seed
+from crypto.secagg.graph import neighbour_graph, round_graph_seed
 from crypto.secagg.keys import Advertisement, Roster, verify_advertisement
-from crypto.secagg.policy import SecAggPolicy
 from crypto.secagg.unmask import (
     ContributorStatement,
-    StatementSignature,
-    UnmaskResponse,
     consistency_needed,
     make_request,
     unmask,
@@ -58,58 +59,6 @@ from crypto.secagg.wire import check_response, check_signature, decode_response,
 from protocol.jobspec import JobSpec, compact_params, secagg_policy
 from protocol.secagg import MAX_ADVERT_BYTES, RosterEntry, RosterMessage, encode_roster, round_context
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
-
-MAX_SHARE_ENVELOPE_BYTES = 4 << 10
-MAX_ANSWER_BYTES = 1 << 20
-MAX_CONSISTENCY_BYTES = 1 << 10
-
-Release = Callable[[OpenRound, Any, list[str], str, float], None]
-Fail = Callable[[OpenRound, list[str], str, "str | None", float], None]
-
-
-@dataclass(frozen=True)
-class AggregatorCredentials:
-    """The aggregator's certificate and key: it signs the unmasking request (silos check it)."""
-
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey
-
-
-@dataclass
-class Session:
-    """One attempt of one round: what the silos advertised, the roster, and the unmasking in progress."""
-
-    open_round: OpenRound
-    context: RoundContext
-    policy: SecAggPolicy
-    params: CompactParams
-    setup_deadline: float
-    adverts: dict[str, tuple[Identity, x509.Certificate, Advertisement, bytes]] = field(default_factory=dict)
-    roster: dict[str, str] | None = None  # fingerprint -> name, fixed when published
-    graph: Graph | None = None
-    shares_sent: set[tuple[str, str]] = field(default_factory=set)  # (sender, recipient) fingerprints relayed
-    # unmasking (after the round core closed the round)
-    layout: Any = None
-    contributors: list[str] = field(default_factory=list)  # names
-    why: str = ""
-    statement: ContributorStatement | None = None
-    unmask_deadline: float = 0.0
-    signatures: dict[str, StatementSignature] = field(default_factory=dict)
-    request_sent: bool = False
-    answers: dict[str, UnmaskResponse] = field(default_factory=dict)
-
-    @property
-    def seq(self) -> int:
-        return self.context.round
-
-    def name_of(self, fingerprint: str) -> str:
-        assert self.roster is not None
-        return self.roster[fingerprint]
-
-    def fingerprint_of(self, name: str) -> str | None:
-        if self.roster is None:
-            return None
-        return next((fp for fp, n in self.roster.items() if n == name), None)
 
 
 class SecureAggregation:
