@@ -36,7 +36,13 @@ def _relabel(batch, fingerprint):
     """What a lying aggregator or silo can do: claim another key's fingerprint in the manifest."""
     m = batch.manifest
     batch.manifest = Manifest(
-        m.profile, fingerprint, m.layout, m.value_count, m.values_per_chunk, m.scale_bits, m.chunk_digests,
+        m.profile,
+        fingerprint,
+        m.layout,
+        m.value_count,
+        m.values_per_chunk,
+        m.scale_bits,
+        m.chunk_digests,
         m.quantization,
     )
     return batch

@@ -126,9 +126,7 @@ class World:
         return self.engine.submit(spec, ADMIN)
 
     def batch(self, profile: str, values: int = 10, seed: int = 0) -> Any:
-        encryptor: UpdateEncryptor = (
-            SumEncryptor(self.keys) if profile == "sum" else UnencryptedSumForComparisonOnly()
-        )
+        encryptor: UpdateEncryptor = SumEncryptor(self.keys) if profile == "sum" else UnencryptedSumForComparisonOnly()
         update = {"w": np.random.default_rng(seed).normal(size=values)}
         return encrypt_weighted_update(encryptor, update, 1.0)
 
