@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from audit.events import EventSink
+from crypto.compact import CompactEncryptor
 from policies import dp
 from protocol.jobspec import JobSpec
 from silo_node.jobfiles import JobState
@@ -143,3 +144,20 @@ def reserve(ledger: PrivacyLedger, dataset_key: str, job_id: str, spec: JobSpec)
     if spent > reserved + 1e-9:
         raise JobRefused([f"privacy ledger: job {job_id} spent epsilon {spent:.4f}, beyond its {reserved:.4f}"])
     return ledger.reserved(dataset_key)
+
+
+def privacy_details(
+    encryptor: object, note: dict[str, Any] | None, private: PrivateTraining | None, state: JobState
+) -> dict[str, Any]:
+    """What the compliance officer needs about privacy in an ``update_sent`` record: DP spending and, for
+    profile compact, the quantization and what it changed in this round's update (clips are never silent)."""
+    details: dict[str, Any] = {}
+    if isinstance(encryptor, CompactEncryptor):
+        params = encryptor.params
+        details = {"bits": params.bits, "bound": params.bound, "weight_cap": params.weight_cap}
+        if note is None:  # a re-send of bytes prepared before a restart: the counts were audited then
+            note = {"clipped_values": None, "weight_capped": None, "resent_from_cache": True}
+        details.update(note)
+    if private is None:
+        return {"dp": False, **details}
+    return {**details, **private.details(state)}

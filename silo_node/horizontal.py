@@ -38,13 +38,13 @@ from protocol.vocabulary import JobStatus, RoundStatus
 from silo_node.aggregate_checks import AggregateGate
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, split
-from silo_node.dp_training import PrivateTraining
+from silo_node.dp_training import PrivateTraining, privacy_details
 from silo_node.jobfiles import JobState, export_model, read_upload, save_arrays, write_upload
 from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
 from silo_node.refusal import RoundRefused
 from silo_node.relay import Relay
-from silo_node.secagg_round import Mask, SecAggCredentials, SecureAggregation, agree_beside
+from silo_node.secagg_round import Mask, SecAggCredentials, SecureAggregation
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
 
@@ -186,18 +186,20 @@ class HorizontalJob:
 
     def step(self, task: pb.Task) -> None:
         self.check_task(task)
-        while self.state.applied < task.completed_rounds:
-            self._apply_aggregate(self.state.applied)
         attempt = max(int(task.attempt), 1)
-        if (
+        wanted = (  # the round open is the next one (check_task), this silo takes part in it
             task.job_status == JobStatus.RUNNING
             and task.round_status == RoundStatus.OPEN
             and not task.uploaded
-            and task.round == self.state.applied
             and int(task.round) not in self.state.declined_rounds
             and (int(task.round), attempt) not in self._sat_out
             and self._round_allowed(int(task.round))
-        ):
+        )
+        if wanted and self.secure is not None and not self._upload_cache(int(task.round), attempt).exists():
+            self.secure.begin(int(task.round), attempt)  # mask agreement beside applying and training
+        while self.state.applied < task.completed_rounds:
+            self._apply_aggregate(self.state.applied)
+        if wanted and task.round == self.state.applied:
             self._upload(int(task.round), attempt)
         if self.secure is not None and task.round_status == RoundStatus.OPEN and task.uploaded:
             self.secure.serve(int(task.round), attempt)
@@ -239,7 +241,8 @@ class HorizontalJob:
         else:
             mask = None
             if self.secure is not None:
-                mask = agree_beside(self.secure, round_index, attempt, lambda: self._trained_delta(round_index))
+                self._trained_delta(round_index)  # while the agreement begun in step() runs
+                mask = self.secure.mask_for(round_index, attempt)
                 if mask is None:  # refused (audited by agree()): the round goes on, or retries, without us
                     self._sat_out.add((round_index, attempt))
                     return
@@ -264,26 +267,8 @@ class HorizontalJob:
             encrypted=self.spec.he_profile != "none",
             idempotent_retry=receipt.already_received,
             aggregator_head=receipt.aggregator_audit_head,
-            **self.extra_upload_details(round_index),
+            **privacy_details(self.encryptor, self._upload_notes.get(round_index), self.private, self.state),
         )
-
-    def extra_upload_details(self, round_index: int) -> dict[str, Any]:
-        """What the compliance officer needs about privacy in the update_sent record."""
-        quantization = self._quantization_details(round_index)
-        if self.private is None:
-            return {"dp": False, **quantization}
-        return {**quantization, **self.private.details(self.state)}
-
-    def _quantization_details(self, round_index: int) -> dict[str, Any]:
-        """Compact profile: the quantization and what it changed in this round's update (clips are never silent)."""
-        if not isinstance(self.encryptor, CompactEncryptor):
-            return {}
-        params = self.encryptor.params
-        details: dict[str, Any] = {"bits": params.bits, "bound": params.bound, "weight_cap": params.weight_cap}
-        note = self._upload_notes.get(round_index)
-        if note is None:  # a re-send of bytes prepared before a restart: the counts were audited then
-            note = {"clipped_values": None, "weight_capped": None, "resent_from_cache": True}
-        return {**details, **note}
 
     def _encrypt(
         self, tensors: dict[str, Any], weight: float, tags: np.ndarray, round_index: int, mask: Mask | None = None

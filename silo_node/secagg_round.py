@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,8 @@ class SecureAggregation:
         # relay's long-poll steps), and a lost race makes every silo sit out the attempt.
         relay.timeout_s += ROSTER_GRACE_S
         self.responder = ShareResponder(self.me, credentials.private_key)
+        self._agreements: dict[tuple[int, int], Future[Mask]] = {}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{job_id}")
         state = self.dir / "responder.json"
         if state.exists():
             self.responder.load_state(json.loads(state.read_text()))
@@ -125,6 +127,21 @@ class SecureAggregation:
         tmp.replace(self.dir / "responder.json")
 
     # ------------------------------------------------------------------ 1. mask agreement
+    def begin(self, round_index: int, attempt: int) -> None:
+        """Start this session's agreement in the background (once): it needs no model, so it runs while the
+        silo applies the previous aggregate and trains, and the round waits for the longer, not for both."""
+        key = (round_index, attempt)
+        if key not in self._agreements:
+            self._agreements[key] = self._worker.submit(self.agree, round_index, attempt)
+
+    def mask_for(self, round_index: int, attempt: int) -> Mask | None:
+        """The session's mask once agreement is done; None if this silo sits the session out (audited)."""
+        self.begin(round_index, attempt)
+        try:
+            return self._agreements.pop((round_index, attempt)).result()
+        except SecAggRefused:
+            return None
+
     def agree(self, round_index: int, attempt: int) -> Mask:
         """Advertise, verify the roster, exchange shares; the mask for this session's upload.
 
@@ -314,19 +331,3 @@ def _stored_peers(context: RoundContext, data: bytes) -> Peers:
         adverts.append(Advertisement.from_bytes(entry.advert))
     aggregator = x509.load_pem_x509_certificate(message.aggregator_pem)
     return Peers(Roster.build(context, adverts), names, certificates, aggregator)
-
-
-def agree_beside(secure: SecureAggregation, round_index: int, attempt: int, work: Callable[[], object]) -> Mask | None:
-    """Mask agreement (round trips through the aggregator) beside ``work`` (local training), not before it:
-    the round's latency grows by whichever is longer, not by both. Agreement is always waited for
-    (bounded by setup_timeout_s), even when ``work`` raises. None: this silo sits the session out."""
-    with ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{secure.job_id}") as pool:
-        agreement = pool.submit(secure.agree, round_index, attempt)
-        try:
-            work()
-        finally:
-            try:
-                mask: Mask | None = agreement.result()
-            except SecAggRefused:
-                mask = None
-    return mask
