@@ -459,7 +459,7 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
     The masks of two contributors cannot be removed without revealing one through the other: the attempt fails
     with the threshold named, no aggregate is written, and the round is retried under a new session that the
     restarted silos join and complete."""
-    from silo_node.daemon import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
+    from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 
     c = LocalConsortium(tmp_path_factory.mktemp("secagg-few"), JOB4)
     c.provision()
