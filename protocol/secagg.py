@@ -21,6 +21,10 @@ ROSTER_TAG = b"cipherfed-secagg-roster-v1"
 ENTRY_TAG = b"cipherfed-secagg-roster-entry-v1"
 MAX_CERT_PEM_BYTES = 16 << 10
 MAX_ADVERT_BYTES = 1 << 10
+# What a silo accepts for one message of each kind from the relay, before reading it whole.
+MAX_ROSTER_BYTES = 64 + MAX_CERT_PEM_BYTES + MAX_PARTICIPANTS * (64 + 256 + MAX_CERT_PEM_BYTES + MAX_ADVERT_BYTES)
+MAX_SHARES_BYTES = 4 << 10
+MAX_UNMASK_MESSAGE_BYTES = 64 + MAX_PARTICIPANTS * 256  # statement or request: identities and signatures
 
 
 def session_number(round_index: int, attempt: int) -> int:

@@ -24,6 +24,7 @@ from protocol.vocabulary import ENCRYPTED_RELAY_KINDS, RelayKind
 from silo_node.client import AggregatorClient
 
 MAX_PART = 1 << 20  # relay messages stay far below gRPC's 4 MiB default
+MAX_RECEIVE_BYTES = 1 << 30  # one logical payload a party accepts (vertical ciphertext batches are large)
 
 
 class PartyKind(StrEnum):
@@ -106,13 +107,13 @@ class Relay:
     def send_blob(self, to: str, kind: str, seq: int, data: bytes) -> None:
         self.send(to, kind, seq, [data[i : i + MAX_PART] for i in range(0, max(len(data), 1), MAX_PART)])
 
-    def receive(self, sender: str, kind: str, seq: int) -> tuple[int, list[bytes]]:
+    def receive(self, sender: str, kind: str, seq: int, max_bytes: int = MAX_RECEIVE_BYTES) -> tuple[int, list[bytes]]:
         kind = str(kind)
         deadline = time.time() + self.timeout_s
         while True:
             if self.should_stop():
                 raise VerticalError("the job was ended while waiting for the other parties")
-            replies = self.client.call(lambda: self._receive_once(sender, kind, seq), retries=5)
+            replies = self.client.call(lambda: self._receive_once(sender, kind, seq, 5000, max_bytes), retries=5)
             if replies:
                 payloads = [bytes(r.payload) for r in replies]
                 if self.on_receive is not None:
@@ -121,18 +122,27 @@ class Relay:
             if time.time() > deadline:
                 raise VerticalError(f"timed out waiting for {kind!r} #{seq} from {sender}")
 
-    def _receive_once(self, sender: str, kind: str, seq: int) -> list[pb.RelayMessage]:
-        request = pb.ReceiveRequest(job_id=self.job_id, kind=kind, seq=seq, sender=sender, wait_ms=5000)
-        return list(self.client.stub.Receive(request, timeout=30))
+    def _receive_once(self, sender: str, kind: str, seq: int, wait_ms: int, max_bytes: int) -> list[pb.RelayMessage]:
+        """One Receive, read message by message and cut off once ``max_bytes`` of payload have arrived:
+        whatever the aggregator streams, this party never holds more than that."""
+        request = pb.ReceiveRequest(job_id=self.job_id, kind=kind, seq=seq, sender=sender, wait_ms=wait_ms)
+        stream = self.client.stub.Receive(request, timeout=30)
+        messages, total = [], 0
+        for message in stream:
+            total += len(message.payload)
+            if total > max_bytes:
+                stream.cancel()
+                raise VerticalError(f"{kind!r} #{seq} from {sender} exceeds {max_bytes} bytes; refused")
+            messages.append(message)
+        return messages
 
-    def receive_now(self, sender: str, kind: str, seq: int, wait_ms: int) -> list[bytes]:
+    def receive_now(self, sender: str, kind: str, seq: int, wait_ms: int, max_bytes: int) -> list[bytes]:
         """One Receive that waits at most ``wait_ms`` (polled work: never blocks the node for long)."""
-        request = pb.ReceiveRequest(job_id=self.job_id, kind=str(kind), seq=seq, sender=sender, wait_ms=wait_ms)
-        replies = self.client.call(lambda: list(self.client.stub.Receive(request, timeout=30)), retries=5)
+        replies = self.client.call(lambda: self._receive_once(sender, str(kind), seq, wait_ms, max_bytes), retries=5)
         return [bytes(r.payload) for r in replies]
 
-    def receive_blob(self, sender: str, kind: str, seq: int) -> bytes:
-        return b"".join(self.receive(sender, kind, seq)[1])
+    def receive_blob(self, sender: str, kind: str, seq: int, max_bytes: int = MAX_RECEIVE_BYTES) -> bytes:
+        return b"".join(self.receive(sender, kind, seq, max_bytes)[1])
 
     def receive_json(self, sender: str, kind: str, seq: int = 0) -> Any:
         return json.loads(self.receive_blob(sender, kind, seq))

@@ -50,7 +50,7 @@ from crypto.secagg.wire import (
     encode_signature,
 )
 from protocol.jobspec import JobSpec, compact_params, secagg_policy
-from protocol.secagg import decode_roster, round_context
+from protocol.secagg import MAX_ROSTER_BYTES, MAX_SHARES_BYTES, MAX_UNMASK_MESSAGE_BYTES, decode_roster, round_context
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
@@ -161,7 +161,7 @@ class SecureAggregation:
         try:
             self.relay.send(AGGREGATOR_RECIPIENT, SecAggKind.ADVERT, seq, [advert.to_bytes()])
             self._record("secagg_advertised", context, round=round_index, attempt=attempt)
-            roster_bytes = self.relay.receive_blob(AGGREGATOR_RECIPIENT, SecAggKind.ROSTER, seq)
+            roster_bytes = self.relay.receive_blob(AGGREGATOR_RECIPIENT, SecAggKind.ROSTER, seq, MAX_ROSTER_BYTES)
             peers = self._verified_roster(context, roster_bytes)
             graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
             holders = graph[self.me]
@@ -228,7 +228,7 @@ class SecureAggregation:
         """The shares every graph neighbour sent this silo (a missing one ends the session for it)."""
         bundles: dict[str, ShareBundle] = {}
         for sender in sorted(holders):
-            raw = self.relay.receive_blob(peers.names[sender], SecAggKind.SHARES, context.round)
+            raw = self.relay.receive_blob(peers.names[sender], SecAggKind.SHARES, context.round, MAX_SHARES_BYTES)
             envelope = ShareEnvelope.from_bytes(raw)
             if envelope.sender != sender or envelope.recipient != self.me:
                 raise SecAggError(f"shares relayed as from {peers.names[sender]} are addressed otherwise")
@@ -297,7 +297,14 @@ class SecureAggregation:
         )
 
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
-        replies = self.relay.receive_now(AGGREGATOR_RECIPIENT, kind, seq, wait_ms)
+        """The aggregator's statement or request if it has arrived; an over-long one is refused, audited."""
+        try:
+            replies = self.relay.receive_now(AGGREGATOR_RECIPIENT, kind, seq, wait_ms, MAX_UNMASK_MESSAGE_BYTES)
+        except VerticalError as exc:
+            self.events.record(
+                "secagg_refused", self.name, job=self.job_id, session=seq, step=str(kind), reason=str(exc)
+            )
+            return None
         return replies or None
 
 

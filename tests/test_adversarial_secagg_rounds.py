@@ -757,3 +757,18 @@ def test_participant_missing_from_the_roster_cannot_upload_and_the_others_comple
             assert not [r for r in rows if r["event"] == "secagg_refused" and r.get("job") == job_id], name
     finally:
         c.stop_all()
+
+
+@pytest.mark.slow
+def test_oversized_statement_is_refused_unread_and_the_silo_goes_on(arena):
+    """The aggregator streams a statement far longer than any roster needs: the silo stops reading at its
+    bound, audits the refusal, signs nothing, and signs the honest statement that comes next."""
+    from protocol.secagg import MAX_UNMASK_MESSAGE_BYTES
+
+    r, victim = _agreed(arena)
+    r.put(AGG, SecAggKind.STATEMENT, b"\0" * (MAX_UNMASK_MESSAGE_BYTES + 1))
+    victim.serve(0, 1, wait_ms=200)
+    assert not r.sent(SecAggKind.CONSISTENCY)
+    refused = [x for x in r.audit("secagg_refused") if "exceeds" in x["details"]["reason"]]
+    assert refused and refused[-1]["details"]["step"] == SecAggKind.STATEMENT
+    _signed_by_victim(r, victim, r.statement(JOB4))  # the honest statement is still signed
