@@ -104,6 +104,20 @@ class Relay:
         tally[0] += 1
         tally[1] += sum(len(p) for p in payloads)
 
+    def send_each(self, kind: str, seq: int, addressed: list[tuple[str, bytes]]) -> None:
+        """One small payload to each of several recipients, in one Send (one round trip, one audit record)."""
+        kind = str(kind)
+        if any(len(p) > MAX_PART for _, p in addressed):
+            raise ValueError("payload too large for one relay message: use send_blob")
+        messages = [
+            pb.RelayMessage(job_id=self.job_id, to=to, kind=kind, seq=seq, payload=p, last=True) for to, p in addressed
+        ]
+        self.client.call(lambda: self.client.stub.Send(iter(messages), timeout=120), retries=5)
+        for to, payload in addressed:
+            tally = self.sent.setdefault((to, kind), [0, 0])
+            tally[0] += 1
+            tally[1] += len(payload)
+
     def send_blob(self, to: str, kind: str, seq: int, data: bytes) -> None:
         self.send(to, kind, seq, [data[i : i + MAX_PART] for i in range(0, max(len(data), 1), MAX_PART)])
 

@@ -168,8 +168,7 @@ class SecureAggregation:
             envelopes = share_secrets(
                 context, keys, self.me, peers.roster, holders, self.policy.threshold, self.credentials.private_key
             )
-            for envelope in envelopes:
-                self.relay.send(peers.names[envelope.recipient], SecAggKind.SHARES, seq, [envelope.to_bytes()])
+            self.relay.send_each(SecAggKind.SHARES, seq, [(peers.names[e.recipient], e.to_bytes()) for e in envelopes])
             self._record("secagg_shares_sent", context, to=sorted(peers.names[h] for h in holders))
             bundles = self._open_shares(context, keys, peers, holders)
         except (VerticalError, SecAggError, CryptoError) as exc:

@@ -205,7 +205,9 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     section = html.split("9. Secure aggregation")[1].split("<h2>")[0]
     assert section.count("mask-key shares of silo-4") == 3 and "nobody (no silo dropped)" in section
     # every silo, the restarted one too, holds the same model
-    models = [np.load(_job_dir(c, n, job_id) / "final_model.npz") for n in SILOS]
+    paths = [_job_dir(c, n, job_id) / "final_model.npz" for n in SILOS]
+    _wait_for(lambda: all(p.exists() for p in paths), 60, "every silo to export the model")  # after its next poll
+    models = [np.load(p) for p in paths]
     weights = [k for k in models[0].files if not k.startswith("__")]
     assert all(np.array_equal(models[0][k], m[k]) for m in models[1:] for k in weights)
 
