@@ -52,7 +52,9 @@ from policies.schema import ConsortiumPolicy, PolicyFile
 from protocol.jobspec import KEYED_PROFILES, JobSpec, parse_job_spec
 from protocol.names import safe_job_id
 from protocol.tomlconfig import ConfigError
-from protocol.vocabulary import JobStatus, RoundStatus
+from protocol.vocabulary import JobStatus, RoundStatus, SecAggKind
+
+SECAGG_KINDS = frozenset(str(k) for k in SecAggKind)
 
 
 class Jobs:
@@ -153,10 +155,14 @@ class Jobs:
             check_name(m.to, "to")
             check_name(m.kind, "kind")
             with self.feed.lock:
-                if not self.rounds.secagg.accept(sender, cert, m, spec):
-                    self.store.relay_put(m.job_id, sender.name, m.to, m.kind, m.seq, m.payload)
+                secagg = self.rounds.secagg
+                session = secagg.sessions.get(m.job_id)
+                if secagg.accept(sender, cert, m, spec):  # consumed there (the session may have ended)
+                    if session is not None:
+                        session.relay_bytes += len(m.payload)
+                elif session is not None:  # a share envelope: kept for its holder in memory, never read here
+                    session.post(sender.name, m.to, m.kind, m.payload)
                     relayed.append(m.to)
-                self.store.add_relay_bytes(m.job_id, len(m.payload))
         if relayed:
             self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
         self.feed.bump()
@@ -172,8 +178,22 @@ class Jobs:
         wait_s: float,
         connected: Callable[[], bool],
     ) -> RelayDelivery:
-        """Take the messages of one (kind, seq, sender) addressed to ``recipient`` (any job it is a party of)."""
-        return self.vertical.receive(recipient, job_id, kind, seq, sender, wait_s, connected)
+        """Take the messages of one (kind, seq, sender) addressed to ``recipient`` (any job it is a party of),
+        waiting up to ``wait_s``: a vertical job's from the store, a secure-aggregation session's from memory."""
+        if kind not in SECAGG_KINDS:
+            return self.vertical.receive(recipient, job_id, kind, seq, sender, wait_s, connected)
+        if recipient not in self.specs.get(job_id).participants:
+            raise Forbidden("not a party of this job")
+        deadline = self.clock.now() + wait_s
+        while True:
+            version = self.feed.version
+            with self.feed.lock:
+                payload = self.rounds.secagg.take(job_id, recipient, kind, seq, sender)
+            if payload is not None:
+                return RelayDelivery(seq, [payload])
+            if self.clock.now() >= deadline or not connected():
+                return RelayDelivery(seq, [])
+            self.feed.wait(version, max(0.0, deadline - self.clock.now()))
 
     # ------------------------------------------------------------------ submit and abort
     def submit(self, spec_toml: str, submitter_identity: Identity) -> str:

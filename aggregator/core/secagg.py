@@ -102,7 +102,18 @@ class SecureAggregation:
         )
 
     def ended(self, job_id: str) -> None:
-        self.sessions.pop(job_id, None)
+        self._end(job_id)
+
+    def _end(self, job_id: str) -> None:
+        """Forget a session (its undelivered mail with it) and count what it relayed, in one store write."""
+        session = self.sessions.pop(job_id, None)
+        if session is not None and session.relay_bytes:
+            self.store.add_relay_bytes(job_id, session.relay_bytes)
+
+    def take(self, job_id: str, recipient: str, kind: str, seq: int, sender: str) -> bytes | None:
+        """The message for ``recipient`` of the session in progress, once; None if there is none (yet)."""
+        session = self.sessions.get(job_id)
+        return session.take(recipient, kind, sender) if session is not None and session.seq == seq else None
 
     def check_upload(self, job_id: str, silo: Identity, manifest: Manifest) -> None:
         """Only a roster member may upload, and only a masked upload of the job's quantization."""
@@ -145,9 +156,7 @@ class SecureAggregation:
         open_round.closing = True
         encoded = session.statement.encode()
         for name in contributors:
-            self.store.relay_put(
-                open_round.job_id, AGGREGATOR_RECIPIENT, name, SecAggKind.STATEMENT, session.seq, encoded
-            )
+            session.post(AGGREGATOR_RECIPIENT, name, SecAggKind.STATEMENT, encoded)
         self.events.record(
             "secagg_statement_sent",
             "aggregator",
@@ -255,7 +264,7 @@ class SecureAggregation:
         ]
         encoded = encode_roster(RosterMessage(pem, entries))
         for name in session.adverts:
-            self.store.relay_put(job_id, AGGREGATOR_RECIPIENT, name, SecAggKind.ROSTER, session.seq, encoded)
+            session.post(AGGREGATOR_RECIPIENT, name, SecAggKind.ROSTER, encoded)
         self.events.record(
             "secagg_roster_sent",
             "aggregator",
@@ -279,7 +288,7 @@ class SecureAggregation:
                 f"payload: a share envelope of {len(m.payload)} bytes; at most {MAX_SHARE_ENVELOPE_BYTES}"
             )
         pair = (sender.fingerprint, to)
-        if pair in session.shares_sent or self.store.relay_peek(m.job_id, m.to, m.kind, m.seq, sender.name):
+        if pair in session.shares_sent:
             raise PreconditionFailed(f"{sender.name} already sent its shares to {m.to} this session")
         session.shares_sent.add(pair)  # once per pair, also after delivery: no re-send floods the relay store
 
@@ -343,14 +352,7 @@ class SecureAggregation:
         )
         encoded = encode_request(request)
         for fp in session.statement.contributors:
-            self.store.relay_put(
-                session.open_round.job_id,
-                AGGREGATOR_RECIPIENT,
-                session.name_of(fp),
-                SecAggKind.REQUEST,
-                session.seq,
-                encoded,
-            )
+            session.post(AGGREGATOR_RECIPIENT, session.name_of(fp), SecAggKind.REQUEST, encoded)
         session.request_sent = True
         session.unmask_deadline = now + self._unmask_timeout(session.open_round.spec)
         self.events.record(
@@ -434,11 +436,11 @@ class SecureAggregation:
             },
             at_deadline=at_deadline,
         )
-        self.sessions.pop(open_round.job_id, None)
+        self._end(open_round.job_id)
         self._release(open_round, session.layout, session.contributors, session.why, now)
 
     def _fail_round(self, session: Session, reason: str, now: float) -> None:
-        self.sessions.pop(session.open_round.job_id, None)
+        self._end(session.open_round.job_id)
         self.events.record(
             "secagg_failed", "aggregator", job=session.open_round.job_id, session=session.seq, reason=reason
         )

@@ -59,6 +59,10 @@ class Session:
     signatures: dict[str, StatementSignature] = field(default_factory=dict)
     request_sent: bool = False
     answers: dict[str, UnmaskResponse] = field(default_factory=dict)
+    # The session's relayed messages live with it, in memory (a restart starts a new attempt anyway):
+    # (recipient, kind, sender) -> payload, taken once by its recipient.
+    mail: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    relay_bytes: int = 0  # everything relayed for this session, added to the job's count when it ends
 
     @property
     def seq(self) -> int:
@@ -67,6 +71,14 @@ class Session:
     def name_of(self, fingerprint: str) -> str:
         assert self.roster is not None
         return self.roster[fingerprint]
+
+    def post(self, sender: str, recipient: str, kind: str, payload: bytes) -> None:
+        """Keep a message for its recipient (the caller holds the round lock)."""
+        self.mail[(recipient, str(kind), sender)] = payload
+        self.relay_bytes += len(payload)
+
+    def take(self, recipient: str, kind: str, sender: str) -> bytes | None:
+        return self.mail.pop((recipient, kind, sender), None)
 
     def fingerprint_of(self, name: str) -> str | None:
         if self.roster is None:
