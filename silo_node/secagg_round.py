@@ -20,6 +20,7 @@ nothing is revealed; the silo then sits the round out. Every step is audited.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
 Mask = Callable[[np.ndarray], np.ndarray]
+REQUEST_POLL_MS = 5000
 ROSTER_GRACE_S = 20.0  # beyond the setup timeout: the aggregator's deadline tick and one relay long-poll
 
 
@@ -101,6 +103,7 @@ class SecureAggregation:
         self.policy = secagg_policy(spec)
         self.params = compact_params(spec)
         self.me = certificate_fingerprint(credentials.certificate)
+        self._unmask_timeout_s = spec.secagg.unmask_timeout_s if spec.secagg is not None else 60.0
         # The aggregator publishes the roster at its setup deadline when a participant never advertises;
         # a wait of exactly the setup timeout from this silo's advert races that publication (and the
         # relay's long-poll steps), and a lost race makes every silo sit out the attempt.
@@ -253,6 +256,7 @@ class SecureAggregation:
         peers = _stored_peers(context, (where / "roster.bin").read_bytes())
         names, certificates, aggregator = peers.names, peers.certificates, peers.aggregator
         seq = context.round
+        just_signed = False
         if not (where / "signed").exists():
             payloads = self._try_receive(SecAggKind.STATEMENT, seq, wait_ms)
             if payloads is None:
@@ -267,13 +271,22 @@ class SecureAggregation:
             self._save_responder()
             self.relay.send(AGGREGATOR_RECIPIENT, SecAggKind.CONSISTENCY, seq, [encode_signature(signature)])
             (where / "signed").write_text(statement.digest().hex())
+            just_signed = True
             self._record(
                 "secagg_statement_signed",
                 context,
                 contributors=sorted(names.get(fp, fp[:16]) for fp in statement.contributors),
                 dropped=sorted(names.get(fp, fp[:16]) for fp in statement.dropped),
             )
-        payloads = self._try_receive(SecAggKind.REQUEST, seq, wait_ms)
+        # The request follows the last contributor's signature, which wakes no poll: wait for it here
+        # (long-polls of at most REQUEST_POLL_MS), up to the job's unmask timeout after signing.
+        # Only right after signing in this call: a silo that answered already (or signed on an earlier
+        # poll) looks once, briefly, so that it is back on its poll loop for the next round.
+        wait_s = self._unmask_timeout_s if just_signed and wait_ms >= 1000 else wait_ms / 1000
+        deadline = time.monotonic() + wait_s
+        payloads = self._try_receive(SecAggKind.REQUEST, seq, min(wait_ms, REQUEST_POLL_MS))
+        while payloads is None and time.monotonic() < deadline:
+            payloads = self._try_receive(SecAggKind.REQUEST, seq, REQUEST_POLL_MS)
         if payloads is None:
             return
         try:

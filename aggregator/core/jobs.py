@@ -145,6 +145,7 @@ class Jobs:
         if not spec.secure_aggregation:
             raise Forbidden("relay is for vertical jobs and secure-aggregation rounds")
         count, total, relayed = 0, 0, []
+        round_before = self.rounds.open_round(first.job_id)
         for m in messages:
             total += len(m.payload)
             count += 1
@@ -165,7 +166,9 @@ class Jobs:
                     relayed.append(m.to)
         if relayed:
             self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
-        self.feed.bump()
+        self.rounds.secagg.mail.bump()
+        if self.rounds.open_round(first.job_id) is not round_before:  # released or failed: tasks changed
+            self.feed.bump()
         return count
 
     def relay_receive(
@@ -185,15 +188,16 @@ class Jobs:
         if recipient not in self.specs.get(job_id).participants:
             raise Forbidden("not a party of this job")
         deadline = self.clock.now() + wait_s
+        mail = self.rounds.secagg.mail
         while True:
-            version = self.feed.version
+            version = mail.version
             with self.feed.lock:
                 payload = self.rounds.secagg.take(job_id, recipient, kind, seq, sender)
             if payload is not None:
                 return RelayDelivery(seq, [payload])
             if self.clock.now() >= deadline or not connected():
                 return RelayDelivery(seq, [])
-            self.feed.wait(version, max(0.0, deadline - self.clock.now()))
+            mail.wait(version, max(0.0, deadline - self.clock.now()))
 
     # ------------------------------------------------------------------ submit and abort
     def submit(self, spec_toml: str, submitter_identity: Identity) -> str:

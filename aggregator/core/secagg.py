@@ -37,7 +37,9 @@ from aggregator.core.secagg_session import (
     Fail,
     Release,
     Session,
+    unmask_timeout,
 )
+from aggregator.core.shared import ChangeFeed
 from aggregator.core.store_contract import JobStore
 from aggregator.core.uploads import OpenRound
 from aggregator.core.views import RelayOffer
@@ -78,6 +80,8 @@ class SecureAggregation:
         self.consortium, self.credentials = consortium, credentials
         self._release, self._fail = release, fail
         self.sessions: dict[str, Session] = {}
+        # Wakes receivers of session mail without waking every silo's Poll: relay traffic changes no task.
+        self.mail = ChangeFeed()
 
     # ------------------------------------------------------------------ round core hooks
     def opened(self, open_round: OpenRound) -> None:
@@ -152,11 +156,12 @@ class SecureAggregation:
         fingerprints = [fp for fp, name in session.roster.items() if name in set(contributors)]
         session.layout, session.contributors, session.why = layout, contributors, why
         session.statement = ContributorStatement.make(session.context, session.roster, fingerprints)
-        session.unmask_deadline = now + self._unmask_timeout(open_round.spec)
+        session.unmask_deadline = now + unmask_timeout(open_round.spec)
         open_round.closing = True
         encoded = session.statement.encode()
         for name in contributors:
             session.post(AGGREGATOR_RECIPIENT, name, SecAggKind.STATEMENT, encoded)
+        self.mail.bump()
         self.events.record(
             "secagg_statement_sent",
             "aggregator",
@@ -167,10 +172,6 @@ class SecureAggregation:
             dropped=sorted(session.name_of(fp) for fp in session.statement.dropped),
         )
         return True
-
-    @staticmethod
-    def _unmask_timeout(spec: JobSpec) -> float:
-        return spec.secagg.unmask_timeout_s if spec.secagg is not None else 60.0
 
     def tick(self, now: float) -> bool:
         """Deadlines: publish the roster at the setup deadline; unmask with what arrived at the unmask
@@ -265,6 +266,7 @@ class SecureAggregation:
         encoded = encode_roster(RosterMessage(pem, entries))
         for name in session.adverts:
             session.post(AGGREGATOR_RECIPIENT, name, SecAggKind.ROSTER, encoded)
+        self.mail.bump()
         self.events.record(
             "secagg_roster_sent",
             "aggregator",
@@ -353,8 +355,9 @@ class SecureAggregation:
         encoded = encode_request(request)
         for fp in session.statement.contributors:
             session.post(AGGREGATOR_RECIPIENT, session.name_of(fp), SecAggKind.REQUEST, encoded)
+        self.mail.bump()
         session.request_sent = True
-        session.unmask_deadline = now + self._unmask_timeout(session.open_round.spec)
+        session.unmask_deadline = now + unmask_timeout(session.open_round.spec)
         self.events.record(
             "secagg_unmask_requested",
             "aggregator",
