@@ -281,10 +281,10 @@ class SecureAggregation:
         # The request follows the last contributor's signature, which wakes no poll: wait for it here
         # (long-polls of at most REQUEST_POLL_MS), up to the job's unmask timeout after signing.
         # Only right after signing in this call: a silo that answered already (or signed on an earlier
-        # poll) looks once, briefly, so that it is back on its poll loop for the next round.
-        wait_s = self._unmask_timeout_s if just_signed and wait_ms >= 1000 else wait_ms / 1000
+        # poll) looks once without waiting, so that it is back on its poll loop for the next round.
+        wait_s = self._unmask_timeout_s if just_signed and wait_ms >= 1000 else 0.0
         deadline = time.monotonic() + wait_s
-        payloads = self._try_receive(SecAggKind.REQUEST, seq, min(wait_ms, REQUEST_POLL_MS))
+        payloads = self._try_receive(SecAggKind.REQUEST, seq, min(wait_ms, REQUEST_POLL_MS) if just_signed else 0)
         while payloads is None and time.monotonic() < deadline:
             payloads = self._try_receive(SecAggKind.REQUEST, seq, REQUEST_POLL_MS)
         if payloads is None:
