@@ -20,6 +20,7 @@ from rich.console import Console
 
 from cipherfed.localconsortium import LocalConsortium
 from protocol.jobspec import parse_job_spec, secagg_policy
+from protocol.vocabulary import RoundStatus
 from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 
 MIN_SECAGG_SILOS = 3  # with 2, each silo learns the other's update from the sum
@@ -160,7 +161,11 @@ def session_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if start in events and end in events:
                 row[label] = round(_ts(events[end]) - _ts(events[start]), 3)
         row["outcome"] = (
-            "unmasked" if "secagg_unmasked" in events else "failed" if "secagg_failed" in events else "open"
+            "unmasked"
+            if "secagg_unmasked" in events
+            else "not_unmasked"
+            if "secagg_failed" in events
+            else "in_progress"
         )
         out.append(row)
     return out
@@ -178,7 +183,7 @@ def summary(consortium: LocalConsortium, spec_text: str, job_id: str, status: An
         "threshold": policy.threshold,
         "min_participants": policy.min_participants,
         "graph": "complete" if policy.neighbours is None else policy.neighbours,
-        "rounds_completed": sum(1 for r in status.rounds if r.status == "closed"),
+        "rounds_completed": sum(1 for r in status.rounds if r.status == RoundStatus.CLOSED),
         "rounds_unmasked": len(unmasked),
         "dropouts_recovered": len(dropouts),
         "dropouts": dropouts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from concurrent import futures
 from pathlib import Path
@@ -133,3 +134,14 @@ def serve_as_aggregator(consortium, servicer, workers: int = 8) -> grpc.Server:
     consortium.port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     return server
+
+
+def wait_for(predicate, timeout: float = 240.0, what: str = "condition"):
+    """Poll ``predicate`` every 0.3 s until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

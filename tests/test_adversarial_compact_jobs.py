@@ -9,7 +9,6 @@ by hand with its real certificate and its real (wrapped) compact key.
 from __future__ import annotations
 
 import json
-import time
 from collections import OrderedDict
 
 import numpy as np
@@ -28,7 +27,7 @@ from protocol import cipherfed_pb2 as pb
 from protocol.jobspec import compact_params, parse_job_spec
 from protocol.messages import manifest_to_proto, upload_messages
 from protocol.tomlconfig import ConfigError
-from tests.helpers import rpc_code
+from tests.helpers import rpc_code, wait_for
 
 FP = "0" * 32
 COLUMNS = ["x0", "x1", "x2", "x3"]
@@ -100,16 +99,6 @@ def _records(node_dir, event):
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
 
 
-def _wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     """Aggregator and two silo nodes running; silo-3 has certificate and keys but no process (hand-driven)."""
@@ -155,7 +144,7 @@ def test_compact_job_runs_end_to_end_and_audits_clips_and_the_weight_cap(consort
         rounds=2, lr=0.5, compact="weight_cap = 120\nbound = 0.02",
     )  # fmt: skip
     job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-    status = _wait_for(
+    status = wait_for(
         lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status in ("completed", "failed") and s,
         what=f"job {job_id}",
     )
@@ -216,7 +205,7 @@ def test_member_hiding_its_upload_from_the_tags_is_caught_by_the_header_count(co
         signature=sign_digest(pki.load_private_key(c.nodes["silo-3"].key), digest),
     )
     c.stub("silo-3").Upload(upload_messages(header, batch.chunks), timeout=120)
-    refusals = _wait_for(
+    refusals = wait_for(
         lambda: [r for r in _records(c.nodes["silo-1"].dir, "aggregate_refused") if r["job"] == job_id],
         what="silo-1 to refuse the aggregate",
     )

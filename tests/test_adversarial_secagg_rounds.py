@@ -47,7 +47,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.client import AggregatorClient
 from silo_node.relay import Relay
 from silo_node.secagg_round import SecAggCredentials, SecAggRefused, SecureAggregation
-from tests.helpers import rpc_code, serve_as_aggregator
+from tests.helpers import rpc_code, serve_as_aggregator, wait_for
 
 SILOS = [f"silo-{i}" for i in range(1, 12)]  # silo-10: never a participant; silo-11: revoked
 JOB4 = SILOS[:4]
@@ -443,16 +443,6 @@ def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
     return [r for r in rows if r["event"] == event and r.get("job") == job]
 
 
-def _wait_for(predicate: Callable[[], object], timeout: float = 240.0, what: str = "condition") -> object:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is_released(tmp_path_factory):
     """Four real silos, t = 2: silo-3 and silo-4 stop after mask agreement, so only two upload (< t + 1 = 3).
@@ -483,13 +473,13 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
     )  # fmt: skip
     stub = c.stub("coordinator")
     try:  # every node polls before the job exists: a slow start on a busy machine must not look like a dropout
-        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in JOB4), what="nodes")
+        wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in JOB4), what="nodes")
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
         for name in stopping:
             process = c.processes[name]
-            _wait_for(lambda p=process: p.poll() is not None, what=f"{name} to stop after mask agreement")
+            wait_for(lambda p=process: p.poll() is not None, what=f"{name} to stop after mask agreement")
             assert process.returncode == FAULT_EXIT_CODE
-        failed = _wait_for(lambda: _aggregator_records(c, "secagg_failed", job_id), what="secagg_failed")
+        failed = wait_for(lambda: _aggregator_records(c, "secagg_failed", job_id), what="secagg_failed")
         assert "threshold + 1 = 3" in failed[0]["details"]["reason"], failed
         assert "nothing released" in failed[0]["details"]["reason"]
         assert failed[0]["details"]["session"] == 1  # round 0, attempt 1
@@ -510,7 +500,7 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
         assert status.status == "running"
         for name in stopping:  # back without the fault: the retry is a new session with fresh keys
             c.start_node(name)
-        final = _wait_for(
+        final = wait_for(
             lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
             what=f"job {job_id}",
         )
@@ -615,9 +605,9 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
     )  # fmt: skip
     stub = c.stub("coordinator")
     try:
-        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
+        wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-        _wait_for(lambda: len(_aggregator_records(c, "secagg_advert_received", job_id)) == 3, what="3 adverts")
+        wait_for(lambda: len(_aggregator_records(c, "secagg_advert_received", job_id)) == 3, what="3 adverts")
         context = round_context(c.consortium, job_id, 0, 1)
         seq = context.round
         me = pki.load_private_key(c.nodes["silo-4"].key), pki.load_certificate(c.nodes["silo-4"].cert)
@@ -671,7 +661,7 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
             got = _refused(c, who, job_id, to, kind, s, payload)
             assert got.startswith(words), (what, got)
         _masked_upload(c, "silo-4", job_id, spec, mask, len(columns))
-        statement = _wait_for(lambda: _aggregator_records(c, "secagg_statement_sent", job_id), what="the statement")
+        statement = wait_for(lambda: _aggregator_records(c, "secagg_statement_sent", job_id), what="the statement")
         assert statement[0]["details"]["contributors"] == LIVE_JOB
         fp4 = pki.certificate_fingerprint(me[1])
         forged = StatementSignature(fp4, sign_bytes(me[0], b"a statement the aggregator never sent"))
@@ -687,15 +677,15 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
             fp4, sign_bytes(me[0], _consistency_bytes(ContributorStatement.decode(sent.payload)))
         )
         _send(c, "silo-4", job_id, AGG, SecAggKind.CONSISTENCY, seq, encode_signature(honest))
-        _wait_for(lambda: _aggregator_records(c, "secagg_unmask_requested", job_id), what="the unmask request")
+        wait_for(lambda: _aggregator_records(c, "secagg_unmask_requested", job_id), what="the unmask request")
         stale = UnmaskResponse(context, b"\x07" * 32, fp4, ())
         stale = UnmaskResponse(context, stale.statement_digest, fp4, (), sign_bytes(me[0], stale.signed_bytes()))
         got = _refused(c, "silo-4", job_id, AGG, SecAggKind.ANSWER, seq, encode_response(stale))
         assert got.startswith("INVALID_ARGUMENT: payload: the answer is for another session or contributor set"), got
         # silo-4 then stays silent: at the deadline its self mask is recovered from the three other silos' shares
-        (unmasked,) = _wait_for(lambda: _aggregator_records(c, "secagg_unmasked", job_id), what="unmasking")
+        (unmasked,) = wait_for(lambda: _aggregator_records(c, "secagg_unmasked", job_id), what="unmasking")
         assert unmasked["details"]["answers"] == 3 and unmasked["details"]["at_deadline"]
-        status = _wait_for(
+        status = wait_for(
             lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
             what=f"job {job_id}",
         )
@@ -737,15 +727,15 @@ def test_participant_missing_from_the_roster_cannot_upload_and_the_others_comple
     )  # fmt: skip
     stub = c.stub("coordinator")
     try:
-        _wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
+        wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-        (roster,) = _wait_for(lambda: _aggregator_records(c, "secagg_roster_sent", job_id), what="the roster")
+        (roster,) = wait_for(lambda: _aggregator_records(c, "secagg_roster_sent", job_id), what="the roster")
         assert roster["details"]["roster"] == LIVE_JOB[:3] and roster["details"]["why"] == "setup deadline reached"
         code, details = rpc_code(lambda: _masked_upload(c, "silo-4", job_id, spec, lambda v: v, len(columns)))
         assert code == grpc.StatusCode.PERMISSION_DENIED, details
         assert "silo-4 is not in this round's secure-aggregation roster" in details
         c.stub("silo-4").Decline(pb.DeclineRequest(job_id=job_id, round=0, reasons=["sits this round out"]), timeout=30)
-        status = _wait_for(
+        status = wait_for(
             lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
             what=f"job {job_id}",
         )

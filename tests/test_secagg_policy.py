@@ -50,7 +50,7 @@ def test_defaults_take_a_majority_threshold_and_masked_lanes():
         (_spec(6, "neighbours = 3"), "secagg.neighbours"),  # odd
         (_spec(4, profile="sum"), 'he_profile = "compact"'),
         (_spec(4, secagg=None).replace("[compact]", "[secagg]\nthreshold = 2\n[compact]"), "secure_aggregation = true"),
-        (_spec(4, compact="weight_cap = 200000000"), "weight_cap"),  # masked weights would wrap
+        (_spec(4, compact="weight_cap = 2000000000"), "weight_cap"),  # beyond two 15-bit masked digits
         (_spec(4, "setup_timeout_s = inf"), "setup_timeout_s"),
     ],
 )

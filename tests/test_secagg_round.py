@@ -16,7 +16,6 @@ and are uncorrelated with that silo's true update.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from protocol.upload import SignedUpload
 from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
 from silo_node.secagg_round import _stored_peers
+from tests.helpers import wait_for
 
 SILOS = ["silo-1", "silo-2", "silo-3", "silo-4"]
 COLUMNS = [f"x{i}" for i in range(8)]
@@ -57,16 +57,6 @@ def _records(directory: Path, event: str, job: str | None = None) -> list[dict]:
 def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
     rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
     return [r for r in rows if r["event"] == event and r.get("job") == job]
-
-
-def _wait_for(predicate, timeout: float = 240.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +85,10 @@ def run(tmp_path_factory):
     try:
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
         dropped = c.processes["silo-4"]
-        _wait_for(lambda: dropped.poll() is not None, what="silo-4 to stop after mask agreement")
+        wait_for(lambda: dropped.poll() is not None, what="silo-4 to stop after mask agreement")
         assert dropped.returncode == FAULT_EXIT_CODE
         c.start_node("silo-4")  # back without the fault: it sits out round 1 and rejoins
-        status = _wait_for(
+        status = wait_for(
             lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
             what=f"job {job_id}",
         )
@@ -206,7 +196,7 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     assert section.count("mask-key shares of silo-4") == 3 and "nobody (no silo dropped)" in section
     # every silo, the restarted one too, holds the same model
     paths = [_job_dir(c, n, job_id) / "final_model.npz" for n in SILOS]
-    _wait_for(lambda: all(p.exists() for p in paths), 60, "every silo to export the model")  # after its next poll
+    wait_for(lambda: all(p.exists() for p in paths), 60, "every silo to export the model")  # after its next poll
     models = [np.load(p) for p in paths]
     weights = [k for k in models[0].files if not k.startswith("__")]
     assert all(np.array_equal(models[0][k], m[k]) for m in models[1:] for k in weights)

@@ -28,7 +28,7 @@ from aggregator.core.errors import (
 from aggregator.core.keys import KeyDirectory
 from aggregator.core.rounds import RoundCore
 from aggregator.core.secagg_session import AggregatorCredentials
-from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs
+from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs, wait_for_mail
 from aggregator.core.store_contract import AggregateArchive, JobRow, JobStore
 from aggregator.core.vertical import VerticalJobs
 from aggregator.core.views import (
@@ -187,17 +187,13 @@ class Jobs:
             return self.vertical.receive(recipient, job_id, kind, seq, sender, wait_s, connected)
         if recipient not in self.specs.get(job_id).participants:
             raise Forbidden("not a party of this job")
-        deadline = self.clock.now() + wait_s
-        mail = self.rounds.secagg.mail
-        while True:
-            version = mail.version
+
+        def take() -> list[bytes]:
             with self.feed.lock:
                 payload = self.rounds.secagg.take(job_id, recipient, kind, seq, sender)
-            if payload is not None:
-                return RelayDelivery(seq, [payload])
-            if self.clock.now() >= deadline or not connected():
-                return RelayDelivery(seq, [])
-            mail.wait(version, max(0.0, deadline - self.clock.now()))
+            return [payload] if payload is not None else []
+
+        return RelayDelivery(seq, wait_for_mail(take, self.rounds.secagg.mail, self.clock, wait_s, connected))
 
     # ------------------------------------------------------------------ submit and abort
     def submit(self, spec_toml: str, submitter_identity: Identity) -> str:

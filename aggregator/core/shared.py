@@ -4,7 +4,9 @@ counter (long polls wait on it), and the parsed job specs."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+from aggregator.core.clock import Clock
 from aggregator.core.errors import NotFound, PreconditionFailed
 from aggregator.core.store_contract import JobStore
 from policies.schema import ConsortiumPolicy, PolicyFile
@@ -31,6 +33,27 @@ class ChangeFeed:
             if known_version == self.version:
                 self.changed.wait(timeout_s)
             return self.version
+
+
+def wait_for_mail(
+    take: Callable[[], list[bytes]],
+    feed: ChangeFeed,
+    clock: Clock,
+    wait_s: float,
+    connected: Callable[[], bool],
+) -> list[bytes]:
+    """``take()`` until it yields messages, the wait is over or the caller went away; ``feed`` wakes it.
+
+    The relay's one long-poll: a Receive holds no lock while it waits and returns as soon as its
+    messages are posted (whoever posts them bumps ``feed``).
+    """
+    deadline = clock.now() + wait_s
+    while True:
+        version = feed.version
+        taken = take()
+        if taken or clock.now() >= deadline or not connected():
+            return taken
+        feed.wait(version, max(0.0, deadline - clock.now()))
 
 
 class PolicyInForce:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from aggregator.core.clock import Clock
 from aggregator.core.errors import Forbidden, InvalidArgument, PreconditionFailed, ResourceExhausted
-from aggregator.core.shared import ChangeFeed, Specs
+from aggregator.core.shared import ChangeFeed, Specs, wait_for_mail
 from aggregator.core.store_contract import JobStore
 from aggregator.core.views import RelayDelivery, RelayOffer, RoundView
 from aggregator.limits import check_job_id, check_name
@@ -98,13 +98,15 @@ class VerticalJobs:
         """Take the messages of one (kind, seq, sender) for ``recipient``, waiting up to ``wait_s`` for them."""
         if recipient not in self.specs.get(job_id).participants:
             raise Forbidden("not a party of this job")
-        deadline = self.clock.now() + wait_s
-        while True:
-            version = self.feed.version
+        taken = seq
+
+        def take() -> list[bytes]:
+            nonlocal taken
             taken, payloads = self.store.relay_take(job_id, recipient, kind, seq, sender)
-            if payloads or self.clock.now() >= deadline or not connected():
-                return RelayDelivery(taken, payloads)
-            self.feed.wait(version, max(0.0, deadline - self.clock.now()))
+            return payloads
+
+        payloads = wait_for_mail(take, self.feed, self.clock, wait_s, connected)
+        return RelayDelivery(taken, payloads)
 
     def _codec(self, job_id: str, spec: JobSpec) -> VectorCodec:
         with self._codec_lock:
