@@ -31,7 +31,7 @@ SESSIONS_PER_ROUND = 1024  # protocol.secagg: session number = round * 1024 + at
 # for its deadline (the aggregator cannot tell a crashed silo from a slow one), but long enough for a
 # loaded 2-core machine to train, agree on masks and upload in every other round.
 DEMO_ROUND_TIMEOUT_S = 25.0
-DEMO_SECAGG_TABLE = "setup_timeout_s = 15\nunmask_timeout_s = 15"
+DEMO_SECAGG_TABLE = "setup_timeout_s = 30\nunmask_timeout_s = 15"  # nodes on a loaded machine are slow to start
 
 
 def check_options(

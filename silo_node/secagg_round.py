@@ -110,6 +110,7 @@ class SecureAggregation:
         relay.timeout_s += ROSTER_GRACE_S
         self.responder = ShareResponder(self.me, credentials.private_key)
         self._agreements: dict[tuple[int, int], Future[Mask]] = {}
+        self._wanted: tuple[int, int] | None = None  # the newest session this silo was asked to join
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{job_id}")
         state = self.dir / "responder.json"
         if state.exists():
@@ -134,6 +135,9 @@ class SecureAggregation:
         """Start this session's agreement in the background (once): it needs no model, so it runs while the
         silo applies the previous aggregate and trains, and the round waits for the longer, not for both."""
         key = (round_index, attempt)
+        self._wanted = key  # an agreement for an older session stops waiting (see agree)
+        for old in [k for k, f in self._agreements.items() if k != key and f.done()]:
+            del self._agreements[old]
         if key not in self._agreements:
             self._agreements[key] = self._worker.submit(self.agree, round_index, attempt)
 
@@ -151,6 +155,10 @@ class SecureAggregation:
         Raises SecAggRefused (audited) when this silo cannot take part in the session safely.
         """
         context = round_context(self.credentials.consortium, self.job_id, round_index, attempt)
+        key = (round_index, attempt)
+        # A retry or the next round supersedes this session: stop waiting for its roster or shares, or
+        # the one agreement worker would hold the new session up until this one's timeout.
+        self.relay.should_stop = lambda: self._wanted not in (None, key)
         where = self._session_dir(context)
         if where.exists():
             raise SecAggRefused(
@@ -175,8 +183,11 @@ class SecureAggregation:
             self._record("secagg_shares_sent", context, to=sorted(peers.names[h] for h in holders))
             bundles = self._open_shares(context, keys, peers, holders)
         except (VerticalError, SecAggError, CryptoError) as exc:
-            self._record("secagg_refused", context, step="agreement", reason=str(exc)[:500])
-            raise SecAggRefused(str(exc)) from None
+            reason = str(exc)
+            if self._wanted not in (None, key):
+                reason = f"superseded by round {self._wanted[0]} attempt {self._wanted[1]} before its keys were agreed"
+            self._record("secagg_refused", context, step="agreement", reason=reason[:500])
+            raise SecAggRefused(reason) from None
         material = RoundMaterial(context, self.policy.threshold, graph, frozenset(bundles), bundles)
         write_secret_file(where / "material.bin", encode_material(material))
         (where / "roster.bin").write_bytes(roster_bytes)  # verified above; public

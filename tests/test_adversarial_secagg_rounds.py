@@ -41,7 +41,7 @@ from crypto.secagg.wire import decode_response, encode_request
 from protocol import cipherfed_pb2 as pb
 from protocol import cipherfed_pb2_grpc as pbg
 from protocol.jobspec import parse_job_spec, secagg_policy
-from protocol.secagg import RosterEntry, RosterMessage, encode_roster, round_context
+from protocol.secagg import RosterEntry, RosterMessage, encode_roster, round_context, session_number
 from protocol.version import __version__
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.client import AggregatorClient
@@ -762,3 +762,26 @@ def test_oversized_statement_is_refused_unread_and_the_silo_goes_on(arena):
     refused = [x for x in r.audit("secagg_refused") if "exceeds" in x["details"]["reason"]]
     assert refused and refused[-1]["details"]["step"] == SecAggKind.STATEMENT
     _signed_by_victim(r, victim, r.statement(JOB4))  # the honest statement is still signed
+
+
+@pytest.mark.slow
+def test_a_retry_supersedes_a_session_whose_roster_never_comes(arena):
+    """The aggregator never sends attempt 1's roster and opens attempt 2: the silo's one agreement worker
+    stops waiting for the old roster and advertises for the new session at once, not after the old
+    session's timeout (which held every later session up in a loaded CI run)."""
+    job_id, text = arena.job()
+    r = HostileRound(arena, job_id, text, JOB4)
+    victim = r.victim()
+    first, second = session_number(0, 1), session_number(0, 2)
+
+    def adverts(session: int) -> list:
+        return [s for s in arena.mailbox.sent_of(job_id, SecAggKind.ADVERT) if s[3] == session]
+
+    victim.begin(0, 1)
+    wait_for(lambda: adverts(first), 20, "the advert of attempt 1")
+    started = time.time()
+    victim.begin(0, 2)
+    wait_for(lambda: adverts(second), 12, "the advert of attempt 2")
+    assert time.time() - started < 12
+    superseded = [x for x in r.audit("secagg_refused") if x["details"]["session"] == first]
+    assert superseded and "superseded by round 0 attempt 2" in superseded[-1]["details"]["reason"]
