@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -443,6 +444,34 @@ def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
     return [r for r in rows if r["event"] == event and r.get("job") == job]
 
 
+def _compact_consortium(
+    directory: Path,
+    names: list[str],
+    running: list[str],
+    columns: int,
+    rows: int,
+    seed: int,
+    env: dict[str, dict[str, str]] | None = None,
+) -> tuple[LocalConsortium, str, list[str]]:
+    """A provisioned consortium with a compact key; ``running`` have data and a node process (``env``: the
+    extra environment of each, e.g. a fault), the others only their certificates (driven by hand)."""
+    c = LocalConsortium(directory, names)
+    c.provision()
+    fingerprint = c.add_he_key("compact")
+    cols = [f"x{i}" for i in range(columns)]
+    rng = np.random.default_rng(seed)
+    for name in running:
+        x = rng.normal(size=(rows, columns))
+        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), cols)
+    c.write_aggregator_config()
+    c.start_aggregator()
+    for name in running:
+        c.write_node_config(name)
+        c.start_node(name, env=(env or {}).get(name))
+    c.write_admin_config()
+    return c, fingerprint, cols
+
+
 @pytest.mark.slow
 def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is_released(tmp_path_factory):
     """Four real silos, t = 2: silo-3 and silo-4 stop after mask agreement, so only two upload (< t + 1 = 3).
@@ -451,21 +480,11 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
     restarted silos join and complete."""
     from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 
-    c = LocalConsortium(tmp_path_factory.mktemp("secagg-few"), JOB4)
-    c.provision()
-    fingerprint = c.add_he_key("compact")
-    columns = [f"x{i}" for i in range(6)]
-    rng = np.random.default_rng(5)
-    for name in JOB4:
-        x = rng.normal(size=(60, len(columns)))
-        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
-    c.write_aggregator_config()
-    c.start_aggregator()
     stopping = ("silo-3", "silo-4")
-    for name in JOB4:
-        c.write_node_config(name)
-        c.start_node(name, env={FAULT_STOP_AFTER_AGREEMENT: "0"} if name in stopping else None)
-    c.write_admin_config()
+    c, fingerprint, columns = _compact_consortium(
+        tmp_path_factory.mktemp("secagg-few"), JOB4, JOB4, 6, 60, 5,
+        env={name: {FAULT_STOP_AFTER_AGREEMENT: "0"} for name in stopping},
+    )  # fmt: skip
     spec = job_toml(
         "few", JOB4, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=2,
         round_timeout_s=30, max_round_retries=3, compact="weight_cap = 60",
@@ -585,20 +604,9 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
     from crypto.secagg.unmask import UnmaskResponse
     from crypto.secagg.wire import encode_response, encode_signature
 
-    c = LocalConsortium(tmp_path_factory.mktemp("secagg-members"), LIVE)
-    c.provision()
-    fingerprint = c.add_he_key("compact")
-    columns = [f"x{i}" for i in range(4)]
-    rng = np.random.default_rng(9)
-    for name in LIVE_JOB[:3]:
-        x = rng.normal(size=(40, len(columns)))
-        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
-    c.write_aggregator_config()
-    c.start_aggregator()
-    for name in LIVE_JOB[:3]:
-        c.write_node_config(name)
-        c.start_node(name)
-    c.write_admin_config()
+    c, fingerprint, columns = _compact_consortium(
+        tmp_path_factory.mktemp("secagg-members"), LIVE, LIVE_JOB[:3], 4, 40, 9
+    )
     spec = job_toml(
         "members", LIVE_JOB, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=3,
         round_timeout_s=120, compact="weight_cap = 60", secagg="setup_timeout_s = 60\nunmask_timeout_s = 8",
@@ -706,20 +714,9 @@ def test_participant_missing_from_the_roster_cannot_upload_and_the_others_comple
     the three others, silo-4's upload is refused (nobody could remove its masks), and the three complete the
     round. The silos wait for a roster published at the deadline (they would otherwise give up just as it
     is published, and sit out every attempt)."""
-    c = LocalConsortium(tmp_path_factory.mktemp("secagg-missing"), LIVE_JOB)
-    c.provision()
-    fingerprint = c.add_he_key("compact")
-    columns = [f"x{i}" for i in range(4)]
-    rng = np.random.default_rng(3)
-    for name in LIVE_JOB[:3]:
-        x = rng.normal(size=(40, len(columns)))
-        c.write_data(name, x, (x[:, 0] > 0).astype(np.int64), columns)
-    c.write_aggregator_config()
-    c.start_aggregator()
-    for name in LIVE_JOB[:3]:
-        c.write_node_config(name)
-        c.start_node(name)
-    c.write_admin_config()
+    c, fingerprint, columns = _compact_consortium(
+        tmp_path_factory.mktemp("secagg-missing"), LIVE_JOB, LIVE_JOB[:3], 4, 40, 3
+    )
     spec = job_toml(
         "missing", LIVE_JOB, fingerprint, columns, he_profile="compact", scaling="local", rounds=1, min_silos=3,
         round_timeout_s=90, max_round_retries=0, compact="weight_cap = 60",
