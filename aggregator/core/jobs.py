@@ -23,12 +23,11 @@ from aggregator.core.errors import (
     InvalidArgument,
     NotFound,
     PreconditionFailed,
-    ResourceExhausted,
 )
 from aggregator.core.keys import KeyDirectory
 from aggregator.core.rounds import RoundCore
 from aggregator.core.secagg_session import AggregatorCredentials
-from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs, wait_for_mail
+from aggregator.core.shared import ChangeFeed, PolicyInForce, Specs, bounded_send, wait_for_mail
 from aggregator.core.store_contract import AggregateArchive, JobRow, JobStore
 from aggregator.core.vertical import VerticalJobs
 from aggregator.core.views import (
@@ -144,13 +143,10 @@ class Jobs:
             return self.vertical.send(sender.name, messages, max_messages, max_bytes, max_payload)
         if not spec.secure_aggregation:
             raise Forbidden("relay is for vertical jobs and secure-aggregation rounds")
-        count, total, relayed = 0, 0, []
+        count, relayed = 0, []
         round_before = self.rounds.open_round(first.job_id)
-        for m in messages:
-            total += len(m.payload)
+        for m in bounded_send(messages, max_messages, max_bytes):
             count += 1
-            if count > max_messages or total > max_bytes:
-                raise ResourceExhausted(f"one Send carries at most {max_messages} messages and {max_bytes} bytes")
             if m.job_id != first.job_id:
                 raise InvalidArgument("job_id: one Send carries the messages of one secure-aggregation job")
             check_name(m.to, "to")

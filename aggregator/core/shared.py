@@ -4,11 +4,12 @@ counter (long polls wait on it), and the parsed job specs."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from aggregator.core.clock import Clock
-from aggregator.core.errors import NotFound, PreconditionFailed
+from aggregator.core.errors import NotFound, PreconditionFailed, ResourceExhausted
 from aggregator.core.store_contract import JobStore
+from aggregator.core.views import RelayOffer
 from policies.schema import ConsortiumPolicy, PolicyFile
 from protocol.jobspec import JobSpec, job_spec_from_json
 from protocol.tomlconfig import ConfigError
@@ -33,6 +34,20 @@ class ChangeFeed:
             if known_version == self.version:
                 self.changed.wait(timeout_s)
             return self.version
+
+
+def bounded_send(offers: Iterable[RelayOffer], max_messages: int, max_bytes: int) -> Iterator[RelayOffer]:
+    """A Send's messages, refusing the one that would take it past ``max_messages`` or ``max_bytes`` of
+    payload before it is handed on: the relay's one bound on a Send, whatever the job."""
+    total = 0
+    for count, m in enumerate(offers):
+        if count >= max_messages or total + len(m.payload) > max_bytes:
+            raise ResourceExhausted(
+                f"one Send carries at most {max_messages} messages and {max_bytes} "
+                "payload bytes; split the payload over several Sends"
+            )
+        total += len(m.payload)
+        yield m
 
 
 def wait_for_mail(

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Iterable
 
 from aggregator.core.clock import Clock
-from aggregator.core.errors import Forbidden, InvalidArgument, PreconditionFailed, ResourceExhausted
-from aggregator.core.shared import ChangeFeed, Specs, wait_for_mail
+from aggregator.core.errors import Forbidden, InvalidArgument, PreconditionFailed
+from aggregator.core.shared import ChangeFeed, Specs, bounded_send, wait_for_mail
 from aggregator.core.store_contract import JobStore
 from aggregator.core.views import RelayDelivery, RelayOffer, RoundView
 from aggregator.limits import check_job_id, check_name
@@ -43,16 +43,9 @@ class VerticalJobs:
         """
         messages: list[RelayOffer] = []
         summed: set[tuple[str, str, int]] = set()
-        total = 0
-        for m in offers:
-            if len(messages) >= max_messages or total + len(m.payload) > max_bytes:
-                raise ResourceExhausted(
-                    f"one Send carries at most {max_messages} messages and {max_bytes} "
-                    "payload bytes; split the payload over several Sends"
-                )
+        for m in bounded_send(offers, max_messages, max_bytes):
             if self._authorize(sender, m, max_payload):
                 summed.add((m.job_id, m.kind, m.seq))
-            total += len(m.payload)
             messages.append(m)
         with self.store.transaction():
             for m in messages:
