@@ -18,6 +18,7 @@ from cryptography import x509
 
 from audit.svg import line_chart
 from audit.verify import Verification, load_records, verify_logs
+from protocol.secagg import ATTEMPTS_PER_ROUND
 from protocol.version import __version__
 from protocol.vocabulary import ENCRYPTED_RELAY_KINDS, JobStatus
 
@@ -375,6 +376,19 @@ def _privacy_budget(by_event: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
+def _session_name(session: object) -> str:
+    """A secure-aggregation session number as the round and attempt it belongs to."""
+    if not isinstance(session, int) or session < 0:
+        return str(session)
+    return f"{session // ATTEMPTS_PER_ROUND} (attempt {session % ATTEMPTS_PER_ROUND})"
+
+
+def _by_session(rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows of (job, session, silo, revealed) in round order, the session shown as its round and attempt."""
+    ordered = sorted(rows, key=lambda row: (str(row[0]), row[1] if isinstance(row[1], int) else -1, str(row[2])))
+    return [[job, _session_name(session), silo, what] for job, session, silo, what in ordered]
+
+
 def _secure_aggregation(by_event: dict[str, list[dict[str, Any]]]) -> str:
     """Who revealed what: each silo's unmasking answers and refusals, each round's unmasking at the aggregator."""
     seen: set[tuple[str, str, Any, str]] = set()
@@ -393,7 +407,7 @@ def _secure_aggregation(by_event: dict[str, list[dict[str, Any]]]) -> str:
                 )
             else:
                 what = f"refused ({d.get('step', '')}): {d.get('reason', '')}"
-            rows.append([r["actor"], r["job"], d.get("session", ""), what])
+            rows.append([r["job"], d.get("session"), r["actor"], what])
     rounds = [
         [
             r["job"],
@@ -412,7 +426,7 @@ def _secure_aggregation(by_event: dict[str, list[dict[str, Any]]]) -> str:
         "<h2>9. Secure aggregation</h2><p class='muted'>Each survivor reveals, per round, the self-seed share of "
         "every silo that contributed and the mask-key share of every silo that dropped, never both for one silo. "
         "A refusal means the silo saw a request that would have revealed more.</p>"
-        + (_table(["silo", "job", "session", "revealed"], rows) if rows else "")
+        + (_table(["job", "round", "silo", "revealed"], _by_session(rows)) if rows else "")
         + (_table(["job", "round", "unmasking", "dropped silos"], rounds) if rounds else "")
     )
 
