@@ -120,7 +120,9 @@ def masked_lanes_and_weights(
         raise ValueRangeError(f"weight {weight} does not fit two {layout.bits}-bit digits")
     modulus = np.uint64((1 << w) - 1)
     plain = np.empty(n + WEIGHT_DIGITS * chunk_count, dtype=np.uint64)
-    plain[:n] = np.asarray(quantized, dtype=np.int64).astype(np.uint64) & modulus
+    values = plain[:n]
+    np.copyto(values, np.asarray(quantized, dtype=np.int64), casting="unsafe")  # two's complement: -v -> 2^64 - v
+    values &= modulus  # in place: each temporary of a 1M-value update costs milliseconds of page faults
     plain[n::2] = weight & ((1 << layout.bits) - 1)  # digit 0 of every chunk
     plain[n + 1 :: 2] = weight >> layout.bits  # digit 1 of every chunk
     masked = check_residues(mask(plain), plain.shape[0], w, "the masked vector returned by `mask`")

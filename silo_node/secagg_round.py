@@ -111,6 +111,9 @@ class SecureAggregation:
         self.responder = ShareResponder(self.me, credentials.private_key)
         self._agreements: dict[tuple[int, int], Future[Mask]] = {}
         self._wanted: tuple[int, int] | None = None  # the newest session this silo was asked to join
+        # The newest agreed session's material and verified roster, kept so that serve() (called on
+        # every poll while the round unmasks) does not re-read and re-parse them from disk each time.
+        self._agreed: tuple[int, RoundMaterial, Peers] | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{job_id}")
         state = self.dir / "responder.json"
         if state.exists():
@@ -191,6 +194,7 @@ class SecureAggregation:
         material = RoundMaterial(context, self.policy.threshold, graph, frozenset(bundles), bundles)
         write_secret_file(where / "material.bin", encode_material(material))
         (where / "roster.bin").write_bytes(roster_bytes)  # verified above; public
+        self._agreed = (context.round, material, peers)
         self._record("secagg_shares_received", context, senders=sorted(peers.names[s] for s in bundles))
         w = self.params.mask_bits
         threshold = self.policy.threshold
@@ -261,10 +265,14 @@ class SecureAggregation:
         """Sign the statement and answer the request of this session if they have arrived (each once)."""
         context = round_context(self.credentials.consortium, self.job_id, round_index, attempt)
         where = self._session_dir(context)
-        if not (where / "material.bin").exists():
-            return
-        material = decode_material((where / "material.bin").read_bytes())
-        peers = _stored_peers(context, (where / "roster.bin").read_bytes())
+        agreed = self._agreed
+        if agreed is None or agreed[0] != context.round:  # after a restart: what agree() wrote to disk
+            if not (where / "material.bin").exists():
+                return
+            material = decode_material((where / "material.bin").read_bytes())
+            agreed = (context.round, material, _stored_peers(context, (where / "roster.bin").read_bytes()))
+            self._agreed = agreed
+        _, material, peers = agreed
         names, certificates, aggregator = peers.names, peers.certificates, peers.aggregator
         seq = context.round
         just_signed = False

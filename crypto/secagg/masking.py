@@ -17,7 +17,7 @@ from crypto.errors import ValueRangeError
 from crypto.secagg.encoding import RoundContext
 from crypto.secagg.errors import SecAggError
 from crypto.secagg.keys import Roster, RoundKeys, pairwise_seed
-from crypto.secagg.prg import check_width, expand
+from crypto.secagg.prg import add_stream, check_width
 from crypto.secagg.shamir import split
 from crypto.secagg.transport import ShareEnvelope, seal_shares
 
@@ -58,15 +58,6 @@ def check_values(values: np.ndarray, w: int) -> np.ndarray:
     return array.astype(np.uint64, copy=False)
 
 
-def signed_pair_mask(
-    context: RoundContext, keys: RoundKeys, me: str, peer_advert_sender: str, roster: Roster, length: int, w: int
-) -> np.ndarray:
-    """sign(me, peer) * PRG(seed(me, peer)) mod 2^64 (reduce mod 2^w at the end)."""
-    seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer_advert_sender))
-    stream = expand(seed, length, w)
-    return stream if me < peer_advert_sender else (np.uint64(0) - stream)
-
-
 def mask_vector(
     values: np.ndarray,
     w: int,
@@ -82,14 +73,16 @@ def mask_vector(
     ``mask_set`` is the set of graph neighbours whose shares this silo received and opened this
     round; it must hold at least ``threshold`` silos, or the silo refuses to contribute (with too
     few peers, revealing its self mask later would leave only masks a small coalition knows).
+    The pairwise mask with peer p is + PRG(seed(me, p)) when ``me`` sorts before p, - otherwise.
     """
     x = check_values(values, w)
     peers = sorted(set(mask_set) - {me})
     if len(peers) < threshold:
         raise SecAggError(f"only {len(peers)} peers to mask with, threshold {threshold}: refusing to contribute")
-    total = expand(keys.self_seed, x.size, w)
+    total = x.astype(np.uint64, copy=True)
+    add_stream(total, keys.self_seed)
     for peer in peers:
-        total += signed_pair_mask(context, keys, me, peer, roster, x.size, w)
-    total += x
+        seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer))
+        add_stream(total, seed, subtract=me > peer)
     total &= np.uint64((1 << w) - 1)
     return total

@@ -52,7 +52,7 @@ from crypto.secagg.errors import (
 )
 from crypto.secagg.graph import Graph
 from crypto.secagg.keys import Advertisement, Roster, pairwise_seed, self_seed_commitment, sign_bytes, verify_bytes
-from crypto.secagg.prg import check_width, expand
+from crypto.secagg.prg import add_stream, check_width
 from crypto.secagg.shamir import Share, reconstruct_checked
 from crypto.secagg.transport import ShareBundle
 
@@ -436,7 +436,7 @@ def unmask(
         def seed_ok(secret: bytes, advert: Advertisement = advert, silo: str = silo) -> bool:
             return self_seed_commitment(statement.context, silo, secret) == advert.seed_commitment
 
-        total += expand(_recover(collected, silo, "self", threshold, seed_ok, wrong), length, w)
+        add_stream(total, _recover(collected, silo, "self", threshold, seed_ok, wrong))
     for silo in statement.dropped:
         advert = roster.advert(silo)
 
@@ -448,14 +448,11 @@ def unmask(
         private = X25519PrivateKey.from_private_bytes(_recover(collected, silo, "mask", threshold, key_ok, wrong))
         for peer in sorted(graph.get(silo, frozenset()) & set(statement.contributors)):
             seed = pairwise_seed(statement.context, private, silo, advert.mask_public, roster.advert(peer))
-            stream = expand(seed, length, w)
             # the contributor ``peer`` added sign(peer, silo) * stream; the dropped silo's part never arrived
-            if peer < silo:
-                total += stream
-            else:
-                total -= stream
-    correction = (np.uint64(0) - total) & np.uint64((1 << w) - 1)
-    return UnmaskResult(correction, rejected, wrong)
+            add_stream(total, seed, subtract=peer > silo)
+    np.subtract(np.uint64(0), total, out=total)  # the correction is minus the masks left in the sum
+    total &= np.uint64((1 << w) - 1)
+    return UnmaskResult(total, rejected, wrong)
 
 
 def apply_correction(masked_sum: np.ndarray, correction: np.ndarray, w: int) -> np.ndarray:
