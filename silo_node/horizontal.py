@@ -86,6 +86,7 @@ class HorizontalJob:
         self._audit_head = services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
         self._upload_notes: dict[int, dict[str, Any]] = {}  # round -> quantization facts for update_sent
+        self._delta_in_memory: tuple[int, OrderedDict[str, np.ndarray]] | None = None  # secure aggregation's
         self._sat_out: set[tuple[int, int]] = set()  # (round, attempt) whose secure aggregation this silo left
         self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
@@ -318,6 +319,8 @@ class HorizontalJob:
     def _trained_delta(self, round_index: int) -> OrderedDict[str, np.ndarray]:
         """Train once for this round. A secure-aggregation retry re-masks the update trained for the round's
         first attempt (kept on this silo's disk): training again would spend the privacy budget twice."""
+        if self._delta_in_memory is not None and self._delta_in_memory[0] == round_index:
+            return self._delta_in_memory[1]  # _upload trains before the mask is ready, then encrypts
         kept = self.dir / f"delta-{round_index:05d}.npz"
         if self.secure is not None and kept.exists():
             with np.load(kept) as stored:
@@ -340,6 +343,7 @@ class HorizontalJob:
             tmp = self.dir / "delta.tmp.npz"
             save_arrays(tmp, delta)
             tmp.replace(kept)
+            self._delta_in_memory = (round_index, delta)
         return delta
 
     def _stats_tensors(self) -> OrderedDict[str, np.ndarray]:
