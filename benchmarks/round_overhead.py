@@ -37,6 +37,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +238,19 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
         _run_job(c, stub, spec_for("bench-warmup", "none", 1))
         plain = _measure(c, stub, spec_for("bench-none", "none", args.rounds), params, args.silos)
         he = _measure(c, stub, spec_for(f"bench-{args.profile}", args.profile, args.rounds), params, args.silos)
-        masked = (
-            _measure(c, stub, spec_for("bench-secagg", "compact", args.rounds, secagg=True), params, args.silos)
-            if args.secure_aggregation
-            else None
-        )
+        masked = pooled = None
+        if args.secure_aggregation:
+            masked, pooled = _interleaved(
+                lambda i, secagg: _measure(
+                    c,
+                    stub,
+                    spec_for(f"bench-{'secagg' if secagg else 'compact'}-{i}", "compact", args.rounds, secagg),
+                    params,
+                    args.silos,
+                ),
+                he,
+                args.secagg_pairs,
+            )
         sum_he = (
             _measure(c, stub, spec_for("bench-sum", "sum", args.rounds), params, args.silos)
             if (args.profile != "sum")
@@ -252,12 +261,54 @@ def _compare(args: argparse.Namespace, workdir: Path, rows: int, hidden: list[in
     result = _ratios(he, plain, rows)
     if sum_he is not None:
         result["sum_profile"] = _ratios(sum_he, plain, rows)
-    if masked is not None:
-        result["secagg_over_compact"] = masked["round_s"] / he["round_s"]
-        result["secure_aggregation"] = _masked_figures(masked, he)
+    if masked is not None and pooled is not None:
+        result["secagg_over_compact"] = masked["round_s"] / pooled["round_s"]
+        result["secure_aggregation"] = _masked_figures(masked, pooled)
         # where a masked round's time goes, from the aggregator's audit log: key agreement, unmasking
-        result["secure_aggregation"]["sessions"] = session_timings(aggregator_records(c, masked["job_id"]))
+        result["secure_aggregation"]["sessions"] = [
+            t for job in masked["job_ids"] for t in session_timings(aggregator_records(c, job))
+        ]
     return result
+
+
+def _interleaved(
+    measure: Callable[[int, bool], dict[str, Any]], first_compact: dict[str, Any], pairs: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Masked and unmasked compact jobs in A-B-B-A order (C M, M C, C M, ...; the first C is
+    ``first_compact``), pooled: a machine that speeds up or slows down during the run (2x from one
+    day to the next here, and tens of percent within minutes) then weighs on both sides alike,
+    instead of on whichever job happened to run second. Returns (masked, compact) pooled figures
+    with each pair's own ratio in ``pair_ratios``."""
+    masked_jobs: list[dict[str, Any]] = []
+    compact_jobs = [first_compact]
+    for i in range(pairs):
+        if i % 2 == 0:  # C M (pair 0's C already ran)
+            if i > 0:
+                compact_jobs.append(measure(i, False))
+            masked_jobs.append(measure(i, True))
+        else:  # M C
+            masked_jobs.append(measure(i, True))
+            compact_jobs.append(measure(i, False))
+    masked, compact = _pooled(masked_jobs), _pooled(compact_jobs)
+    masked["pair_ratios"] = [
+        round(m["round_s"] / c["round_s"], 3) for m, c in zip(masked_jobs, compact_jobs, strict=True)
+    ]
+    return masked, compact
+
+
+def _pooled(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one job as one: steady rounds of all (round 0 of each left out), mean CPU and bytes."""
+    steady = [w for job in jobs for w in (job["round_s_each"][1:] or job["round_s_each"])]
+    cpu_keys = jobs[0]["cpu_s_per_round"].keys()
+    return {
+        "round_s": statistics.mean(steady),
+        "round_s_each": [w for job in jobs for w in job["round_s_each"]],
+        "runs": len(jobs),
+        "upload_bytes_per_param": statistics.mean(j["upload_bytes_per_param"] for j in jobs),
+        "cpu_s_per_round": {k: round(statistics.mean(j["cpu_s_per_round"][k] for j in jobs), 3) for k in cpu_keys},
+        "relay_bytes_per_silo_per_round": statistics.mean(j["relay_bytes_per_silo_per_round"] for j in jobs),
+        "job_ids": [j["job_id"] for j in jobs],
+    }
 
 
 def _masked_figures(masked: dict[str, Any], compact: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +325,8 @@ def _masked_figures(masked: dict[str, Any], compact: dict[str, Any]) -> dict[str
         },
         "relay_bytes_per_silo_per_round": masked["relay_bytes_per_silo_per_round"],
         "cpu_s_per_round": {"secagg": masked["cpu_s_per_round"], "compact": compact["cpu_s_per_round"]},
+        "jobs_each": masked["runs"],
+        "pair_ratios": masked["pair_ratios"],
     }
 
 
@@ -314,7 +367,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="also time the compact job with secure aggregation (needs --profile compact and >= 3 silos)",
     )
+    parser.add_argument(
+        "--secagg-pairs",
+        type=int,
+        default=3,
+        help="masked and unmasked compact jobs each, run interleaved (C M M C C M ...) and pooled",
+    )
     args = parser.parse_args(argv)
+    if args.secagg_pairs < 1:
+        parser.error("--secagg-pairs must be at least 1")
     if args.secure_aggregation and (args.profile != "compact" or args.silos < 3):
         parser.error("--secure-aggregation masks the compact profile: use --profile compact and --silos >= 3")
     hidden = [int(h) for h in args.hidden.split(",")]
