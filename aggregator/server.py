@@ -12,11 +12,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from aggregator.aggregate_files import AggregateFiles
 from aggregator.auth import Authenticator, AuthInterceptor, CallerStampingSink, EdgeLimits
 from aggregator.config import AggregatorConfig, load_aggregator_config
+from aggregator.core.jobs import Jobs
 from aggregator.core.secagg_session import AggregatorCredentials
 from aggregator.edge.servicer import ConsortiumService
-from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring
 from aggregator.limits import StreamLimiter, StreamWatchdog
 from aggregator.metrics import AggregatorMetrics
@@ -48,8 +49,9 @@ class AggregatorServer:
             unloadable=self.keyring.unloadable[:20],
         )
         policy = PolicyFile(config.consortium_policy, self._on_policy_reload) if config.consortium_policy else None
-        self.engine = JobEngine(
+        self.engine = Jobs(
             self.store,
+            AggregateFiles(config.state_dir / "aggregates"),
             self.keyring,
             config.state_dir,
             self.events,

@@ -1,6 +1,7 @@
 """The job engine's restart behaviour, on a real SQLite file (no network needed for this part)."""
 
-from aggregator.engine import JobEngine
+from aggregator.aggregate_files import AggregateFiles
+from aggregator.core.jobs import Jobs
 from aggregator.keyring import PublicKeyring
 from aggregator.store import StateStore
 from audit.events import LogSink
@@ -11,7 +12,8 @@ from crypto.pki import Identity
 
 
 def _engine(tmp_path, keyring):
-    return JobEngine(StateStore(tmp_path / "state.sqlite"), keyring, tmp_path, LogSink("test"))
+    store = StateStore(tmp_path / "state.sqlite")
+    return Jobs(store, AggregateFiles(tmp_path / "aggregates"), keyring, tmp_path, LogSink("test"))
 
 
 def test_restart_reopens_horizontal_rounds_but_leaves_vertical_jobs_alone(tmp_path):

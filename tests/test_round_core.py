@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from aggregator.aggregate_files import AggregateFiles
 from aggregator.core.errors import Aborted, AlreadyExists, Cancelled, Forbidden, InvalidArgument, PreconditionFailed
+from aggregator.core.jobs import Jobs
 from aggregator.core.views import UploadOffer
-from aggregator.engine import JobEngine
 from aggregator.keyring import PublicKeyring
 from aggregator.store import StateStore
 from cipherfed.localconsortium import job_toml
@@ -114,11 +115,19 @@ class World:
         self.events = Events()
         self.engine = self.start()
 
-    def start(self) -> JobEngine:
+    def start(self) -> Jobs:
         """(Re)start the core on the same SQLite file, as after a crash."""
         store = StateStore(self.tmp / "state.sqlite")
-        return JobEngine(
-            store, self.keyring, self.tmp, self.events, allow_plaintext=True, clock=self.clock, min_per_aggregate=2
+        archive = AggregateFiles(self.tmp / "aggregates")
+        return Jobs(
+            store,
+            archive,
+            self.keyring,
+            self.tmp,
+            self.events,
+            allow_plaintext=True,
+            clock=self.clock,
+            min_per_aggregate=2,
         )
 
     def submit(self, profile: str = "sum", **kw: Any) -> str:
