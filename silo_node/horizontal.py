@@ -200,9 +200,10 @@ class HorizontalJob:
             self.secure.begin(int(task.round), attempt)  # mask agreement beside applying and training
         while self.state.applied < task.completed_rounds:
             self._apply_aggregate(self.state.applied)
-        if wanted and task.round == self.state.applied:
-            self._upload(int(task.round), attempt)
-        if self.secure is not None and task.round_status == RoundStatus.OPEN and task.uploaded:
+        sent = wanted and task.round == self.state.applied and self._upload(int(task.round), attempt)
+        if self.secure is not None and task.round_status == RoundStatus.OPEN and (task.uploaded or sent):
+            # Right after its upload too, not only from the next poll: the last upload closes the round, and
+            # its statement is waiting by the time the upload returns (a poll round trip sooner, per round).
             self.secure.serve(int(task.round), attempt)
         if (
             task.job_status == JobStatus.COMPLETED
@@ -235,7 +236,8 @@ class HorizontalJob:
             return self.dir / f"upload-{round_index:05d}-a{attempt:04d}.bin"
         return self.dir / f"upload-{round_index:05d}.bin"
 
-    def _upload(self, round_index: int, attempt: int = 1) -> None:
+    def _upload(self, round_index: int, attempt: int = 1) -> bool:
+        """Send this round's update (the cached bytes on a re-send); False if this silo sat the session out."""
         cache = self._upload_cache(round_index, attempt)
         if cache.exists():  # same bytes as before: the aggregator treats a re-send as idempotent
             header, chunks = read_upload(cache)
@@ -246,7 +248,7 @@ class HorizontalJob:
                 mask = self.secure.mask_for(round_index, attempt)
                 if mask is None:  # refused (audited by agree()): the round goes on, or retries, without us
                     self._sat_out.add((round_index, attempt))
-                    return
+                    return False
                 if self.services.after_agreement is not None:
                     self.services.after_agreement(self.job_id, round_index)
             upload, chunks = self._prepare_upload(round_index, mask)
@@ -270,6 +272,7 @@ class HorizontalJob:
             aggregator_head=receipt.aggregator_audit_head,
             **privacy_details(self.encryptor, self._upload_notes.get(round_index), self.private, self.state),
         )
+        return True
 
     def _encrypt(
         self, tensors: dict[str, Any], weight: float, tags: np.ndarray, round_index: int, mask: Mask | None = None
