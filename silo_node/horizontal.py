@@ -138,10 +138,14 @@ class HorizontalJob:
         path = self.dir / "state.json"
         return JobState(**json.loads(path.read_text())) if path.exists() else JobState()
 
-    def _save(self) -> None:
-        tmp = self.dir / "global.npz.tmp.npz"
-        save_arrays(tmp, self.global_weights)
-        tmp.replace(self.dir / "global.npz")
+    def _save(self, weights: bool = True) -> None:
+        """The job state, and the weights unless ``weights=False``: they change only when an aggregate is
+        applied, and rewriting 8 MB at every bookkeeping save (one right after each upload, on a masked
+        round's critical path) cost about 10 ms each time."""
+        if weights or not (self.dir / "global.npz").exists():
+            tmp = self.dir / "global.npz.tmp.npz"
+            save_arrays(tmp, self.global_weights)
+            tmp.replace(self.dir / "global.npz")
         state_tmp = self.dir / "state.json.tmp"
         state_tmp.write_text(json.dumps(self.state.__dict__))
         state_tmp.replace(self.dir / "state.json")
@@ -213,7 +217,7 @@ class HorizontalJob:
             self._finish()
         if task.job_status in (JobStatus.FAILED, JobStatus.ABORTED) and not self.state.finished:
             self.state.finished = True
-            self._save()
+            self._save(weights=False)
             self.events.record("job_ended", self.name, job=self.job_id, status=task.job_status, reason=task.reason)
 
     def _round_allowed(self, round_index: int) -> bool:
@@ -225,7 +229,7 @@ class HorizontalJob:
         if decision.allowed:
             return True
         self.state.declined_rounds.append(round_index)
-        self._save()
+        self._save(weights=False)
         self.events.record("round_declined", self.name, job=self.job_id, round=round_index, reasons=decision.reasons)
         self.client.decline(self.job_id, round_index, decision.reasons)
         return False
@@ -257,7 +261,7 @@ class HorizontalJob:
         receipt = self.client.upload(header, chunks)
         if round_index not in self.state.acknowledged_rounds:
             self.state.acknowledged_rounds.append(round_index)
-            self._save()
+            self._save(weights=False)
         self.events.record(
             "update_sent",
             self.name,
@@ -301,7 +305,7 @@ class HorizontalJob:
         if len(trained) >= self.spec.rounds:
             raise RoundRefused([f"this silo already trained the job's {self.spec.rounds} rounds"])
         self.state.trained_rounds.append(round_index)
-        self._save()
+        self._save(weights=False)
 
     def _prepare_upload(self, round_index: int, mask: Mask | None = None) -> tuple[SignedUpload, list[bytes]]:
         weight = float(len(self.train_rows))
@@ -336,7 +340,7 @@ class HorizontalJob:
         if self.private is not None:
             assert isinstance(self.model, TorchAdapter)
             x, y = self._x(self.train_rows), self._y(self.train_rows)
-            self.private.train(self.model, x, y, seed, round_index, self.state, self._save)
+            self.private.train(self.model, x, y, seed, round_index, self.state, lambda: self._save(weights=False))
         else:
             self.model.train(self._x(self.train_rows), self._y(self.train_rows), seed)
         delta = self._delta(self.model.get_weights())
@@ -424,7 +428,7 @@ class HorizontalJob:
         if self._round_kind(round_index) == "train":
             metrics = evaluate(self.model, self._x(self.val_rows), self._y(self.val_rows), self.spec.model.num_classes)
             self.state.history.append({"round": round_index, **metrics})
-            self._save()
+            self._save(weights=False)
             self.client.report_metrics(self.job_id, round_index, metrics, self._audit_head())
 
     def _finish(self) -> None:
