@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ from crypto.secagg.encoding import decode_fields, encode_fields
 from crypto.secagg.errors import EncodingError, ReconstructionError, SecAggError
 from crypto.secagg.keys import Advertisement, Roster, RoundKeys, pairwise_seed
 from crypto.secagg.masking import mask_vector
-from crypto.secagg.prg import expand
+from crypto.secagg.prg import add_stream, expand
 from crypto.secagg.shamir import PRIME, Share, reconstruct, reconstruct_checked, split
 from crypto.secagg.simulation import finish_round, make_members, setup_round
 from crypto.secagg.unmask import ContributorStatement, ShareResponder
@@ -76,6 +77,34 @@ def test_expansion_is_uniform_mod_2_to_the_w():
     values = expand(bytes(range(32)), 64_000, 8)
     counts = np.bincount(values.astype(np.int64), minlength=256)
     assert chisquare(counts).pvalue > 1e-3
+
+
+def _keystream_words(seed: bytes, length: int) -> np.ndarray:
+    """The PRG's definition, written the plain way: one AES-256-CTR keystream (zero IV) as uint64 words."""
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(8 * length)) + encryptor.finalize(), dtype="<u8").astype(np.uint64)
+
+
+def test_streams_added_in_place_read_one_keystream_across_block_boundaries():
+    """add_stream makes the keystream in 256 KiB blocks; at a block edge it must read on, not restart."""
+    w = 17
+    modulus = np.uint64((1 << w) - 1)
+    for length in (1, 32_767, 32_768, 32_769, 2 * 32_768 + 5):
+        first, second = bytes(range(32)), bytes(range(1, 33))
+        total = np.arange(length, dtype=np.uint64)
+        add_stream(total, first)
+        add_stream(total, second, subtract=True)
+        total &= modulus
+        base = np.arange(length, dtype=np.uint64)
+        expected = (base + _keystream_words(first, length) - _keystream_words(second, length)) & modulus
+        assert np.array_equal(total, expected), length
+        assert np.array_equal(expand(first, length, w), _keystream_words(first, length) & modulus), length
+
+
+@pytest.mark.parametrize("total", [np.zeros(4, dtype=np.int64), np.zeros((2, 2), dtype=np.uint64), [0, 0]])
+def test_add_stream_refuses_anything_but_a_flat_uint64_vector(total):
+    with pytest.raises(SecAggError, match="uint64 vector"):
+        add_stream(total, bytes(32))
 
 
 @pytest.mark.parametrize("w", [0, 63, 64, -1, True])
