@@ -35,7 +35,6 @@ import argparse
 import itertools
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as seal
 
-from benchmarks.common import emit, machine
+from benchmarks.common import emit, machine, workdir_for
 from cipherfed.demo_secagg import aggregator_records, session_timings
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto.compact import CompactEncryptor, CompactParams
@@ -386,8 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     crypto = crypto_cpu_per_round(params + 1, args.silos, profile=args.profile)  # +1: the appended sample weight
     floor = seal_arithmetic_per_round(params + 1, args.silos)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-bench-"))
-    sweep = [_compare(args, workdir, rows, hidden, params) for rows in row_counts]
+    with workdir_for(args.workdir, "cipherfed-bench-") as workdir:
+        sweep = [_compare(args, workdir, rows, hidden, params) for rows in row_counts]
     headline = sweep[0]
     result: dict[str, Any] = {
         "benchmark": "round_overhead",

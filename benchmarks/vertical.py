@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import emit, machine
+from benchmarks.common import emit, machine, workdir_for
 from cipherfed.localconsortium import LocalConsortium
 from crypto.psi import PsiParty
 from protocol import cipherfed_pb2 as pb
@@ -104,27 +103,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     psi_rate = psi_throughput(args.psi_ids)
-    c = LocalConsortium(args.workdir or Path(tempfile.mkdtemp(prefix="cipherfed-vbench-")), PARTIES)
-    c.provision(he_keys=False)
-    columns = _write(c, args.entities, args.features, 0)
-    epochs: dict[str, list[float]] = {}
-    walls: dict[str, float] = {}
-    relayed: dict[str, int] = {}
-    try:
-        stub = c.start_all(node_keys='scope = "consortium"', plaintext_comparison=True)
-        for profile in ("none", "vertical"):
-            spec = _spec(f"bench-{profile}", profile, columns, args.epochs, args.batch_size)
-            t0 = time.time()
-            job = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-            while (status := stub.GetJobStatus(pb.JobRef(job_id=job), timeout=30)).status == JobStatus.RUNNING:
-                time.sleep(0.2)
-            if status.status != JobStatus.COMPLETED:
-                raise RuntimeError(f"{job} {status.status}: {status.reason} (logs: {c.logs})")
-            walls[profile] = time.time() - t0
-            epochs[profile] = _epoch_seconds(c, job)
-            relayed[profile] = int(status.relay_bytes)
-    finally:
-        c.stop_all()
+    with workdir_for(args.workdir, "cipherfed-vbench-") as workdir:
+        c = LocalConsortium(workdir, PARTIES)
+        c.provision(he_keys=False)
+        columns = _write(c, args.entities, args.features, 0)
+        epochs: dict[str, list[float]] = {}
+        walls: dict[str, float] = {}
+        relayed: dict[str, int] = {}
+        try:
+            stub = c.start_all(node_keys='scope = "consortium"', plaintext_comparison=True)
+            for profile in ("none", "vertical"):
+                spec = _spec(f"bench-{profile}", profile, columns, args.epochs, args.batch_size)
+                t0 = time.time()
+                job = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
+                while (status := stub.GetJobStatus(pb.JobRef(job_id=job), timeout=30)).status == JobStatus.RUNNING:
+                    time.sleep(0.2)
+                if status.status != JobStatus.COMPLETED:
+                    raise RuntimeError(f"{job} {status.status}: {status.reason} (logs: {c.logs})")
+                walls[profile] = time.time() - t0
+                epochs[profile] = _epoch_seconds(c, job)
+                relayed[profile] = int(status.relay_bytes)
+        finally:
+            c.stop_all()
     he, plain = float(np.mean(epochs["vertical"])), float(np.mean(epochs["none"]))
     result = {
         "benchmark": "vertical",

@@ -4,6 +4,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from crypto import pki
 
 CLI = [sys.executable, "-m", "cipherfed"]
@@ -175,3 +177,23 @@ def test_stream_flood_benchmark_runs_on_a_tiny_size(tmp_path):
     held = streams["upload"]["held"] + streams["watch"]["held"]
     assert held <= 8 and streams["upload"]["refused"] + streams["watch"]["refused"] == 24 - held
     assert result["aggregator_alive"]
+
+
+def test_benchmark_workdir_is_removed_after_a_run_and_kept_after_a_failure(tmp_path, monkeypatch):
+    """A benchmark's consortium takes gigabytes: gone after a good run, kept (for its logs) after a bad one."""
+    import tempfile
+
+    from benchmarks.common import workdir_for
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with workdir_for(None, "bench-ok-") as workdir:
+        (workdir / "state").write_text("x")
+    assert not workdir.exists()
+    with pytest.raises(RuntimeError), workdir_for(None, "bench-bad-") as failed:
+        raise RuntimeError("job failed")
+    assert failed.exists()
+    given = tmp_path / "given"
+    given.mkdir()
+    with workdir_for(given, "unused-") as workdir:
+        assert workdir == given
+    assert given.exists()
