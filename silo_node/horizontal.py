@@ -86,7 +86,7 @@ class HorizontalJob:
         self._audit_head = services.audit_head
         self.dir.mkdir(parents=True, exist_ok=True)
         self._upload_notes: dict[int, dict[str, Any]] = {}  # round -> quantization facts for update_sent
-        self._delta_in_memory: tuple[int, OrderedDict[str, np.ndarray]] | None = None  # secure aggregation's
+        self._delta_in_memory: tuple[int, OrderedDict[str, np.ndarray]] | None = None  # (round, delta) just trained
         self._sat_out: set[tuple[int, int]] = set()  # (round, attempt) whose secure aggregation this silo left
         self._pin_spec()
         seed = int.from_bytes(hashlib.sha256(f"{spec.seed}|{self.name}".encode()).digest()[:4], "big")
