@@ -21,9 +21,11 @@ silo, default quantization), and ``sum_profile`` holds the sum profile's figures
 same consortium right after it, so that the two compare on equal machine load.
 
 ``--secure-aggregation`` (compact only, >= 3 silos) also runs the compact job with
-``secure_aggregation = true`` in the same consortium, right after the unmasked compact job, and adds
-``secagg_over_compact`` (masked round time / unmasked compact round time) and ``secure_aggregation``
-(its round times, upload bytes per parameter, and the key and share bytes the aggregator relayed,
+``secure_aggregation = true`` in the same consortium, interleaved with more unmasked compact jobs
+(C M, M C, C M, ...: ``--secagg-pairs``, default 3, so that the machine's drift during the run weighs
+on both alike), and adds ``secagg_over_compact`` (pooled masked round time / pooled unmasked compact
+round time, with each pair's own ratio in ``pair_ratios``) and ``secure_aggregation`` (round times,
+upload bytes per parameter, and the key and share bytes the aggregator relayed,
 ``JobStatus.relay_bytes``, which travel beside the uploads, not in them).
 
     python -m benchmarks.round_overhead --profile compact --secure-aggregation --json OUT
