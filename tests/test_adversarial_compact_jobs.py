@@ -149,10 +149,16 @@ def test_compact_job_runs_end_to_end_and_audits_clips_and_the_weight_cap(consort
         what=f"job {job_id}",
     )
     assert status.status == "completed", status.reason
-    sent = {
-        name: [r["details"] for r in _records(c.nodes[name].dir, "update_sent") if r["job"] == job_id]
-        for name in c.silos[:2]
-    }
+
+    def sent_by_both() -> dict[str, list] | None:
+        sent = {
+            name: [r["details"] for r in _records(c.nodes[name].dir, "update_sent") if r["job"] == job_id]
+            for name in c.silos[:2]
+        }
+        return sent if all(len(details) >= 2 for details in sent.values()) else None
+
+    # A silo records update_sent once its upload call returns; the last upload can complete the job first.
+    sent = wait_for(sent_by_both, timeout=30, what="both silos' update_sent records for the two rounds")
     for name, details in sent.items():
         assert len(details) == 2, name
         for d in details:
