@@ -153,12 +153,8 @@ class Jobs:
             check_name(m.kind, "kind")
             with self.feed.lock:
                 secagg = self.rounds.secagg
-                session = secagg.sessions.get(m.job_id)
-                if secagg.accept(sender, cert, m, spec):  # consumed there (the session may have ended)
-                    if session is not None:
-                        session.relay_bytes += len(m.payload)
-                elif session is not None:  # a share envelope: kept for its holder in memory, never read here
-                    session.post(sender.name, m.to, m.kind, m.payload)
+                if not secagg.accept(sender, cert, m, spec):  # a share envelope, for its holder; never read here
+                    secagg.sessions[m.job_id].post(sender.name, m.to, m.kind, m.payload)
                     relayed.append(m.to)
         if relayed:
             self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)

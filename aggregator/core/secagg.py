@@ -37,7 +37,6 @@ from aggregator.core.secagg_session import (
     Fail,
     Release,
     Session,
-    unmask_timeout,
 )
 from aggregator.core.shared import ChangeFeed
 from aggregator.core.store_contract import JobStore
@@ -58,7 +57,7 @@ from crypto.secagg.unmask import (
     unmask,
 )
 from crypto.secagg.wire import check_response, check_signature, decode_response, decode_signature, encode_request
-from protocol.jobspec import JobSpec, compact_params, secagg_policy
+from protocol.jobspec import JobSpec, compact_params, secagg_policy, secagg_table
 from protocol.secagg import MAX_ADVERT_BYTES, RosterEntry, RosterMessage, encode_roster, round_context
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 
@@ -89,8 +88,7 @@ class SecureAggregation:
         spec = open_round.spec
         if not spec.secure_aggregation:
             return
-        table = spec.secagg
-        setup = table.setup_timeout_s if table is not None else 60.0
+        setup = secagg_table(spec).setup_timeout_s
         context = round_context(self.consortium, open_round.job_id, open_round.round, open_round.attempt)
         self.sessions[open_round.job_id] = Session(
             open_round, context, secagg_policy(spec), compact_params(spec), open_round.opened_at + setup
@@ -156,7 +154,7 @@ class SecureAggregation:
         fingerprints = [fp for fp, name in session.roster.items() if name in set(contributors)]
         session.layout, session.contributors, session.why = layout, contributors, why
         session.statement = ContributorStatement.make(session.context, session.roster, fingerprints)
-        session.unmask_deadline = now + unmask_timeout(open_round.spec)
+        session.unmask_deadline = now + secagg_table(open_round.spec).unmask_timeout_s
         open_round.closing = True
         encoded = session.statement.encode()
         for name in contributors:
@@ -215,6 +213,10 @@ class SecureAggregation:
             self._answer(session, sender, m.payload)
         else:
             raise InvalidArgument(f"kind: {kind!r} is not a message a silo sends in secure aggregation")
+        if self.sessions.get(m.job_id) is session:
+            session.relay_bytes += len(m.payload)
+        else:  # this message ended the session (the last answer): its count was already written
+            self.store.add_relay_bytes(m.job_id, len(m.payload))
         return True
 
     def _advert(self, session: Session, sender: Identity, cert: x509.Certificate, payload: bytes) -> None:
@@ -357,7 +359,7 @@ class SecureAggregation:
             session.post(AGGREGATOR_RECIPIENT, session.name_of(fp), SecAggKind.REQUEST, encoded)
         self.mail.bump()
         session.request_sent = True
-        session.unmask_deadline = now + unmask_timeout(session.open_round.spec)
+        session.unmask_deadline = now + secagg_table(session.open_round.spec).unmask_timeout_s
         self.events.record(
             "secagg_unmask_requested",
             "aggregator",
