@@ -388,12 +388,17 @@ def compact_params(spec: JobSpec) -> CompactParams:
     return CompactParams(bits, bound, silos, table.weight_cap)
 
 
+def secagg_table(spec: JobSpec) -> SecAggSpec:
+    """The job's ``[secagg]`` table, or its defaults when the spec has none (one place for them)."""
+    return spec.secagg or SecAggSpec()
+
+
 def secagg_policy(spec: JobSpec) -> SecAggPolicy:
     """The checked secure-aggregation policy of a job (ValueError naming the ``secagg.`` field otherwise)."""
     from crypto.secagg.errors import SecAggPolicyError
     from crypto.secagg.policy import validate_policy
 
-    table = spec.secagg or SecAggSpec()
+    table = secagg_table(spec)
     members = len(spec.participants)
     if members < 3:
         raise ValueError(

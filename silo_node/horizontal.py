@@ -32,7 +32,7 @@ from crypto.engine import (
 from policies import dp
 from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
-from protocol.jobspec import JobSpec
+from protocol.jobspec import JobSpec, secagg_table
 from protocol.upload import SignedUpload
 from protocol.vocabulary import JobStatus, RoundStatus
 from silo_node.aggregate_checks import AggregateGate
@@ -116,8 +116,7 @@ class HorizontalJob:
         if spec.secure_aggregation:
             if services.secagg is None:
                 raise RoundRefused(["this node has no credentials for secure aggregation"])
-            table = spec.secagg
-            relay = Relay(self.client, job_id, lambda: False, table.setup_timeout_s if table else 60.0)
+            relay = Relay(self.client, job_id, lambda: False, secagg_table(spec).setup_timeout_s)
             self.secure = SecureAggregation(job_id, spec, self.name, services.secagg, relay, self.events, self.dir)
 
     # ------------------------------------------------------------------ persistence

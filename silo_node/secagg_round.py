@@ -50,7 +50,7 @@ from crypto.secagg.wire import (
     encode_response,
     encode_signature,
 )
-from protocol.jobspec import JobSpec, compact_params, secagg_policy
+from protocol.jobspec import JobSpec, compact_params, secagg_policy, secagg_table
 from protocol.secagg import MAX_ROSTER_BYTES, MAX_SHARES_BYTES, MAX_UNMASK_MESSAGE_BYTES, decode_roster, round_context
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
@@ -103,7 +103,7 @@ class SecureAggregation:
         self.policy = secagg_policy(spec)
         self.params = compact_params(spec)
         self.me = certificate_fingerprint(credentials.certificate)
-        self._unmask_timeout_s = spec.secagg.unmask_timeout_s if spec.secagg is not None else 60.0
+        self._unmask_timeout_s = secagg_table(spec).unmask_timeout_s
         # The aggregator publishes the roster at its setup deadline when a participant never advertises;
         # a wait of exactly the setup timeout from this silo's advert races that publication (and the
         # relay's long-poll steps), and a lost race makes every silo sit out the attempt.

@@ -20,7 +20,6 @@ from crypto.secagg.graph import Graph
 from crypto.secagg.keys import Advertisement
 from crypto.secagg.policy import SecAggPolicy
 from crypto.secagg.unmask import ContributorStatement, StatementSignature, UnmaskResponse
-from protocol.jobspec import JobSpec
 
 MAX_SHARE_ENVELOPE_BYTES = 4 << 10
 MAX_ANSWER_BYTES = 1 << 20
@@ -28,11 +27,6 @@ MAX_CONSISTENCY_BYTES = 1 << 10
 
 Release = Callable[[OpenRound, Any, list[str], str, float], None]
 Fail = Callable[[OpenRound, list[str], str, "str | None", float], None]
-
-
-def unmask_timeout(spec: JobSpec) -> float:
-    """How long the aggregator waits for the contributors' signatures, then for their answers."""
-    return spec.secagg.unmask_timeout_s if spec.secagg is not None else 60.0
 
 
 @dataclass(frozen=True)
