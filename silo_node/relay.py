@@ -100,9 +100,7 @@ class Relay:
             for i, p in enumerate(payloads)
         ]
         self.client.call(lambda: self.client.stub.Send(iter(messages), timeout=120), retries=5)
-        tally = self.sent.setdefault((to, kind), [0, 0])
-        tally[0] += 1
-        tally[1] += sum(len(p) for p in payloads)
+        self._tally(to, kind, payloads)
 
     def send_each(self, kind: str, seq: int, addressed: list[tuple[str, bytes]]) -> None:
         """One small payload to each of several recipients, in one Send (one round trip, one audit record)."""
@@ -114,9 +112,13 @@ class Relay:
         ]
         self.client.call(lambda: self.client.stub.Send(iter(messages), timeout=120), retries=5)
         for to, payload in addressed:
-            tally = self.sent.setdefault((to, kind), [0, 0])
-            tally[0] += 1
-            tally[1] += len(payload)
+            self._tally(to, kind, [payload])
+
+    def _tally(self, to: str, kind: str, payloads: list[bytes]) -> None:
+        """One message (of one or more parts) sent to ``to``: counted for the data_sent audit record."""
+        tally = self.sent.setdefault((to, kind), [0, 0])
+        tally[0] += 1
+        tally[1] += sum(len(p) for p in payloads)
 
     def send_blob(self, to: str, kind: str, seq: int, data: bytes) -> None:
         self.send(to, kind, seq, [data[i : i + MAX_PART] for i in range(0, max(len(data), 1), MAX_PART)])
