@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from concurrent import futures
@@ -134,6 +135,13 @@ def serve_as_aggregator(consortium, servicer, workers: int = 8) -> grpc.Server:
     consortium.port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     return server
+
+
+def aggregator_records(consortium, event: str, job: str) -> list[dict]:
+    """The aggregator's audit records of one event of one job, in log order."""
+    path = consortium.agg_dir / "state" / "audit.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if r["event"] == event and r.get("job") == job]
 
 
 def wait_for(predicate, timeout: float = 240.0, what: str = "condition"):

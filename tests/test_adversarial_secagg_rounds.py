@@ -48,7 +48,7 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.client import AggregatorClient
 from silo_node.relay import Relay
 from silo_node.secagg_round import SecAggCredentials, SecAggRefused, SecureAggregation
-from tests.helpers import rpc_code, serve_as_aggregator, wait_for
+from tests.helpers import aggregator_records, rpc_code, serve_as_aggregator, wait_for
 
 SILOS = [f"silo-{i}" for i in range(1, 12)]  # silo-10: never a participant; silo-11: revoked
 JOB4 = SILOS[:4]
@@ -439,11 +439,6 @@ def test_statement_over_only_the_victims_neighbourhood_is_refused(arena):
 
 
 # ---------------------------------------------------------------------------------------------- too few survivors
-def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
-    rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["event"] == event and r.get("job") == job]
-
-
 def _compact_consortium(
     directory: Path,
     names: list[str],
@@ -498,18 +493,18 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
             process = c.processes[name]
             wait_for(lambda p=process: p.poll() is not None, what=f"{name} to stop after mask agreement")
             assert process.returncode == FAULT_EXIT_CODE
-        failed = wait_for(lambda: _aggregator_records(c, "secagg_failed", job_id), what="secagg_failed")
+        failed = wait_for(lambda: aggregator_records(c, "secagg_failed", job_id), what="secagg_failed")
         assert "threshold + 1 = 3" in failed[0]["details"]["reason"], failed
         assert "nothing released" in failed[0]["details"]["reason"]
         assert failed[0]["details"]["session"] == 1  # round 0, attempt 1
         # refused before unmasking: no survivor was asked for (or revealed) a share of that session
         for event in ("secagg_statement_sent", "secagg_unmask_requested", "secagg_answer_received"):
-            assert not [r for r in _aggregator_records(c, event, job_id) if r["details"]["session"] == 1], event
-        round_failed = _aggregator_records(c, "round_failed", job_id)
+            assert not [r for r in aggregator_records(c, event, job_id) if r["details"]["session"] == 1], event
+        round_failed = aggregator_records(c, "round_failed", job_id)
         assert round_failed and round_failed[0]["details"]["attempt"] == 1
         assert "threshold" in round_failed[0]["details"]["reason"]
         # nothing released for that attempt: no aggregate file, no record, nothing to download
-        assert not _aggregator_records(c, "aggregate_released", job_id)
+        assert not aggregator_records(c, "aggregate_released", job_id)
         assert not list((c.agg_dir).rglob(f"{job_id}/round-00000.agg"))
         code, _ = rpc_code(
             lambda: list(c.stub("silo-1").DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=0), timeout=30))
@@ -524,11 +519,11 @@ def test_fewer_than_threshold_plus_one_survivors_fail_the_attempt_and_nothing_is
             what=f"job {job_id}",
         )
         assert final.status == "completed", final.reason
-        opened = [r["details"]["session"] for r in _aggregator_records(c, "secagg_session_opened", job_id)]
+        opened = [r["details"]["session"] for r in aggregator_records(c, "secagg_session_opened", job_id)]
         assert opened == list(range(1, len(opened) + 1)) and len(opened) >= 2  # round 0, attempts 1, 2, ...
-        released = _aggregator_records(c, "aggregate_released", job_id)
+        released = aggregator_records(c, "aggregate_released", job_id)
         assert len(released) == 1 and sorted(released[0]["details"]["contributors"]) == JOB4
-        (unmasked,) = _aggregator_records(c, "secagg_unmasked", job_id)
+        (unmasked,) = aggregator_records(c, "secagg_unmasked", job_id)
         assert unmasked["details"]["session"] == opened[-1] != 1
     finally:
         c.stop_all()
@@ -615,7 +610,7 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
     try:
         wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-        wait_for(lambda: len(_aggregator_records(c, "secagg_advert_received", job_id)) == 3, what="3 adverts")
+        wait_for(lambda: len(aggregator_records(c, "secagg_advert_received", job_id)) == 3, what="3 adverts")
         context = round_context(c.consortium, job_id, 0, 1)
         seq = context.round
         me = pki.load_private_key(c.nodes["silo-4"].key), pki.load_certificate(c.nodes["silo-4"].cert)
@@ -647,15 +642,15 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
         for what, (who, to, kind, s, payload, words) in before_roster.items():
             got = _refused(c, who, job_id, to, kind, s, payload)
             assert got.startswith(words), (what, got)
-        assert not _aggregator_records(c, "secagg_roster_sent", job_id)
-        assert not _aggregator_records(c, "secagg_failed", job_id)
+        assert not aggregator_records(c, "secagg_roster_sent", job_id)
+        assert not aggregator_records(c, "secagg_failed", job_id)
         # an upload before silo-4 is in a roster (unmasked: nobody could ever remove its masks anyway)
         code, details = rpc_code(lambda: _masked_upload(c, "silo-4", job_id, spec, lambda v: v, len(columns)))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "has not fixed this round's roster" in details, details
         # silo-4 now advertises honestly (its own protocol object): the roster goes out, shares are exchanged
         hand = _hand_member(c, "silo-4", job_id, spec)
         mask = hand.agree(0, 1)
-        (roster,) = _aggregator_records(c, "secagg_roster_sent", job_id)
+        (roster,) = aggregator_records(c, "secagg_roster_sent", job_id)
         assert roster["details"]["roster"] == LIVE_JOB
         after_roster = {
             "a second advert": ("silo-4", AGG, SecAggKind.ADVERT, seq, own, "FAILED_PRECONDITION: this round's roster is already fixed"),
@@ -669,7 +664,7 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
             got = _refused(c, who, job_id, to, kind, s, payload)
             assert got.startswith(words), (what, got)
         _masked_upload(c, "silo-4", job_id, spec, mask, len(columns))
-        statement = wait_for(lambda: _aggregator_records(c, "secagg_statement_sent", job_id), what="the statement")
+        statement = wait_for(lambda: aggregator_records(c, "secagg_statement_sent", job_id), what="the statement")
         assert statement[0]["details"]["contributors"] == LIVE_JOB
         fp4 = pki.certificate_fingerprint(me[1])
         forged = StatementSignature(fp4, sign_bytes(me[0], b"a statement the aggregator never sent"))
@@ -685,20 +680,20 @@ def test_hostile_member_messages_are_refused_and_the_round_goes_on(tmp_path_fact
             fp4, sign_bytes(me[0], _consistency_bytes(ContributorStatement.decode(sent.payload)))
         )
         _send(c, "silo-4", job_id, AGG, SecAggKind.CONSISTENCY, seq, encode_signature(honest))
-        wait_for(lambda: _aggregator_records(c, "secagg_unmask_requested", job_id), what="the unmask request")
+        wait_for(lambda: aggregator_records(c, "secagg_unmask_requested", job_id), what="the unmask request")
         stale = UnmaskResponse(context, b"\x07" * 32, fp4, ())
         stale = UnmaskResponse(context, stale.statement_digest, fp4, (), sign_bytes(me[0], stale.signed_bytes()))
         got = _refused(c, "silo-4", job_id, AGG, SecAggKind.ANSWER, seq, encode_response(stale))
         assert got.startswith("INVALID_ARGUMENT: payload: the answer is for another session or contributor set"), got
         # silo-4 then stays silent: at the deadline its self mask is recovered from the three other silos' shares
-        (unmasked,) = wait_for(lambda: _aggregator_records(c, "secagg_unmasked", job_id), what="unmasking")
+        (unmasked,) = wait_for(lambda: aggregator_records(c, "secagg_unmasked", job_id), what="unmasking")
         assert unmasked["details"]["answers"] == 3 and unmasked["details"]["at_deadline"]
         status = wait_for(
             lambda: (s := stub.GetJobStatus(pb.JobRef(job_id=job_id), timeout=30)).status != "running" and s,
             what=f"job {job_id}",
         )
         assert status.status == "completed", status.reason
-        (released,) = _aggregator_records(c, "aggregate_released", job_id)
+        (released,) = aggregator_records(c, "aggregate_released", job_id)
         assert sorted(released["details"]["contributors"]) == LIVE_JOB
         rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
         refusals = [r for r in rows if r["event"] == "rpc_refused" and r["details"].get("method") == "Send"]
@@ -726,7 +721,7 @@ def test_participant_missing_from_the_roster_cannot_upload_and_the_others_comple
     try:
         wait_for(lambda: all((c.nodes[n].dir / "state" / "heartbeat").exists() for n in LIVE_JOB[:3]), what="nodes")
         job_id = stub.SubmitJob(pb.SubmitJobRequest(spec_toml=spec), timeout=30).job_id
-        (roster,) = wait_for(lambda: _aggregator_records(c, "secagg_roster_sent", job_id), what="the roster")
+        (roster,) = wait_for(lambda: aggregator_records(c, "secagg_roster_sent", job_id), what="the roster")
         assert roster["details"]["roster"] == LIVE_JOB[:3] and roster["details"]["why"] == "setup deadline reached"
         code, details = rpc_code(lambda: _masked_upload(c, "silo-4", job_id, spec, lambda v: v, len(columns)))
         assert code == grpc.StatusCode.PERMISSION_DENIED, details
@@ -737,7 +732,7 @@ def test_participant_missing_from_the_roster_cannot_upload_and_the_others_comple
             what=f"job {job_id}",
         )
         assert status.status == "completed", status.reason
-        (released,) = _aggregator_records(c, "aggregate_released", job_id)
+        (released,) = aggregator_records(c, "aggregate_released", job_id)
         assert sorted(released["details"]["contributors"]) == LIVE_JOB[:3]
         for name in LIVE_JOB[:3]:
             rows = [json.loads(line) for line in (c.nodes[name].dir / "state" / "audit.jsonl").read_text().splitlines()]

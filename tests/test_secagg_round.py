@@ -39,7 +39,7 @@ from protocol.upload import SignedUpload
 from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
 from silo_node.secagg_round import _stored_peers
-from tests.helpers import wait_for
+from tests.helpers import aggregator_records, wait_for
 
 SILOS = ["silo-1", "silo-2", "silo-3", "silo-4"]
 COLUMNS = [f"x{i}" for i in range(8)]
@@ -52,11 +52,6 @@ def _records(directory: Path, event: str, job: str | None = None) -> list[dict]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return [r for r in rows if r["event"] == event and (job is None or r.get("job") == job)]
-
-
-def _aggregator_records(c: LocalConsortium, event: str, job: str) -> list[dict]:
-    rows = [json.loads(line) for line in (c.agg_dir / "state" / "audit.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["event"] == event and r.get("job") == job]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +165,7 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     c, job_id, spec, status = run
     assert status.status == "completed", status.reason
     assert [r.status for r in status.rounds] == ["closed"] * 3
-    unmasked = _aggregator_records(c, "secagg_unmasked", job_id)
+    unmasked = aggregator_records(c, "secagg_unmasked", job_id)
     assert [r["round"] for r in unmasked] == [0, 1, 2]
     assert unmasked[1]["details"]["dropped"] == ["silo-4"]
     assert sorted(status.rounds[1].contributors) == ["silo-1", "silo-2", "silo-3"]
@@ -207,7 +202,7 @@ def test_aggregator_with_one_colluding_silo_reads_noise_from_another_silos_uploa
     c, job_id, spec, _ = run
     key = _job_key(c, "silo-3", spec)  # silo-3 colludes: it hands the aggregator its copy of the job key
     upload, chunks = _upload(c, "silo-2", job_id, 0)
-    accepted = _aggregator_records(c, "upload_accepted", job_id)
+    accepted = aggregator_records(c, "upload_accepted", job_id)
     assert upload.manifest.digest().hex() in {r["details"]["digest"] for r in accepted if r["actor"] == "silo-2"}
     residues = _raw_residues(key, upload, chunks).astype(np.float64)
     w = key.params.mask_bits
