@@ -282,13 +282,11 @@ def _interleaved(
     with each pair's own ratio in ``pair_ratios``."""
     masked_jobs: list[dict[str, Any]] = []
     compact_jobs = [first_compact]
-    for i in range(pairs):
-        if i % 2 == 0:  # C M (pair 0's C already ran)
-            if i > 0:
-                compact_jobs.append(measure(i, False))
-            masked_jobs.append(measure(i, True))
-        else:  # M C
-            masked_jobs.append(measure(i, True))
+    for i in range(pairs):  # even pairs C M (pair 0's C already ran), odd pairs M C
+        if i % 2 == 0 and i > 0:
+            compact_jobs.append(measure(i, False))
+        masked_jobs.append(measure(i, True))
+        if i % 2 == 1:
             compact_jobs.append(measure(i, False))
     masked, compact = _pooled(masked_jobs), _pooled(compact_jobs)
     masked["pair_ratios"] = [
