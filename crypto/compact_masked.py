@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
 WEIGHT_DIGITS = 2  # masked lanes of header real 1 (every masked layout has at least two lanes per real)
 
+# The masked vector of a uint64 vector mod 2^w; it may write into its argument and return it.
 Mask = Callable[[np.ndarray], np.ndarray]
 
 
@@ -126,7 +127,7 @@ def masked_lanes_and_weights(
     plain[n::2] = weight & ((1 << layout.bits) - 1)  # digit 0 of every chunk
     plain[n + 1 :: 2] = weight >> layout.bits  # digit 1 of every chunk
     masked = check_residues(mask(plain), plain.shape[0], w, "the masked vector returned by `mask`")
-    centered = center(masked, w)
+    centered = center(masked, w, in_place=masked is plain)  # a mask that wrote into `plain` handed it back
     return pack_lanes(centered[:n], layout), weight_reals(centered[n:], layout)
 
 

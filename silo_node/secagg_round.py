@@ -39,7 +39,7 @@ from crypto.secagg.encoding import RoundContext
 from crypto.secagg.errors import SecAggError, UnmaskRefused
 from crypto.secagg.graph import neighbour_graph, round_graph_seed
 from crypto.secagg.keys import Advertisement, Roster, RoundKeys, advertise, verify_advertisement
-from crypto.secagg.masking import mask_vector, share_secrets
+from crypto.secagg.masking import apply_pad, mask_pad, share_secrets
 from crypto.secagg.transport import ShareBundle, ShareEnvelope, open_shares
 from crypto.secagg.unmask import ContributorStatement, RoundMaterial, ShareResponder
 from crypto.secagg.wire import (
@@ -114,6 +114,7 @@ class SecureAggregation:
         # The newest agreed session's material and verified roster, kept so that serve() (called on
         # every poll while the round unmasks) does not re-read and re-parse them from disk each time.
         self._agreed: tuple[int, RoundMaterial, Peers] | None = None
+        self._mask_length: int | None = None  # of the last masked update: the next pad is expanded in advance
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"secagg-{job_id}")
         state = self.dir / "responder.json"
         if state.exists():
@@ -200,8 +201,17 @@ class SecureAggregation:
         threshold = self.policy.threshold
         mask_set = material.mask_set
 
+        def pad_of(length: int) -> np.ndarray:
+            return mask_pad(length, w, context, keys, self.me, peers.roster, mask_set, threshold)
+
+        # An update has the same length every round: the pad is expanded here, while the model trains,
+        # and the upload only adds it (the first round, or a changed length, expands it at upload time).
+        ready = pad_of(self._mask_length) if self._mask_length is not None else None
+
         def mask(values: np.ndarray) -> np.ndarray:
-            return mask_vector(values, w, context, keys, self.me, peers.roster, mask_set, threshold)
+            self._mask_length = length = int(np.asarray(values).shape[0])
+            pad = ready if ready is not None and ready.shape[0] == length else pad_of(length)
+            return apply_pad(values, pad, w)
 
         return mask
 

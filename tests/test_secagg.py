@@ -25,7 +25,7 @@ from crypto.secagg import (
 from crypto.secagg.encoding import decode_fields, encode_fields
 from crypto.secagg.errors import EncodingError, ReconstructionError, SecAggError
 from crypto.secagg.keys import Advertisement, Roster, RoundKeys, pairwise_seed
-from crypto.secagg.masking import mask_vector
+from crypto.secagg.masking import apply_pad, mask_pad, mask_vector
 from crypto.secagg.prg import add_stream, expand
 from crypto.secagg.shamir import PRIME, Share, reconstruct, reconstruct_checked, split
 from crypto.secagg.simulation import finish_round, make_members, setup_round
@@ -139,6 +139,24 @@ def test_pairwise_masks_cancel_exactly_in_the_sum_mod_2_to_the_w(n, w, length, s
     exact = sum(values.values(), np.zeros(length, dtype=np.uint64))
     modulus = np.uint64((1 << w) - 1)
     assert np.array_equal((total - self_masks) & modulus, exact & modulus)
+
+
+@settings(max_examples=10, deadline=None)
+@given(w=st.integers(1, 62), length=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
+def test_a_pad_expanded_in_advance_masks_exactly_like_mask_vector(w, length, seed):
+    roster, keys = _unsigned_roster(4)
+    me = roster.members[1]  # pairwise masks of both signs
+    values = np.random.default_rng(seed).integers(0, 1 << w, length, dtype=np.uint64)
+    expected = mask_vector(values, w, CTX, keys[me], me, roster, roster.members, threshold=3)
+    pad = mask_pad(length, w, CTX, keys[me], me, roster, roster.members, threshold=3)
+    own = values.copy()
+    masked = apply_pad(own, pad, w)
+    assert np.array_equal(masked, expected)
+    assert masked is own  # the caller's uint64 vector is written, not copied
+    with pytest.raises(SecAggError, match="expand it again"):
+        apply_pad(values[:-1] if length > 1 else np.zeros(2, dtype=np.uint64), pad, w)
+    with pytest.raises(SecAggError, match="peers to mask with"):
+        mask_pad(length, w, CTX, keys[me], me, roster, roster.members, threshold=4)
 
 
 def test_pairwise_seed_is_symmetric_and_bound_to_the_round():

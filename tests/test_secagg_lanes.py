@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from crypto.compact import CompactEncryptor, CompactParams, correction_reals, mask_length, mask_length_for
@@ -311,3 +313,16 @@ def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members,
     acc.add_plain(tamper, 19)
     with pytest.raises(CiphertextError, match="weight digit is outside"):
         CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize())
+
+
+@settings(max_examples=20, deadline=None)
+@given(w=st.integers(1, 62), seed=st.integers(0, 2**32 - 1), unsigned=st.booleans())
+def test_centering_in_place_writes_the_callers_vector_with_the_same_result(w, seed, unsigned):
+    residues = np.random.default_rng(seed).integers(0, 1 << w, 257, dtype=np.uint64)
+    if not unsigned:
+        residues = residues.astype(np.int64)
+    expected = center(residues, w)
+    assert residues.max() < 1 << w  # the copying form left its argument alone
+    out = center(residues, w, in_place=True)
+    assert np.array_equal(out, expected) and out.dtype == np.int64
+    assert np.shares_memory(out, residues)

@@ -76,13 +76,62 @@ def mask_vector(
     The pairwise mask with peer p is + PRG(seed(me, p)) when ``me`` sorts before p, - otherwise.
     """
     x = check_values(values, w)
+    total = x.astype(np.uint64, copy=True)
+    _add_masks(total, w, context, keys, me, roster, mask_set, threshold)
+    return total
+
+
+def mask_pad(
+    length: int,
+    w: int,
+    context: RoundContext,
+    keys: RoundKeys,
+    me: str,
+    roster: Roster,
+    mask_set: Iterable[str],
+    threshold: int,
+) -> np.ndarray:
+    """The whole mask of one upload of ``length`` values, mod 2^w: ``mask_vector`` of a zero vector.
+
+    It depends only on the session's keys, so a silo expands it while it trains (the AES keystreams
+    are most of a masking's cost) and :func:`apply_pad` adds it to the update once it is trained.
+    """
+    check_width(w)
+    total = np.zeros(length, dtype=np.uint64)
+    _add_masks(total, w, context, keys, me, roster, mask_set, threshold)
+    return total
+
+
+def apply_pad(values: np.ndarray, pad: np.ndarray, w: int) -> np.ndarray:
+    """(values + pad) mod 2^w, written into ``values`` when it already is a uint64 vector (the caller's own).
+
+    Same result as :func:`mask_vector` with the keys the pad was expanded from; a pad of another
+    length is refused (it was expanded for another model).
+    """
+    x = check_values(values, w)
+    if pad.dtype != np.uint64 or pad.shape != x.shape:
+        raise SecAggError(f"the mask pad holds {pad.shape[0]} values, the update {x.shape[0]}: expand it again")
+    np.add(x, pad, out=x)
+    x &= np.uint64((1 << w) - 1)
+    return x
+
+
+def _add_masks(
+    total: np.ndarray,
+    w: int,
+    context: RoundContext,
+    keys: RoundKeys,
+    me: str,
+    roster: Roster,
+    mask_set: Iterable[str],
+    threshold: int,
+) -> None:
+    """``total`` += self mask + signed pairwise masks, then reduced mod 2^w (see :func:`mask_vector`)."""
     peers = sorted(set(mask_set) - {me})
     if len(peers) < threshold:
         raise SecAggError(f"only {len(peers)} peers to mask with, threshold {threshold}: refusing to contribute")
-    total = x.astype(np.uint64, copy=True)
     add_stream(total, keys.self_seed)
     for peer in peers:
         seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer))
         add_stream(total, seed, subtract=me > peer)
     total &= np.uint64((1 << w) - 1)
-    return total
