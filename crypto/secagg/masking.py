@@ -59,46 +59,39 @@ def check_values(values: np.ndarray, w: int) -> np.ndarray:
 
 
 def mask_vector(
-    values: np.ndarray,
-    w: int,
-    context: RoundContext,
-    keys: RoundKeys,
-    me: str,
-    roster: Roster,
-    mask_set: Iterable[str],
-    threshold: int,
-) -> np.ndarray:
-    """(values + self mask + signed pairwise masks with ``mask_set``) mod 2^w.
+    values: np.ndarray, w: int, context: RoundContext, keys: RoundKeys, me: str, roster: Roster,
+    mask_set: Iterable[str], threshold: int,
+) -> np.ndarray:  # fmt: skip
+    """(values + self mask + signed pairwise masks with ``mask_set``) mod 2^w, in a new vector.
 
     ``mask_set`` is the set of graph neighbours whose shares this silo received and opened this
     round; it must hold at least ``threshold`` silos, or the silo refuses to contribute (with too
     few peers, revealing its self mask later would leave only masks a small coalition knows).
     The pairwise mask with peer p is + PRG(seed(me, p)) when ``me`` sorts before p, - otherwise.
     """
-    x = check_values(values, w)
-    total = x.astype(np.uint64, copy=True)
-    _add_masks(total, w, context, keys, me, roster, mask_set, threshold)
-    return total
+    x = check_values(values, w).copy()
+    return apply_pad(x, mask_pad(x.shape[0], w, context, keys, me, roster, mask_set, threshold), w)
 
 
 def mask_pad(
-    length: int,
-    w: int,
-    context: RoundContext,
-    keys: RoundKeys,
-    me: str,
-    roster: Roster,
-    mask_set: Iterable[str],
-    threshold: int,
-) -> np.ndarray:
-    """The whole mask of one upload of ``length`` values, mod 2^w: ``mask_vector`` of a zero vector.
+    length: int, w: int, context: RoundContext, keys: RoundKeys, me: str, roster: Roster,
+    mask_set: Iterable[str], threshold: int,
+) -> np.ndarray:  # fmt: skip
+    """The whole mask of one upload of ``length`` values, mod 2^w: :func:`mask_vector` of a zero vector.
 
     It depends only on the session's keys, so a silo expands it while it trains (the AES keystreams
     are most of a masking's cost) and :func:`apply_pad` adds it to the update once it is trained.
     """
     check_width(w)
+    peers = sorted(set(mask_set) - {me})
+    if len(peers) < threshold:
+        raise SecAggError(f"only {len(peers)} peers to mask with, threshold {threshold}: refusing to contribute")
     total = np.zeros(length, dtype=np.uint64)
-    _add_masks(total, w, context, keys, me, roster, mask_set, threshold)
+    add_stream(total, keys.self_seed)
+    for peer in peers:
+        seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer))
+        add_stream(total, seed, subtract=me > peer)
+    total &= np.uint64((1 << w) - 1)
     return total
 
 
@@ -114,24 +107,3 @@ def apply_pad(values: np.ndarray, pad: np.ndarray, w: int) -> np.ndarray:
     np.add(x, pad, out=x)
     x &= np.uint64((1 << w) - 1)
     return x
-
-
-def _add_masks(
-    total: np.ndarray,
-    w: int,
-    context: RoundContext,
-    keys: RoundKeys,
-    me: str,
-    roster: Roster,
-    mask_set: Iterable[str],
-    threshold: int,
-) -> None:
-    """``total`` += self mask + signed pairwise masks, then reduced mod 2^w (see :func:`mask_vector`)."""
-    peers = sorted(set(mask_set) - {me})
-    if len(peers) < threshold:
-        raise SecAggError(f"only {len(peers)} peers to mask with, threshold {threshold}: refusing to contribute")
-    add_stream(total, keys.self_seed)
-    for peer in peers:
-        seed = pairwise_seed(context, keys.mask_private, me, keys.mask_public(), roster.advert(peer))
-        add_stream(total, seed, subtract=me > peer)
-    total &= np.uint64((1 << w) - 1)
