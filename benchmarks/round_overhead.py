@@ -24,7 +24,8 @@ same consortium right after it, so that the two compare on equal machine load.
 ``secure_aggregation = true`` in the same consortium, interleaved with more unmasked compact jobs
 (C M, M C, C M, ...: ``--secagg-pairs``, default 3, so that the machine's drift during the run weighs
 on both alike), and adds ``secagg_over_compact`` (pooled masked round time / pooled unmasked compact
-round time, with each pair's own ratio in ``pair_ratios``) and ``secure_aggregation`` (round times,
+round time, with each pair's own ratio in ``pair_ratios`` and a 95% bootstrap interval over the steady
+rounds in ``ratio_interval_95``) and ``secure_aggregation`` (round times,
 upload bytes per parameter, and the key and share bytes the aggregator relayed,
 ``JobStatus.relay_bytes``, which travel beside the uploads, not in them).
 
@@ -301,6 +302,7 @@ def _pooled(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     cpu_keys = jobs[0]["cpu_s_per_round"].keys()
     return {
         "round_s": statistics.mean(steady),
+        "steady_s": steady,
         "round_s_each": [w for job in jobs for w in job["round_s_each"]],
         "runs": len(jobs),
         "upload_bytes_per_param": statistics.mean(j["upload_bytes_per_param"] for j in jobs),
@@ -326,7 +328,22 @@ def _masked_figures(masked: dict[str, Any], compact: dict[str, Any]) -> dict[str
         "cpu_s_per_round": {"secagg": masked["cpu_s_per_round"], "compact": compact["cpu_s_per_round"]},
         "jobs_each": masked["runs"],
         "pair_ratios": masked["pair_ratios"],
+        "ratio_interval_95": ratio_interval(masked["steady_s"], compact["steady_s"]),
     }
+
+
+def ratio_interval(masked: list[float], compact: list[float], resamples: int = 4000) -> list[float]:
+    """A 95% bootstrap interval of mean(masked) / mean(compact), resampling the steady rounds of each side.
+
+    It shows how far round-to-round noise alone moves the ratio of one run (single rounds vary by
+    +-15% here): a run whose interval straddles the target has not resolved it either way. Seeded, so
+    the same rounds give the same interval.
+    """
+    rng = np.random.default_rng(0)
+    m, c = np.asarray(masked), np.asarray(compact)
+    ratios = rng.choice(m, (resamples, m.size)).mean(axis=1) / rng.choice(c, (resamples, c.size)).mean(axis=1)
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return [round(float(low), 3), round(float(high), 3)]
 
 
 def _ratios(he: dict[str, Any], plain: dict[str, Any], rows: int) -> dict[str, Any]:

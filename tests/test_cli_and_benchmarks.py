@@ -4,6 +4,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from crypto import pki
@@ -118,8 +119,24 @@ def test_round_overhead_benchmark_with_secure_aggregation_on_a_tiny_size(tmp_pat
     assert sa["upload_bytes_per_param"]["secagg"] == sa["upload_bytes_per_param"]["compact"] > 0
     assert sa["relay_bytes_per_silo_per_round"] > 0
     assert result["sweep"][0]["secagg_over_compact"] == result["secagg_over_compact"]
+    low, high = sa["ratio_interval_95"]
+    assert 0 < low <= round(result["secagg_over_compact"], 3) <= high
     assert [t["round"] for t in sa["sessions"]] == [0, 1, 0, 1]
     assert all(t["outcome"] == "unmasked" and t["setup_s"] >= 0 and t["unmask_s"] >= 0 for t in sa["sessions"])
+
+
+def test_the_ratio_interval_covers_what_round_noise_allows_and_no_more():
+    from benchmarks.round_overhead import ratio_interval
+
+    rng = np.random.default_rng(7)
+    compact = list(1.5 + rng.normal(0, 0.02, 15))
+    low, high = ratio_interval([1.2 * t for t in compact], compact)
+    assert 1.17 < low < 1.2 < high < 1.23  # 20% slower, little noise: a narrow interval around 1.2
+    noisy = list(1.5 + rng.normal(0, 0.2, 15))
+    low, high = ratio_interval(noisy, compact)
+    estimate = float(np.mean(noisy) / np.mean(compact))
+    assert low < estimate < high and high - low > 0.1  # +-13% per round: ten times wider
+    assert ratio_interval(noisy, compact) == [low, high]  # seeded
 
 
 def test_round_overhead_benchmark_refuses_secure_aggregation_it_cannot_run(tmp_path):
