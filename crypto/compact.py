@@ -80,12 +80,12 @@ from crypto.lanes import (
     unmasked_lane_sums,
     unpack_lanes,
 )
-from crypto.packing import Manifest, chunk_digest, pack, unpack
+from crypto.packing import LANE_PACKED_PROFILE, Manifest, chunk_digest, pack, unpack
 from crypto.quantize import UniformStream, check_quantizer, quantize, step
 from crypto.seal_io import save_bytes
 from crypto.seal_reals import SeededRealCodec
 
-PROFILE_NAME = "compact"
+PROFILE_NAME = LANE_PACKED_PROFILE  # one spelling, in crypto.packing (its chunk-count rule)
 DEFAULT_MAX_SILOS = 16
 # Clipping biases the mean, rounding only adds zero-mean noise of ~step/2 per value: prefer a wide
 # bound. 1.0 is 20 standard deviations of N(0, 0.05) updates and clips ~5e-5 of heavy-tailed

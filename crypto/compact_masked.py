@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crypto.contributors import CONTRIBUTOR_TAGS
 from crypto.errors import CiphertextError, ManifestError, ValueRangeError
 from crypto.lanes import MaskedLaneLayout, center, pack_lanes, unpack_lanes
+from crypto.packing import HEADER_REALS as HEADER_REALS  # re-exported: the compact format's header
 from crypto.packing import Manifest
+from crypto.packing import chunk_count_for as chunk_count_for  # re-exported for crypto.compact
 
 if TYPE_CHECKING:
     from crypto.compact import CompactParams
 
-HEADER_REALS = 2  # [contributor count, weight] at the start of every ciphertext
 WEIGHT_DIGITS = 2  # masked lanes of header real 1 (every masked layout has at least two lanes per real)
 
 # The masked vector of a uint64 vector mod 2^w; it may write into its argument and return it.
@@ -46,13 +46,7 @@ Mask = Callable[[np.ndarray], np.ndarray]
 
 def tag_count_of(manifest: Manifest) -> int:
     """How many contributor tag values the manifest's layout ends with (0 without tags)."""
-    last = manifest.layout.tensors[-1] if manifest.layout.tensors else None
-    return last.size if last is not None and last.name == CONTRIBUTOR_TAGS else 0
-
-
-def chunk_count_for(lane_reals: int, tag_count: int, data_reals_per_chunk: int) -> int:
-    """Ciphertexts an upload needs: lane reals then tag reals, ``data_reals_per_chunk`` after each header."""
-    return -(-(lane_reals + tag_count) // data_reals_per_chunk)
+    return manifest.tag_count()
 
 
 def mask_length(params: CompactParams, value_count: int, chunk_count: int, tag_count: int = 0) -> int:

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from crypto.contributors import CONTRIBUTOR_TAGS
 from crypto.errors import ManifestError
+from crypto.profiles import QUANTIZED_PROFILES
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -106,6 +108,15 @@ def unpack(vector: np.ndarray, layout: Layout) -> dict[str, Any]:
     return out
 
 
+LANE_PACKED_PROFILE = "compact"  # crypto/compact.py: integer lanes inside each real, a header per ciphertext
+HEADER_REALS = 2  # [contributor count, weight] at the start of every lane-packed ciphertext
+
+
+def chunk_count_for(lane_reals: int, tag_count: int, data_reals_per_chunk: int) -> int:
+    """Ciphertexts a lane-packed upload needs: lane reals then tag reals, ``data_reals_per_chunk`` after each header."""
+    return -(-(lane_reals + tag_count) // data_reals_per_chunk)
+
+
 def chunk_digest(data: bytes) -> bytes:
     """SHA-256 of one chunk: listed in the signed manifest, checked before a chunk is loaded."""
     return hashlib.sha256(data).digest()
@@ -161,10 +172,34 @@ class Manifest:
             h.update(b"\x00quantization\x00" + self.quantization.encode())
         return h.digest()
 
+    def tag_count(self) -> int:
+        """How many contributor tag values the layout ends with (0 without tags)."""
+        last = self.layout.tensors[-1] if self.layout.tensors else None
+        return last.size if last is not None and last.name == CONTRIBUTOR_TAGS else 0
+
+    def expected_chunk_count(self) -> int:
+        """Ciphertexts the values need: ``values_per_chunk`` each, except in the lane-packed profile.
+
+        There (``compact``) the values share reals lanes at a time but each contributor tag takes a real
+        of its own, after the lanes: counting tags as lane values would refuse uploads whose tags spill
+        into one more ciphertext (16,376 values and 4 tags at 2 lanes per real, for one).
+        """
+        if self.profile != LANE_PACKED_PROFILE:
+            return -(-self.value_count // self.values_per_chunk)
+        per = QUANTIZED_PROFILES[LANE_PACKED_PROFILE].poly_modulus_degree - HEADER_REALS  # complex packing: N reals
+        lanes, rest = divmod(self.values_per_chunk, per)
+        tags = self.tag_count()
+        if rest or lanes < 1 or tags > self.value_count:
+            raise ManifestError(
+                f"values_per_chunk {self.values_per_chunk} is not a whole number of lanes per real "
+                f"({per} data reals per {LANE_PACKED_PROFILE} ciphertext)"
+            )
+        return chunk_count_for(-(-(self.value_count - tags) // lanes), tags, per)
+
     def check_consistent(self) -> None:
         if self.values_per_chunk <= 0:
             raise ManifestError("values_per_chunk must be positive")
-        expected = -(-self.value_count // self.values_per_chunk)
+        expected = self.expected_chunk_count()
         if self.chunk_count != expected:
             raise ManifestError(
                 f"manifest lists {self.chunk_count} chunks but {self.value_count} values need {expected}"

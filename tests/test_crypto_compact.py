@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from crypto.compact import CompactEncryptor, CompactParams, default_bits
 from crypto.engine import ChunkVerifier, accumulate_batches
+from crypto.packing import chunk_digest
 from crypto.errors import ValueRangeError
 from crypto.keys import generate_key_set, load_public_context
 from crypto.lanes import (
@@ -338,3 +339,36 @@ def test_the_quantization_travels_signed_in_the_manifest(keys, public):
     with pytest.raises(ManifestError, match="quantized as"):
         enc.decrypt_mean(other, chunks)
     assert enc.decrypt_mean(manifest, chunks).contributors == 1
+
+
+# ---- chunk count with contributor tags ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secure_aggregation", [False, True])
+def test_tags_that_spill_into_one_more_ciphertext_encrypt_travel_and_decrypt(keys, public, secure_aggregation):
+    """Each tag takes a real of its own after the lanes: 16,376 values at 2 lanes per real fill one ciphertext's
+    8,190 data reals but for two, so 4 tags need a second ciphertext. The manifest's chunk count used to count the
+    tags as lane values (16,380 values: one ciphertext) and refused the encryptor's own upload."""
+    from dataclasses import replace
+
+    from crypto.errors import ManifestError
+    from protocol.messages import manifest_from_proto, manifest_to_proto
+
+    params = CompactParams(15, 0.5, 4, 100, secure_aggregation=secure_aggregation)  # 15 bits: masked lanes fit too
+    enc = CompactEncryptor(keys, params)
+    assert (enc.values_per_chunk, enc.data_reals_per_chunk) == (16380, 8190)
+    tags = np.array([3.0, 0.0, 7.5, 1.0])
+    for n in (16372, 16376, 16378, 16380, 16381):  # one ciphertext, then spilling, then values alone overflowing
+        values = np.random.default_rng(n).uniform(-0.4, 0.4, n)
+        mask = (lambda x: x) if secure_aggregation else None  # the identity: this test is about the count
+        batch = enc.encrypt_update({"v": values}, 60, tags=tags, mask=mask)
+        lane_reals = -(-n // 2)
+        assert batch.manifest.chunk_count == -(-(lane_reals + 4) // 8190)
+        assert manifest_from_proto(manifest_to_proto(batch.manifest)) == batch.manifest  # what the aggregator reads
+        result = enc.decrypt_mean(batch.manifest, accumulate_batches(public, keys.fingerprint, [batch]).serialize())
+        assert np.abs(result.tensors["v"] - values).max() <= params.step * 100 / 60  # scaled by w / weight_cap
+        assert np.array_equal(result.tags, tags)
+        for wrong in (batch.chunks[:-1], [*batch.chunks, batch.chunks[-1]]):  # a count the values do not need
+            forged = replace(batch.manifest, chunk_digests=tuple(chunk_digest(c) for c in wrong))
+            with pytest.raises(ManifestError, match="chunks but"):
+                forged.check_consistent()
