@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from crypto.compact import CompactEncryptor, CompactParams, default_bits
 from crypto.engine import ChunkVerifier, accumulate_batches
-from crypto.packing import chunk_digest
 from crypto.errors import ValueRangeError
 from crypto.keys import generate_key_set, load_public_context
 from crypto.lanes import (
@@ -23,6 +22,7 @@ from crypto.lanes import (
     to_integers,
     unpack_lanes,
 )
+from crypto.packing import chunk_digest
 from crypto.quantize import UniformStream, max_level, quantize, step
 
 FAST = settings(max_examples=25, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
