@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,7 +33,8 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        """Python integers: an int64 product of a hostile shape would wrap (even below zero) and pass checks."""
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,12 @@ class Manifest:
         """
         if self.profile != LANE_PACKED_PROFILE:
             return -(-self.value_count // self.values_per_chunk)
-        per = QUANTIZED_PROFILES[LANE_PACKED_PROFILE].poly_modulus_degree - HEADER_REALS  # complex packing: N reals
+        per = QUANTIZED_PROFILES[LANE_PACKED_PROFILE].values_per_ciphertext - HEADER_REALS
         lanes, rest = divmod(self.values_per_chunk, per)
         tags = self.tag_count()
-        if rest or lanes < 1 or tags > self.value_count:
+        if not 0 <= tags <= self.value_count:
+            raise ManifestError(f"the layout's {tags} contributor tags do not fit its {self.value_count} values")
+        if rest or lanes < 1:
             raise ManifestError(
                 f"values_per_chunk {self.values_per_chunk} is not a whole number of lanes per real "
                 f"({per} data reals per {LANE_PACKED_PROFILE} ciphertext)"

@@ -372,3 +372,27 @@ def test_tags_that_spill_into_one_more_ciphertext_encrypt_travel_and_decrypt(key
             forged = replace(batch.manifest, chunk_digests=tuple(chunk_digest(c) for c in wrong))
             with pytest.raises(ManifestError, match="chunks but"):
                 forged.check_consistent()
+
+
+def test_a_layout_whose_sizes_wrap_in_int64_is_refused_not_counted_negative():
+    """Found by review: with int64 sizes, a tag tensor of shape (2^62, 3) counted -2^62 tags, which cancelled an
+    inflated value count in the compact chunk rule and let a one-chunk manifest claim 2^62 values."""
+    import json
+
+    from crypto.contributors import CONTRIBUTOR_TAGS
+    from crypto.errors import ManifestError
+    from protocol import cipherfed_pb2 as pb
+    from protocol.messages import manifest_from_proto
+
+    big = 2**62
+    layout_json = json.dumps([
+        {"name": "a1", "shape": [big], "dtype": "float64", "offset": 0},
+        {"name": "a2", "shape": [big + 10], "dtype": "float64", "offset": big},
+        {"name": CONTRIBUTOR_TAGS, "shape": [big, 3], "dtype": "float64", "offset": 2 * big + 10},
+    ])  # fmt: skip
+    message = pb.Manifest(
+        profile="compact", fingerprint="fp", layout_json=layout_json, value_count=big + 10,
+        values_per_chunk=16380, scale_bits=19, chunk_digests=[bytes(32)], quantization="",
+    )  # fmt: skip
+    with pytest.raises(ManifestError, match="contributor tags do not fit"):
+        manifest_from_proto(message)
