@@ -76,3 +76,35 @@ def test_the_version_is_one_value_readable_without_the_cli():
 def test_the_check_sees_imports_anywhere_in_a_module():
     source = "import os\nfrom silo_node.data import x\ndef f():\n    import aggregator.store\n    from . import y\n"
     assert imported_packages(source) == {"os", "silo_node", "aggregator"}
+
+
+def _grpc_bound(source: str) -> bool:
+    """Whether a module imports grpc or the generated stubs (protocol.cipherfed_pb2*)."""
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        if any(n.split(".")[0] == "grpc" or n.startswith("protocol.cipherfed_pb2") for n in names):
+            return True
+    return False
+
+
+def test_role_files_stay_small_and_the_aggregator_mostly_free_of_grpc():
+    """Issue 12's limits: no file under aggregator/ or silo_node/ over 450 lines; files that import grpc or the
+    generated stubs hold at most 40% of the aggregator's lines; its round core imports neither."""
+    lines: dict[str, int] = {}
+    bound: set[str] = set()
+    for package in ("aggregator", "silo_node"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative, source = path.relative_to(ROOT).as_posix(), path.read_text()
+            lines[relative] = len(source.splitlines())
+            if _grpc_bound(source):
+                bound.add(relative)
+    assert not {f: n for f, n in lines.items() if n > 450}, "split the file: one job per module"
+    aggregator = {f: n for f, n in lines.items() if f.startswith("aggregator/")}
+    share = sum(n for f, n in aggregator.items() if f in bound) / sum(aggregator.values())
+    assert share <= 0.40, f"{share:.1%} of the aggregator's lines are in grpc-bound files"
+    assert not {f for f in bound if f.startswith("aggregator/core/")}
+    assert "aggregator/edge/servicer.py" in bound  # the check sees the edge, which must import them

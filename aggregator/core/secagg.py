@@ -333,7 +333,6 @@ class SecureAggregation:
         self.events.record(
             "secagg_consistency_received", sender.name, job=session.open_round.job_id, session=session.seq
         )
-        assert session.statement is not None
         if len(session.signatures) == len(session.statement.contributors):
             self._send_request(session, self.clock.now(), at_deadline=False)
 
@@ -397,7 +396,6 @@ class SecureAggregation:
             self_shares=kinds["self"],
             mask_shares=kinds["mask"],
         )
-        assert session.statement is not None
         if len(session.answers) == len(session.statement.contributors):
             self._finish(session, self.clock.now(), at_deadline=False)
 
