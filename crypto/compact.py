@@ -49,10 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from crypto.compact_masked import HEADER_REALS as HEADER_REALS  # re-exported: callers import it from here
 from crypto.compact_masked import (
     Mask,
-    chunk_count_for,
     frame,
     masked_lanes_and_weights,
     masked_layout_of,
@@ -80,7 +78,8 @@ from crypto.lanes import (
     unmasked_lane_sums,
     unpack_lanes,
 )
-from crypto.packing import LANE_PACKED_PROFILE, Manifest, chunk_digest, pack, unpack
+from crypto.packing import HEADER_REALS as HEADER_REALS  # re-exported: the compact format's header
+from crypto.packing import LANE_PACKED_PROFILE, Manifest, chunk_count_for, chunk_digest, pack, unpack
 from crypto.quantize import UniformStream, check_quantizer, quantize, step
 from crypto.seal_io import save_bytes
 from crypto.seal_reals import SeededRealCodec

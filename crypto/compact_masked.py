@@ -31,9 +31,7 @@ import numpy as np
 
 from crypto.errors import CiphertextError, ManifestError, ValueRangeError
 from crypto.lanes import MaskedLaneLayout, center, pack_lanes, unpack_lanes
-from crypto.packing import HEADER_REALS as HEADER_REALS  # re-exported: the compact format's header
-from crypto.packing import Manifest
-from crypto.packing import chunk_count_for as chunk_count_for  # re-exported for crypto.compact
+from crypto.packing import HEADER_REALS, Manifest, chunk_count_for
 
 if TYPE_CHECKING:
     from crypto.compact import CompactParams
@@ -42,11 +40,6 @@ WEIGHT_DIGITS = 2  # masked lanes of header real 1 (every masked layout has at l
 
 # The masked vector of a uint64 vector mod 2^w; it may write into its argument and return it.
 Mask = Callable[[np.ndarray], np.ndarray]
-
-
-def tag_count_of(manifest: Manifest) -> int:
-    """How many contributor tag values the manifest's layout ends with (0 without tags)."""
-    return manifest.tag_count()
 
 
 def mask_length(params: CompactParams, value_count: int, chunk_count: int, tag_count: int = 0) -> int:
@@ -78,7 +71,7 @@ def mask_length_for(params: CompactParams, manifest: Manifest) -> int:
             f"quantizes as {params.describe()}"
         )
     manifest.check_consistent()
-    return mask_length(params, manifest.value_count, manifest.chunk_count, tag_count_of(manifest))
+    return mask_length(params, manifest.value_count, manifest.chunk_count, manifest.tag_count())
 
 
 def masked_layout_of(params: CompactParams) -> MaskedLaneLayout:
@@ -188,7 +181,7 @@ def correction_reals(
     centered = center(values, layout.mask_bits)
     values_count = length - WEIGHT_DIGITS * chunks
     lanes = pack_lanes(centered[:values_count], layout)
-    if chunk_count_for(lanes.shape[0], tag_count_of(manifest), per) > chunks:
+    if chunk_count_for(lanes.shape[0], manifest.tag_count(), per) > chunks:
         raise ManifestError(f"the manifest's {chunks} chunks cannot hold {values_count} masked lane values")
     digits = WEIGHT_DIGITS * chunks
     return frame(lanes, per, np.zeros(chunks), weight_reals(centered[length - digits :], layout))
@@ -202,7 +195,7 @@ def upload_residues(grid: np.ndarray, manifest: Manifest, params: CompactParams)
     the collusion tests; an honest silo never decrypts a single upload.
     """
     layout = masked_layout_of(params)
-    tags = tag_count_of(manifest)
+    tags = manifest.tag_count()
     count = manifest.value_count - tags
     data = np.array(grid[:, HEADER_REALS:], dtype=np.int64).ravel()
     used = layout.reals_for(count)
