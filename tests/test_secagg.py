@@ -143,11 +143,21 @@ def test_pairwise_masks_cancel_exactly_in_the_sum_mod_2_to_the_w(n, w, length, s
 
 @settings(max_examples=10, deadline=None)
 @given(w=st.integers(1, 62), length=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
-def test_a_pad_expanded_in_advance_masks_exactly_like_mask_vector(w, length, seed):
+def test_a_pad_expanded_in_advance_masks_exactly_like_the_masks_written_the_plain_way(w, length, seed):
+    """mask_vector is built on mask_pad: compare with each mask expanded on its own and added (the definition)."""
     roster, keys = _unsigned_roster(4)
     me = roster.members[1]  # pairwise masks of both signs
     values = np.random.default_rng(seed).integers(0, 1 << w, length, dtype=np.uint64)
-    expected = mask_vector(values, w, CTX, keys[me], me, roster, roster.members, threshold=3)
+    mine = keys[me]
+    expected = values + expand(mine.self_seed, length, w)
+    for peer in roster.members:
+        if peer != me:
+            stream = expand(
+                pairwise_seed(CTX, mine.mask_private, me, mine.mask_public(), roster.advert(peer)), length, w
+            )
+            expected = expected + stream if me < peer else expected - stream
+    expected &= np.uint64((1 << w) - 1)
+    assert np.array_equal(mask_vector(values, w, CTX, mine, me, roster, roster.members, threshold=3), expected)
     pad = mask_pad(length, w, CTX, keys[me], me, roster, roster.members, threshold=3)
     own = values.copy()
     masked = apply_pad(own, pad, w)
