@@ -42,7 +42,9 @@ def export_model(directory: Path, weights: dict[str, np.ndarray], state: JobStat
     """The trained model with its scaling (``__mean__``/``__std__``) and the spec it was trained under."""
     export = directory / "final_model.npz"
     extras = {"__mean__": np.asarray(state.mean or []), "__std__": np.asarray(state.std or [])}
-    save_arrays(export, {**weights, **extras})
+    tmp = directory / "final_model.tmp.npz"  # then renamed: whoever sees the file sees all of it
+    save_arrays(tmp, {**weights, **extras})
+    tmp.replace(export)
     (directory / "job_spec.json").write_text(spec.model_dump_json(indent=2))
     return export
 
