@@ -166,8 +166,19 @@ def test_compact_job_runs_end_to_end_and_audits_clips_and_the_weight_cap(consort
             assert isinstance(d["clipped_values"], int) and d["clipped_values"] >= 0
     assert all(d["weight_capped"] for d in sent["silo-1"]) and not any(d["weight_capped"] for d in sent["silo-2"])
     assert sum(d["clipped_values"] for details in sent.values() for d in details) > 0  # clipping is recorded
-    decrypted = [r["details"] for r in _records(c.nodes["silo-1"].dir, "aggregate_decrypted") if r["job"] == job_id]
+
+    def decrypted_both_rounds() -> list[dict] | None:
+        found = [r["details"] for r in _records(c.nodes["silo-1"].dir, "aggregate_decrypted") if r["job"] == job_id]
+        return found if len(found) >= 2 else None
+
+    # Likewise the job completes when the last aggregate is released, before the silos have applied it.
+    decrypted = wait_for(decrypted_both_rounds, timeout=30, what="silo-1's aggregate_decrypted for both rounds")
     assert [d["verified_contributors"] for d in decrypted] == [2, 2]
+    wait_for(
+        lambda: all(any(r["job"] == job_id for r in _records(c.nodes[n].dir, "model_exported")) for n in c.silos[:2]),
+        timeout=30,
+        what="both silos' model_exported records (written once the final model is)",
+    )
     models = [
         np.load(c.nodes[n].dir / "state" / "jobs" / job_id / "final_model.npz") for n in c.silos[:2]
     ]  # fmt: skip
