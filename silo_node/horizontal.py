@@ -39,7 +39,15 @@ from silo_node.aggregate_checks import AggregateGate
 from silo_node.client import AggregatorClient
 from silo_node.data import LocalData, split
 from silo_node.dp_training import PrivateTraining, privacy_details
-from silo_node.jobfiles import JobState, export_model, read_upload, save_arrays, write_upload
+from silo_node.jobfiles import (
+    JobState,
+    export_model,
+    load_kept_delta,
+    read_upload,
+    save_arrays,
+    save_kept_delta,
+    write_upload,
+)
 from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
 from silo_node.refusal import RoundRefused
@@ -327,10 +335,9 @@ class HorizontalJob:
         first attempt (kept on this silo's disk): training again would spend the privacy budget twice."""
         if self._delta_in_memory is not None and self._delta_in_memory[0] == round_index:
             return self._delta_in_memory[1]  # _upload trains before the mask is ready, then encrypts
-        kept = self.dir / f"delta-{round_index:05d}.npz"
+        kept = self.dir / f"delta-{round_index:05d}.npy"
         if self.secure is not None and kept.exists():
-            with np.load(kept) as stored:
-                return OrderedDict((k, stored[k]) for k in self.global_weights)
+            return load_kept_delta(kept, self.global_weights)
         self._check_may_train(round_index)
         self.model.set_weights(self.global_weights)
         seed = int.from_bytes(
@@ -346,9 +353,7 @@ class HorizontalJob:
         if self.spec.update_clip_norm:
             delta = dp.clip_update(delta, self.spec.update_clip_norm)
         if self.secure is not None:
-            tmp = self.dir / "delta.tmp.npz"
-            save_arrays(tmp, delta)
-            tmp.replace(kept)
+            save_kept_delta(kept, delta)
             self._delta_in_memory = (round_index, delta)
         return delta
 

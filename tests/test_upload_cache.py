@@ -25,7 +25,7 @@ from crypto.keys import generate_key_set
 from protocol import cipherfed_pb2 as pb
 from protocol.framing import FramingError
 from protocol.upload import SignedUpload
-from silo_node.jobfiles import read_upload, write_upload
+from silo_node.jobfiles import load_kept_delta, read_upload, save_kept_delta, write_upload
 
 
 def _legacy_write(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
@@ -89,3 +89,35 @@ def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
         .not_valid_after(now + dt.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
+
+
+def _model() -> OrderedDict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return OrderedDict([("w", rng.normal(size=(40, 7))), ("b", rng.normal(size=7)), ("s", np.asarray(0.25))])
+
+
+def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
+    """A secure-aggregation retry re-masks the update kept on disk: it must be exactly the trained one."""
+    delta = _model()
+    path = tmp_path / "delta-00003.npy"
+    save_kept_delta(path, delta)
+    back = load_kept_delta(path, _model())
+    assert list(back) == ["w", "b", "s"]
+    for name, array in delta.items():
+        assert back[name].dtype == array.dtype and back[name].tobytes() == array.tobytes()
+    assert not path.with_name(path.name + ".tmp").exists()  # written aside, then renamed
+
+
+@pytest.mark.parametrize("damage", ["cut", "trailing", "other model"])
+def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
+    path = tmp_path / "delta-00003.npy"
+    save_kept_delta(path, _model())
+    like = _model()
+    if damage == "cut":
+        path.write_bytes(path.read_bytes()[:-9])
+    elif damage == "trailing":
+        path.write_bytes(path.read_bytes() + b"\x00")
+    else:
+        like["w"] = np.zeros((7, 40))
+    with pytest.raises(ValueError):
+        load_kept_delta(path, like)
