@@ -424,6 +424,8 @@ class SiloNode:
         for job in self.jobs.values():
             if isinstance(job, VerticalRunner):
                 job.stopped.set()
+            elif job.secure is not None:  # a key agreement waiting for a roster or shares ends now
+                job.secure.close()
         self.events.record("node_stopped", self.config.name)
         self.client.close()
 

@@ -23,12 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from audit.events import EventSink
 from crypto.compact import CompactBatch, CompactEncryptor
 from crypto.contributors import own_tag
-from crypto.engine import (
-    EncryptedBatch,
-    UpdateEncryptor,
-    encrypt_weighted_update,
-    weighted_update_layout_key,
-)
+from crypto.engine import EncryptedBatch, UpdateEncryptor, encrypt_weighted_update, weighted_update_layout_key
 from policies import dp
 from policies.decision import Decision
 from protocol import cipherfed_pb2 as pb
@@ -52,7 +47,7 @@ from silo_node.models import TorchAdapter, evaluate, make_adapter
 from silo_node.privacy_ledger import PrivacyLedger
 from silo_node.refusal import RoundRefused
 from silo_node.relay import Relay
-from silo_node.secagg_round import Mask, SecAggCredentials, SecureAggregation
+from silo_node.secagg_round import AgreementPending, Mask, SecAggCredentials, SecureAggregation
 
 STATS_SCALE_BITS = 20  # feature moments can be large; 2^20 keeps them in range at ample precision
 
@@ -248,7 +243,7 @@ class HorizontalJob:
         return self.dir / f"upload-{round_index:05d}.bin"
 
     def _upload(self, round_index: int, attempt: int = 1) -> bool:
-        """Send this round's update (the cached bytes on a re-send); False if this silo sat the session out."""
+        """Send this round's update (the cached bytes on a re-send); False if it sat the session out or waits."""
         cache = self._upload_cache(round_index, attempt)
         if cache.exists():  # same bytes as before: the aggregator treats a re-send as idempotent
             header, chunks = read_upload(cache)
@@ -256,7 +251,10 @@ class HorizontalJob:
             mask = None
             if self.secure is not None:
                 self._trained_delta(round_index)  # while the agreement begun in step() runs
-                mask = self.secure.mask_for(round_index, attempt)
+                try:
+                    mask = self.secure.mask_for(round_index, attempt)
+                except AgreementPending:  # no roster or shares yet: upload on a later poll, the node goes on
+                    return False
                 if mask is None:  # refused (audited by agree()): the round goes on, or retries, without us
                     self._sat_out.add((round_index, attempt))
                     return False

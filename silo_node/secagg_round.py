@@ -57,6 +57,10 @@ from silo_node.relay import Relay, VerticalError
 
 Mask = Callable[[np.ndarray], np.ndarray]
 REQUEST_POLL_MS = 5000
+# The longest one secure-aggregation step holds the node's poll loop (and so its other jobs, its
+# heartbeat and its shutdown): keys not agreed yet, or a request not sent yet, are looked for again
+# on the next poll. The aggregator wakes the polls when it acts at a deadline (roster, request).
+MAX_BLOCKING_WAIT_S = 2.0
 ROSTER_GRACE_S = 20.0  # beyond the setup timeout: the aggregator's deadline tick and one relay long-poll
 
 
@@ -72,6 +76,10 @@ class SecAggCredentials:
 
 class SecAggRefused(Exception):
     """This silo will not take part in this session (the reason is audited); it sits the round out."""
+
+
+class AgreementPending(Exception):
+    """The session's keys are not agreed yet: upload on a later poll (nothing is refused)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class SecureAggregation:
         self.responder = ShareResponder(self.me, credentials.private_key)
         self._agreements: dict[tuple[int, int], Future[Mask]] = {}
         self._wanted: tuple[int, int] | None = None  # the newest session this silo was asked to join
+        self._closed = False  # the node is stopping: waits for rosters and shares end
         # The newest agreed session's material and verified roster, kept so that serve() (called on
         # every poll while the round unmasks) does not re-read and re-parse them from disk each time.
         self._agreed: tuple[int, RoundMaterial, Peers] | None = None
@@ -145,13 +154,27 @@ class SecureAggregation:
         if key not in self._agreements:
             self._agreements[key] = self._worker.submit(self.agree, round_index, attempt)
 
-    def mask_for(self, round_index: int, attempt: int) -> Mask | None:
-        """The session's mask once agreement is done; None if this silo sits the session out (audited)."""
+    def mask_for(self, round_index: int, attempt: int, wait_s: float = MAX_BLOCKING_WAIT_S) -> Mask | None:
+        """The session's mask once agreement is done; None if this silo sits the session out (audited).
+
+        Raises AgreementPending if the agreement is still waiting after ``wait_s`` (a roster or shares the
+        aggregator has not sent): the caller's poll loop goes on and asks again.
+        """
         self.begin(round_index, attempt)
+        key = (round_index, attempt)
         try:
-            return self._agreements.pop((round_index, attempt)).result()
+            mask = self._agreements[key].result(timeout=wait_s)
+        except TimeoutError:
+            raise AgreementPending(f"session {round_index}/{attempt}: keys not agreed after {wait_s} s") from None
         except SecAggRefused:
-            return None
+            mask = None
+        del self._agreements[key]
+        return mask
+
+    def close(self) -> None:
+        """The node is stopping: a waiting agreement ends at its next relay poll (audited as refused)."""
+        self._closed = True
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def agree(self, round_index: int, attempt: int) -> Mask:
         """Advertise, verify the roster, exchange shares; the mask for this session's upload.
@@ -162,7 +185,7 @@ class SecureAggregation:
         key = (round_index, attempt)
         # A retry or the next round supersedes this session: stop waiting for its roster or shares, or
         # the one agreement worker would hold the new session up until this one's timeout.
-        self.relay.should_stop = lambda: self._wanted not in (None, key)
+        self.relay.should_stop = lambda: self._closed or self._wanted not in (None, key)
         where = self._session_dir(context)
         if where.exists():
             raise SecAggRefused(
@@ -188,7 +211,9 @@ class SecureAggregation:
             bundles = self._open_shares(context, keys, peers, holders)
         except (VerticalError, SecAggError, CryptoError) as exc:
             reason = str(exc)
-            if self._wanted not in (None, key):
+            if self._closed:
+                reason = "the node stopped before this session's keys were agreed"
+            elif self._wanted not in (None, key):
                 reason = f"superseded by round {self._wanted[0]} attempt {self._wanted[1]} before its keys were agreed"
             self._record("secagg_refused", context, step="agreement", reason=reason[:500])
             raise SecAggRefused(reason) from None
@@ -308,14 +333,17 @@ class SecureAggregation:
                 dropped=sorted(names.get(fp, fp[:16]) for fp in statement.dropped),
             )
         # The request follows the last contributor's signature, which wakes no poll: wait for it here
-        # (long-polls of at most REQUEST_POLL_MS), up to the job's unmask timeout after signing.
+        # (long-polls of at most REQUEST_POLL_MS), at most MAX_BLOCKING_WAIT_S after signing: a request
+        # held back (a slow signer, or an aggregator that withholds it) must not hold the node's loop.
         # Only right after signing in this call: a silo that answered already (or signed on an earlier
         # poll) looks once without waiting, so that it is back on its poll loop for the next round.
-        wait_s = self._unmask_timeout_s if just_signed and wait_ms >= 1000 else 0.0
+        wait_s = min(self._unmask_timeout_s, MAX_BLOCKING_WAIT_S) if just_signed and wait_ms >= 1000 else 0.0
         deadline = time.monotonic() + wait_s
-        payloads = self._try_receive(SecAggKind.REQUEST, seq, min(wait_ms, REQUEST_POLL_MS) if just_signed else 0)
+        first_ms = min(wait_ms, REQUEST_POLL_MS, int(MAX_BLOCKING_WAIT_S * 1000)) if just_signed else 0
+        payloads = self._try_receive(SecAggKind.REQUEST, seq, first_ms)
         while payloads is None and time.monotonic() < deadline:
-            payloads = self._try_receive(SecAggKind.REQUEST, seq, REQUEST_POLL_MS)
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            payloads = self._try_receive(SecAggKind.REQUEST, seq, max(1, min(left_ms, REQUEST_POLL_MS)))
         if payloads is None:
             return
         try:

@@ -47,7 +47,13 @@ from protocol.version import __version__
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.client import AggregatorClient
 from silo_node.relay import Relay
-from silo_node.secagg_round import SecAggCredentials, SecAggRefused, SecureAggregation
+from silo_node.secagg_round import (
+    MAX_BLOCKING_WAIT_S,
+    AgreementPending,
+    SecAggCredentials,
+    SecAggRefused,
+    SecureAggregation,
+)
 from tests.helpers import aggregator_records, rpc_code, serve_as_aggregator, wait_for
 
 SILOS = [f"silo-{i}" for i in range(1, 12)]  # silo-10: never a participant; silo-11: revoked
@@ -777,3 +783,40 @@ def test_a_retry_supersedes_a_session_whose_roster_never_comes(arena):
     assert time.time() - started < 12
     superseded = [x for x in r.audit("secagg_refused") if x["details"]["session"] == first]
     assert superseded and "superseded by round 0 attempt 2" in superseded[-1]["details"]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- the node's loop
+def test_an_aggregator_that_withholds_the_roster_does_not_hold_the_node(arena):
+    """No roster ever comes. The upload path asks for the mask and gets "not yet" within the bound, not
+    after the job's setup timeout (60 s here), so the node's poll loop, its other jobs and its heartbeat
+    go on; when the node stops, the waiting agreement ends at its next relay poll and says why."""
+    job_id, text = arena.job()
+    r = HostileRound(arena, job_id, text, JOB4)
+    victim = r.victim()
+    for _ in range(2):  # asked again on the next poll: still not yet, and still no second advert
+        started = time.monotonic()
+        with pytest.raises(AgreementPending):
+            victim.mask_for(0, 1)
+        assert time.monotonic() - started < MAX_BLOCKING_WAIT_S + 1.0
+    assert len(r.sent(SecAggKind.ADVERT)) == 1
+    victim.close()
+    wait_for(lambda: r.audit("secagg_refused"), 10, "the agreement to end once the node stops")
+    assert "the node stopped" in r.audit("secagg_refused")[-1]["details"]["reason"]
+
+
+def test_an_aggregator_that_withholds_the_request_does_not_hold_the_node(arena):
+    """After signing the contributor set the silo waits for the unmasking request at most the bound, not
+    the job's unmask timeout; the request that comes later is answered on the next poll."""
+    r, victim = _agreed(arena)
+    everyone = r.statement(JOB4)
+    r.put(AGG, SecAggKind.STATEMENT, everyone.encode())
+    started = time.monotonic()
+    victim.serve(0, 1)  # as the node calls it right after its upload
+    assert time.monotonic() - started < MAX_BLOCKING_WAIT_S + 1.5
+    from crypto.secagg.wire import decode_signature
+
+    (mine,) = [decode_signature(s[4]) for s in r.sent(SecAggKind.CONSISTENCY)]
+    assert not r.sent(SecAggKind.ANSWER)
+    r.put(AGG, SecAggKind.REQUEST, r.request(everyone, ["silo-2", "silo-3"], [mine]))
+    victim.serve(0, 1)
+    assert len(r.sent(SecAggKind.ANSWER)) == 1
