@@ -39,6 +39,7 @@ from silo_node.jobfiles import (
     export_model,
     load_kept_delta,
     read_upload,
+    read_upload_header,
     save_arrays,
     save_kept_delta,
     write_upload,
@@ -372,8 +373,7 @@ class HorizontalJob:
         packing as ``_prepare_upload`` over the statistics or over a zero update of the global weights.
         """
         for cache in sorted(self.dir.glob(f"upload-{round_index:05d}*.bin")):
-            header, _ = read_upload(cache)
-            return SignedUpload.from_proto(header).manifest.layout_key()
+            return SignedUpload.from_proto(read_upload_header(cache)).manifest.layout_key()
         weight, tags = float(max(len(self.train_rows), 1)), self._tags(round_index)
         if isinstance(self.encryptor, CompactEncryptor):  # lanes: the layout of a (zero) update it would send
             zero = self._delta(self.global_weights)

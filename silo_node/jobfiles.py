@@ -97,6 +97,12 @@ def read_upload(path: Path) -> tuple[pb.UploadHeader, list[bytes]]:
         return header, list(frames)
 
 
+def read_upload_header(path: Path) -> pb.UploadHeader:
+    """Only the header of a cached upload (its manifest gives the layout): the chunks are not read."""
+    with open_framed_file(path) as source:
+        return pb.UploadHeader.FromString(next(read_frames(source, count=1)))
+
+
 def load_exported_model(
     path: Path, allowed_factories: Collection[str] = ()
 ) -> tuple[Any, np.ndarray | None, np.ndarray | None]:

@@ -25,7 +25,7 @@ from crypto.keys import generate_key_set
 from protocol import cipherfed_pb2 as pb
 from protocol.framing import FramingError
 from protocol.upload import SignedUpload
-from silo_node.jobfiles import load_kept_delta, read_upload, save_kept_delta, write_upload
+from silo_node.jobfiles import load_kept_delta, read_upload, read_upload_header, save_kept_delta, write_upload
 
 
 def _legacy_write(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
@@ -58,6 +58,8 @@ def test_a_cached_upload_from_before_the_framing_module_reads_back_and_re_sends_
     # what is re-sent still verifies against the silo's certificate, as the aggregator checks it
     SignedUpload.from_proto(cached_header).verify(_certificate(key))
 
+    # the layout check reads the header alone, and gets the same one
+    assert read_upload_header(old).SerializeToString() == header.SerializeToString()
     new = tmp_path / "upload-00002.new"
     write_upload(new, cached_header, cached_chunks)
     assert new.read_bytes() == old.read_bytes()  # byte-identical: the format did not change
@@ -71,6 +73,10 @@ def test_a_damaged_cache_is_refused_not_sent_short(tmp_path, upload):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(FramingError, match="ends after"):
         read_upload(path)
+    assert read_upload_header(path).SerializeToString() == header.SerializeToString()  # only its layout is read
+    path.write_bytes(path.read_bytes()[:9])
+    with pytest.raises(FramingError):
+        read_upload_header(path)
     path.write_bytes(struct.pack(">I", 0xFFFFFFF0) + b"x" * 16)  # a length far beyond any frame
     with pytest.raises(FramingError, match="exceeds"):
         read_upload(path)
