@@ -37,6 +37,7 @@ from silo_node.dp_training import PrivateTraining, privacy_details
 from silo_node.jobfiles import (
     JobState,
     export_model,
+    kept_delta_file,
     load_kept_delta,
     read_upload,
     read_upload_header,
@@ -335,8 +336,8 @@ class HorizontalJob:
         if self._delta_in_memory is not None and self._delta_in_memory[0] == round_index:
             return self._delta_in_memory[1]  # _upload trains before the mask is ready, then encrypts
         kept = self.dir / f"delta-{round_index:05d}.npy"
-        if self.secure is not None and kept.exists():
-            return load_kept_delta(kept, self.global_weights)
+        if self.secure is not None and (stored := kept_delta_file(kept)) is not None:
+            return load_kept_delta(stored, self.global_weights)
         self._check_may_train(round_index)
         self.model.set_weights(self.global_weights)
         seed = int.from_bytes(

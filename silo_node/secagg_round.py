@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -162,14 +163,14 @@ class SecureAggregation:
         """
         self.begin(round_index, attempt)
         key = (round_index, attempt)
+        done, _ = wait([self._agreements[key]], timeout=wait_s)
+        if not done:
+            raise AgreementPending(f"session {round_index}/{attempt}: keys not agreed after {wait_s} s")
+        agreement = self._agreements.pop(key)  # whatever it ended with, a later poll does not see it again
         try:
-            mask = self._agreements[key].result(timeout=wait_s)
-        except TimeoutError:
-            raise AgreementPending(f"session {round_index}/{attempt}: keys not agreed after {wait_s} s") from None
+            return agreement.result()
         except SecAggRefused:
-            mask = None
-        del self._agreements[key]
-        return mask
+            return None
 
     def close(self) -> None:
         """The node is stopping: a waiting agreement ends at its next relay poll (audited as refused)."""
@@ -209,7 +210,9 @@ class SecureAggregation:
             self.relay.send_each(SecAggKind.SHARES, seq, [(peers.names[e.recipient], e.to_bytes()) for e in envelopes])
             self._record("secagg_shares_sent", context, to=sorted(peers.names[h] for h in holders))
             bundles = self._open_shares(context, keys, peers, holders)
-        except (VerticalError, SecAggError, CryptoError) as exc:
+        except (VerticalError, SecAggError, CryptoError, grpc.RpcError, ValueError) as exc:
+            if isinstance(exc, grpc.RpcError | ValueError) and not self._closed:
+                raise  # the aggregator unreachable or this code wrong: the step fails, not the session
             reason = str(exc)
             if self._closed:
                 reason = "the node stopped before this session's keys were agreed"

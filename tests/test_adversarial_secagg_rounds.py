@@ -800,6 +800,7 @@ def test_an_aggregator_that_withholds_the_roster_does_not_hold_the_node(arena):
         assert time.monotonic() - started < MAX_BLOCKING_WAIT_S + 1.0
     assert len(r.sent(SecAggKind.ADVERT)) == 1
     victim.close()
+    victim.relay.client.close()  # as the stopping node does next: the waiting Receive is cancelled
     wait_for(lambda: r.audit("secagg_refused"), 10, "the agreement to end once the node stops")
     assert "the node stopped" in r.audit("secagg_refused")[-1]["details"]["reason"]
 
@@ -820,3 +821,21 @@ def test_an_aggregator_that_withholds_the_request_does_not_hold_the_node(arena):
     r.put(AGG, SecAggKind.REQUEST, r.request(everyone, ["silo-2", "silo-3"], [mine]))
     victim.serve(0, 1)
     assert len(r.sent(SecAggKind.ANSWER)) == 1
+
+
+def test_an_agreement_that_failed_is_not_raised_again_on_every_poll(arena, monkeypatch):
+    """An agreement that ended with an error (the aggregator unreachable after the relay's retries) fails
+    one step; the next poll asks again instead of finding the same stored error forever."""
+    job_id, text = arena.job()
+    victim = HostileRound(arena, job_id, text, JOB4).victim()
+    calls: list[int] = []
+
+    def unreachable(round_index: int, attempt: int):
+        calls.append(round_index)
+        raise ConnectionError("aggregator unreachable")
+
+    monkeypatch.setattr(victim, "agree", unreachable)
+    for expected_calls in (1, 2):
+        with pytest.raises(ConnectionError):
+            victim.mask_for(0, 1)
+        assert len(calls) == expected_calls

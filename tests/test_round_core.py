@@ -390,3 +390,43 @@ def test_the_core_imports_no_grpc_and_no_generated_stubs() -> None:
     code = "import sys, aggregator.core.jobs; print('grpc' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "False"  # nor does anything the core imports pull grpc in
+
+
+def test_the_last_advert_publishes_the_roster_and_wakes_the_polls(tmp_path: Path, silos: dict[str, Silo]) -> None:
+    """A silo holds its poll loop at most a moment waiting for a roster (silo_node/secagg_round.py
+    ``MAX_BLOCKING_WAIT_S``), then polls. When the last advert makes the core publish the roster, the
+    polls wake at once: otherwise that silo would upload a whole poll timeout later. Adverts before it
+    change no task and wake no poll."""
+    from aggregator.core.secagg_session import AggregatorCredentials
+    from aggregator.core.views import RelayOffer
+    from crypto.pki import certificate_fingerprint
+    from crypto.secagg.keys import RoundKeys, advertise
+    from protocol.secagg import round_context
+    from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
+
+    compact = generate_key_set("compact")
+    ring = PublicKeyring()
+    ring.add(compact.export_public())
+    agg = Silo("aggregator")
+    engine = Jobs(
+        StateStore(tmp_path / "state.sqlite"), AggregateFiles(tmp_path / "aggregates"), ring, tmp_path, Events(),
+        clock=FakeClock(), consortium="c", credentials=AggregatorCredentials(agg.cert, agg.key),
+    )  # fmt: skip
+    spec = job_toml(
+        "j", SILOS, compact.fingerprint, ["x"], he_profile="compact", scaling="none",
+        compact="weight_cap = 100", secagg="",
+    )  # fmt: skip
+    job = engine.submit(spec, ADMIN)
+    context = round_context("c", job, 0, 1)
+    versions = [engine.feed.version]
+    for name in SILOS:
+        who = silos[name]
+        ident = Identity(name, "silo", 2, certificate_fingerprint(who.cert), who.ident.not_after)
+        advert = advertise(RoundKeys.generate(), context, who.cert, who.key).to_bytes()
+        offer = RelayOffer(job, AGGREGATOR_RECIPIENT, SecAggKind.ADVERT, context.round, advert)
+        assert engine.relay_send(ident, who.cert, iter([offer]), 4, 1 << 16, 1 << 16) == 1
+        versions.append(engine.feed.version)
+    assert versions[1] == versions[0] and versions[2] == versions[1], "an advert alone woke the polls"
+    assert versions[3] > versions[2], "the roster went out without waking the polls"
+    assert engine.rounds.secagg.sessions[job].roster is not None
+    engine.store.close()

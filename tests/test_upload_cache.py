@@ -25,7 +25,14 @@ from crypto.keys import generate_key_set
 from protocol import cipherfed_pb2 as pb
 from protocol.framing import FramingError
 from protocol.upload import SignedUpload
-from silo_node.jobfiles import load_kept_delta, read_upload, read_upload_header, save_kept_delta, write_upload
+from silo_node.jobfiles import (
+    kept_delta_file,
+    load_kept_delta,
+    read_upload,
+    read_upload_header,
+    save_kept_delta,
+    write_upload,
+)
 
 
 def _legacy_write(path: Path, header: pb.UploadHeader, chunks: list[bytes]) -> None:
@@ -114,16 +121,42 @@ def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
     assert not path.with_name(path.name + ".tmp").exists()  # written aside, then renamed
 
 
-@pytest.mark.parametrize("damage", ["cut", "trailing", "other model"])
+@pytest.mark.parametrize(
+    "damage", ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header"]
+)
 def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
+    """Refused with ValueError before anything is used, and before a header can make the silo allocate."""
     path = tmp_path / "delta-00003.npy"
     save_kept_delta(path, _model())
     like = _model()
+    data = path.read_bytes()
     if damage == "cut":
-        path.write_bytes(path.read_bytes()[:-9])
+        path.write_bytes(data[:-9])
+    elif damage == "cut at a tensor":
+        path.write_bytes(data[: data.rindex(b"\x93NUMPY")])
+    elif damage == "empty":
+        path.write_bytes(b"")
     elif damage == "trailing":
-        path.write_bytes(path.read_bytes() + b"\x00")
-    else:
+        path.write_bytes(data + b"\x00")
+    elif damage == "other shape":
         like["w"] = np.zeros((7, 40))
+    elif damage == "swapped names":
+        like = OrderedDict([("b", like["b"]), ("w", like["w"]), ("s", like["s"])])
+    else:  # a valid header claiming 2^40 values: judged against the model before any allocation
+        with open(path, "wb") as f:
+            np.save(f, np.array(list(like), dtype=np.str_), allow_pickle=False)
+            header = {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
+            np.lib.format.write_array_header_1_0(f, header)
     with pytest.raises(ValueError):
         load_kept_delta(path, like)
+
+
+def test_an_update_kept_by_the_previous_release_still_reads_back(tmp_path):
+    """A node upgraded between training and uploading a masked round re-masks the .npz it kept."""
+    delta = _model()
+    np.savez(tmp_path / "delta-00003.npz", **delta)
+    found = kept_delta_file(tmp_path / "delta-00003.npy")
+    assert found == tmp_path / "delta-00003.npz"
+    back = load_kept_delta(found, _model())
+    assert all(back[k].tobytes() == delta[k].tobytes() for k in delta)
+    assert kept_delta_file(tmp_path / "delta-00004.npy") is None

@@ -144,7 +144,7 @@ class Jobs:
         if not spec.secure_aggregation:
             raise Forbidden("relay is for vertical jobs and secure-aggregation rounds")
         count, relayed = 0, []
-        round_before = self.rounds.open_round(first.job_id)
+        round_before, steps_before = self.rounds.open_round(first.job_id), self._secagg_steps(first.job_id)
         for m in bounded_send(messages, max_messages, max_bytes):
             count += 1
             if m.job_id != first.job_id:
@@ -159,9 +159,16 @@ class Jobs:
         if relayed:
             self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
         self.rounds.secagg.mail.bump()
-        if self.rounds.open_round(first.job_id) is not round_before:  # released or failed: tasks changed
+        # Released or failed (tasks changed), or a roster or request went out: a silo that stopped waiting
+        # for it (it holds its poll loop at most a moment) learns of it from its poll, not a poll later.
+        if self.rounds.open_round(first.job_id) is not round_before or self._secagg_steps(first.job_id) != steps_before:
             self.feed.bump()
         return count
+
+    def _secagg_steps(self, job_id: str) -> tuple[bool, bool] | None:
+        """Whether the session in progress has published its roster, and its unmasking request."""
+        session = self.rounds.secagg.sessions.get(job_id)
+        return None if session is None else (session.roster is not None, session.request_sent)
 
     def relay_receive(
         self,
