@@ -7,12 +7,13 @@ aggregator treats it as idempotent. The format predates the framing module and i
 
 from __future__ import annotations
 
-import io
+import math
+import zipfile
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +40,12 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
+class _Stream(Protocol):
+    """A binary file or zip member, as the ``.npy`` reader needs it."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def save_kept_delta(path: Path, delta: dict[str, np.ndarray]) -> None:
     """A secure-aggregation round's trained update, kept until the round is done (a retry re-masks it).
 
@@ -51,7 +58,7 @@ def save_kept_delta(path: Path, delta: dict[str, np.ndarray]) -> None:
     with open(tmp, "wb") as f:
         np.save(f, np.array(list(delta), dtype=np.str_), allow_pickle=False)
         for array in delta.values():
-            np.save(f, np.asarray(array), allow_pickle=False)
+            np.save(f, np.asarray(array, order="C"), allow_pickle=False)
     tmp.replace(path)
 
 
@@ -70,43 +77,56 @@ def load_kept_delta(path: Path, like: dict[str, np.ndarray]) -> OrderedDict[str,
     step fails and is audited; the silo never trains the round again to replace it).
     """
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as stored:
-            if list(stored.files) != list(like):
-                raise ValueError(f"{path.name}: tensors {stored.files} are not the model's {list(like)}")
-            return OrderedDict((name, _checked(path, name, stored[name], like[name])) for name in like)
+        return _load_legacy(path, like)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
+    expected_names = np.array(list(like), dtype=np.str_)
     with open(path, "rb") as f:
-        names = _read_array(f, path, (len(like),), "U")
+        names = _read_array(f, path, expected_names.shape, expected_names.dtype)
         if names.tolist() != list(like):
             raise ValueError(f"{path.name}: tensors {names.tolist()} are not the model's {list(like)}")
         for name, model_tensor in like.items():
-            out[name] = _read_array(f, path, np.shape(model_tensor), "f")
+            out[name] = _read_array(f, path, np.shape(model_tensor), None)
         if f.read(1):
             raise ValueError(f"{path.name}: bytes after the model's {len(like)} tensors")
     return out
 
 
-def _read_array(f: io.BufferedReader, path: Path, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """One ``.npy`` array of exactly ``shape`` and dtype kind ``kind``; the header is judged first."""
+def _read_array(f: _Stream, path: Path, shape: tuple[int, ...], dtype_wanted: np.dtype | None) -> np.ndarray:
+    """One ``.npy`` array of exactly ``shape`` and ``dtype_wanted`` (None: a native float of at most 8 bytes);
+    the header is judged before anything is allocated."""
     try:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         got_shape, fortran, dtype = read_header(f)
     except (ValueError, EOFError) as exc:
         raise ValueError(f"{path.name}: not a kept update ({exc})") from None
-    if tuple(got_shape) != tuple(shape) or dtype.kind != kind or fortran or dtype.hasobject:
-        raise ValueError(f"{path.name}: an array of {dtype} {tuple(got_shape)} where {kind!r} {tuple(shape)} belongs")
-    array = np.empty(shape, dtype=dtype)
-    buffer = array.reshape(-1).view(np.uint8)
-    if f.readinto(buffer.data) != buffer.shape[0]:
+    dtype_ok = dtype == dtype_wanted if dtype_wanted is not None else _native_float(dtype)
+    if tuple(got_shape) != tuple(shape) or not dtype_ok or fortran:
+        raise ValueError(f"{path.name}: an array of {dtype} {tuple(got_shape)} where one of {tuple(shape)} belongs")
+    size = math.prod(shape) * dtype.itemsize  # bounded by the model's size: the shape was checked
+    data = f.read(size)
+    if len(data) != size:
         raise ValueError(f"{path.name}: cut short")
-    return array
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # a writable array of its own
 
 
-def _checked(path: Path, name: str, array: np.ndarray, model_tensor: np.ndarray) -> np.ndarray:
-    if array.shape != np.shape(model_tensor) or array.dtype.kind != "f":
-        raise ValueError(f"{path.name}: tensor {name!r} is {array.dtype} {array.shape}, not the model's")
-    return array
+def _native_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" and dtype.itemsize <= 8 and dtype.isnative
+
+
+def _load_legacy(path: Path, like: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """The ``.npz`` an earlier release kept: each member's header judged before its data is read."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.namelist() != [f"{name}.npy" for name in like]:
+                raise ValueError(f"tensors {archive.namelist()} are not the model's {list(like)}")
+            for name, model_tensor in like.items():
+                with archive.open(f"{name}.npy") as member:
+                    out[name] = _read_array(member, path, np.shape(model_tensor), None)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path.name}: not a kept update ({exc})") from None
+    return out
 
 
 def export_model(directory: Path, weights: dict[str, np.ndarray], state: JobState, spec: JobSpec) -> Path:

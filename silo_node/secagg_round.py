@@ -188,10 +188,10 @@ class SecureAggregation:
         # the one agreement worker would hold the new session up until this one's timeout.
         self.relay.should_stop = lambda: self._closed or self._wanted not in (None, key)
         where = self._session_dir(context)
-        if where.exists():
-            raise SecAggRefused(
-                f"session {context.round} was started before a restart; its keys are not reused: sitting it out"
-            )
+        if where.exists():  # a restart, or an agreement of this session that ended in an error
+            reason = f"session {context.round} was started before; its keys are not reused: sitting it out"
+            self._record("secagg_refused", context, step="agreement", reason=reason)
+            raise SecAggRefused(reason)
         where.mkdir(parents=True)
         keys = RoundKeys.generate()
         write_secret_file(where / "keys.bin", encode_keys(keys))

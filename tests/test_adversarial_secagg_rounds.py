@@ -824,18 +824,22 @@ def test_an_aggregator_that_withholds_the_request_does_not_hold_the_node(arena):
 
 
 def test_an_agreement_that_failed_is_not_raised_again_on_every_poll(arena, monkeypatch):
-    """An agreement that ended with an error (the aggregator unreachable after the relay's retries) fails
-    one step; the next poll asks again instead of finding the same stored error forever."""
+    """The aggregator became unreachable after this silo's keys were made: that step fails once (the node
+    backs off and polls again). The next poll does not find the same stored error forever; it sits the
+    session out, audited, and never advertises a second set of keys for it."""
     job_id, text = arena.job()
-    victim = HostileRound(arena, job_id, text, JOB4).victim()
-    calls: list[int] = []
+    r = HostileRound(arena, job_id, text, JOB4)
+    victim = r.victim()
+    honest_send = victim.relay.send
 
-    def unreachable(round_index: int, attempt: int):
-        calls.append(round_index)
+    def unreachable(*args, **kwargs):
         raise ConnectionError("aggregator unreachable")
 
-    monkeypatch.setattr(victim, "agree", unreachable)
-    for expected_calls in (1, 2):
-        with pytest.raises(ConnectionError):
-            victim.mask_for(0, 1)
-        assert len(calls) == expected_calls
+    monkeypatch.setattr(victim.relay, "send", unreachable)
+    with pytest.raises(ConnectionError):
+        victim.mask_for(0, 1)
+    monkeypatch.setattr(victim.relay, "send", honest_send)
+    assert victim.mask_for(0, 1) is None
+    assert not r.sent(SecAggKind.ADVERT)
+    refused = r.audit("secagg_refused")
+    assert refused and "its keys are not reused" in refused[-1]["details"]["reason"]

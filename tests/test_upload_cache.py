@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+import tracemalloc
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -122,7 +124,8 @@ def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "damage", ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header"]
+    "damage",
+    ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header", "huge names"],
 )
 def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
     """Refused with ValueError before anything is used, and before a header can make the silo allocate."""
@@ -140,15 +143,25 @@ def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
         path.write_bytes(data + b"\x00")
     elif damage == "other shape":
         like["w"] = np.zeros((7, 40))
-    elif damage == "swapped names":
-        like = OrderedDict([("b", like["b"]), ("w", like["w"]), ("s", like["s"])])
+    elif damage == "swapped names":  # two tensors of one shape: only their names tell them apart
+        twins = OrderedDict([("u", np.ones(5)), ("v", np.zeros(5))])
+        save_kept_delta(path, twins)
+        like = OrderedDict([("v", np.zeros(5)), ("u", np.ones(5))])
+    elif damage == "huge names":  # a names header claiming 500M-character names: refused, not allocated
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<U500000000", "fortran_order": False, "shape": (3,)})
     else:  # a valid header claiming 2^40 values: judged against the model before any allocation
         with open(path, "wb") as f:
             np.save(f, np.array(list(like), dtype=np.str_), allow_pickle=False)
             header = {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
             np.lib.format.write_array_header_1_0(f, header)
-    with pytest.raises(ValueError):
-        load_kept_delta(path, like)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError):
+            load_kept_delta(path, like)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20, "allocated what a header claimed"
+    finally:
+        tracemalloc.stop()
 
 
 def test_an_update_kept_by_the_previous_release_still_reads_back(tmp_path):
@@ -160,3 +173,28 @@ def test_an_update_kept_by_the_previous_release_still_reads_back(tmp_path):
     back = load_kept_delta(found, _model())
     assert all(back[k].tobytes() == delta[k].tobytes() for k in delta)
     assert kept_delta_file(tmp_path / "delta-00004.npy") is None
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut", "other tensors", "huge member header"])
+def test_a_damaged_update_kept_by_the_previous_release_is_refused(tmp_path, damage):
+    path = tmp_path / "delta-00003.npz"
+    np.savez(path, **_model())
+    like = _model()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "cut":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif damage == "other tensors":
+        like = OrderedDict([("w", like["w"]), ("b", like["b"])])
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, array in like.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    shape = (1 << 36,) if name == "w" else array.shape
+                    np.lib.format.write_array_header_1_0(
+                        member, {"descr": "<f8", "fortran_order": False, "shape": shape}
+                    )
+                    if name != "w":
+                        member.write(array.tobytes())
+    with pytest.raises(ValueError):
+        load_kept_delta(path, like)

@@ -145,24 +145,29 @@ class Jobs:
             raise Forbidden("relay is for vertical jobs and secure-aggregation rounds")
         count, relayed = 0, []
         round_before, steps_before = self.rounds.open_round(first.job_id), self._secagg_steps(first.job_id)
-        for m in bounded_send(messages, max_messages, max_bytes):
-            count += 1
-            if m.job_id != first.job_id:
-                raise InvalidArgument("job_id: one Send carries the messages of one secure-aggregation job")
-            check_name(m.to, "to")
-            check_name(m.kind, "kind")
-            with self.feed.lock:
-                secagg = self.rounds.secagg
-                if not secagg.accept(sender, cert, m, spec):  # a share envelope, for its holder; never read here
-                    secagg.sessions[m.job_id].post(sender.name, m.to, m.kind, m.payload)
-                    relayed.append(m.to)
-        if relayed:
-            self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
-        self.rounds.secagg.mail.bump()
-        # Released or failed (tasks changed), or a roster or request went out: a silo that stopped waiting
-        # for it (it holds its poll loop at most a moment) learns of it from its poll, not a poll later.
-        if self.rounds.open_round(first.job_id) is not round_before or self._secagg_steps(first.job_id) != steps_before:
-            self.feed.bump()
+        try:
+            for m in bounded_send(messages, max_messages, max_bytes):
+                count += 1
+                if m.job_id != first.job_id:
+                    raise InvalidArgument("job_id: one Send carries the messages of one secure-aggregation job")
+                check_name(m.to, "to")
+                check_name(m.kind, "kind")
+                with self.feed.lock:
+                    secagg = self.rounds.secagg
+                    if not secagg.accept(sender, cert, m, spec):  # a share envelope for its holder; never read here
+                        secagg.sessions[m.job_id].post(sender.name, m.to, m.kind, m.payload)
+                        relayed.append(m.to)
+        finally:  # what the accepted messages did stands, even if a later one in the same Send is refused
+            if relayed:
+                self.rounds.secagg.shares_relayed(sender.name, first.job_id, relayed, first.seq)
+            self.rounds.secagg.mail.bump()
+            # Released or failed (tasks changed), or a roster or request went out: a silo that stopped
+            # waiting for it (it holds its poll loop at most a moment) learns of it from its poll at once.
+            if (
+                self.rounds.open_round(first.job_id) is not round_before
+                or self._secagg_steps(first.job_id) != steps_before
+            ):
+                self.feed.bump()
         return count
 
     def _secagg_steps(self, job_id: str) -> tuple[bool, bool] | None:
