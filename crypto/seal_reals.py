@@ -48,7 +48,7 @@ class SeededRealCodec:
         chunks: list[bytes] = []
         plain = seal.Plaintext()
         for start in range(0, slots.shape[0], half):
-            self._encoder.encode(slots[start : start + half], scale, plain)
+            self._encoder.encode(slots[start : start + half].tolist(), scale, plain)
             chunks.append(save_bytes(self._encryptor.encrypt_symmetric(plain)))
         return chunks
 

@@ -129,31 +129,3 @@ def test_plaintext_uploads_cannot_enter_an_encrypted_job_nor_decrypt_as_one():
     acc = accumulate_batches(None, PLAIN_FINGERPRINT, [plain])
     with pytest.raises(FingerprintMismatchError):
         decrypt_weighted_mean(enc, plain.manifest, acc.serialize())
-
-
-def test_encoding_numpy_slots_gives_the_plaintext_a_python_list_gives():
-    """crypto.hazmat and crypto.seal_reals hand the binding numpy slices (a third of the cost of
-    ``.tolist()`` for a 1M-value update, on every upload and every secure-aggregation correction).
-    This pins that the binding reads them as the same complex slots: a binding that read the array
-    as reals, or copied it strided, would change every ciphertext, and this test would say so first."""
-    import tenseal.sealapi as seal
-
-    from crypto.seal_io import save_bytes
-
-    keys = generate_key_set("compact")
-    context = keys.public.seal_context
-    encoder = seal.CKKSEncoder(context)
-    reals = np.random.default_rng(5).integers(-(2**38), 2**38, size=3 * encoder.slot_count() * 2).astype(np.float64)
-    slots = reals.view(np.complex128)
-    half = encoder.slot_count()
-    for start in (0, half, 2 * half):  # contiguous slices at offsets, as the codecs slice them
-        part = slots[start : start + half]
-        from_list, from_array = seal.Plaintext(), seal.Plaintext()
-        encoder.encode(part.tolist(), 2.0**19, from_list)
-        encoder.encode(part, 2.0**19, from_array)
-        assert save_bytes(from_array) == save_bytes(from_list)
-    parms = context.first_parms_id()  # the overload add_plain_inplace uses: at a ciphertext's own level
-    at_level_list, at_level_array = seal.Plaintext(), seal.Plaintext()
-    encoder.encode(slots[:half].tolist(), parms, 2.0**19, at_level_list)
-    encoder.encode(slots[:half], parms, 2.0**19, at_level_array)
-    assert save_bytes(at_level_array) == save_bytes(at_level_list)
