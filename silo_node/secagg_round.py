@@ -57,10 +57,9 @@ from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
 Mask = Callable[[np.ndarray], np.ndarray]
-REQUEST_POLL_MS = 5000
 # The longest one secure-aggregation step holds the node's poll loop (and so its other jobs, its
 # heartbeat and its shutdown): keys not agreed yet, or a request not sent yet, are looked for again
-# on the next poll. The aggregator wakes the polls when it acts at a deadline (roster, request).
+# on the next poll. The aggregator wakes the polls whenever it sends a roster or a request.
 MAX_BLOCKING_WAIT_S = 2.0
 ROSTER_GRACE_S = 20.0  # beyond the setup timeout: the aggregator's deadline tick and one relay long-poll
 
@@ -335,18 +334,17 @@ class SecureAggregation:
                 contributors=sorted(names.get(fp, fp[:16]) for fp in statement.contributors),
                 dropped=sorted(names.get(fp, fp[:16]) for fp in statement.dropped),
             )
-        # The request follows the last contributor's signature, which wakes no poll: wait for it here
-        # (long-polls of at most REQUEST_POLL_MS), at most MAX_BLOCKING_WAIT_S after signing: a request
-        # held back (a slow signer, or an aggregator that withholds it) must not hold the node's loop.
+        # The request follows the last contributor's signature: wait for it here (long-polls), at most
+        # MAX_BLOCKING_WAIT_S after signing: a request held back (a slow signer, or an aggregator that
+        # withholds it) must not hold the node's loop; the poll it wakes answers it later.
         # Only right after signing in this call: a silo that answered already (or signed on an earlier
         # poll) looks once without waiting, so that it is back on its poll loop for the next round.
         wait_s = min(self._unmask_timeout_s, MAX_BLOCKING_WAIT_S) if just_signed and wait_ms >= 1000 else 0.0
         deadline = time.monotonic() + wait_s
-        first_ms = min(wait_ms, REQUEST_POLL_MS, int(MAX_BLOCKING_WAIT_S * 1000)) if just_signed else 0
+        first_ms = min(wait_ms, int(MAX_BLOCKING_WAIT_S * 1000)) if just_signed else 0
         payloads = self._try_receive(SecAggKind.REQUEST, seq, first_ms)
         while payloads is None and time.monotonic() < deadline:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            payloads = self._try_receive(SecAggKind.REQUEST, seq, max(1, min(left_ms, REQUEST_POLL_MS)))
+            payloads = self._try_receive(SecAggKind.REQUEST, seq, max(1, int((deadline - time.monotonic()) * 1000)))
         if payloads is None:
             return
         try:
