@@ -6,7 +6,8 @@ so a crash leaves the old file or the new one and never half of one. Readers bou
 before reading it (``max_frame``) and refuse a truncated frame instead of returning short data, so a
 damaged or hostile file cannot make a reader allocate more than the bound or mistake a cut for data.
 
-Used by the silo's upload cache, the aggregator's released aggregates and its per-upload spool.
+Used by the silo's upload cache and the update it keeps for a masked round's retry, and by the
+aggregator's released aggregates and its per-upload spool.
 """
 
 from __future__ import annotations

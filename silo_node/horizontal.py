@@ -335,7 +335,7 @@ class HorizontalJob:
         first attempt (kept on this silo's disk): training again would spend the privacy budget twice."""
         if self._delta_in_memory is not None and self._delta_in_memory[0] == round_index:
             return self._delta_in_memory[1]  # _upload trains before the mask is ready, then encrypts
-        kept = self.dir / f"delta-{round_index:05d}.npy"
+        kept = self.dir / f"delta-{round_index:05d}.bin"
         if self.secure is not None and (stored := kept_delta_file(kept)) is not None:
             return load_kept_delta(stored, self.global_weights)
         self._check_may_train(round_index)

@@ -7,6 +7,7 @@ aggregator treats it as idempotent. The format predates the framing module and i
 
 from __future__ import annotations
 
+import json
 import math
 import zipfile
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from protocol import cipherfed_pb2 as pb
-from protocol.framing import open_framed_file, read_frames, write_framed_file
+from protocol.framing import open_framed_file, read_frame, read_frames, write_framed_file
 from protocol.jobspec import JobSpec
 from silo_node.models import make_adapter
 
@@ -46,20 +47,19 @@ class _Stream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+KEPT_DELTA_MAGIC = b"cipherfed kept update 1\n"
+
+
 def save_kept_delta(path: Path, delta: dict[str, np.ndarray]) -> None:
     """A secure-aggregation round's trained update, kept until the round is done (a retry re-masks it).
 
-    Raw ``.npy`` arrays one after the other (first the tensor names, then each tensor), written to a
-    temporary name and renamed: the same bytes as ``np.savez`` without its zip CRC over 8 MB, on the path
-    between training and the upload of every masked round (1M values, median of 20 writes alternating
-    with the old way: 3.0 ms of CPU instead of 6.2).
+    A framed file (``protocol/framing.py``): a JSON frame of [name, dtype, shape] per tensor, then each
+    tensor's raw bytes. Unlike ``np.savez`` it computes no zip CRC over 8 MB on the path between
+    training and the upload of every masked round.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.array(list(delta), dtype=np.str_), allow_pickle=False)
-        for array in delta.values():
-            np.save(f, np.asarray(array, order="C"), allow_pickle=False)
-    tmp.replace(path)
+    arrays = {name: np.asarray(array, order="C") for name, array in delta.items()}
+    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
+    write_framed_file(path, [header, *(a.tobytes() for a in arrays.values())], KEPT_DELTA_MAGIC, durable=False)
 
 
 def kept_delta_file(path: Path) -> Path | None:
@@ -70,38 +70,58 @@ def kept_delta_file(path: Path) -> Path | None:
 
 def load_kept_delta(path: Path, like: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
     """The update :func:`save_kept_delta` wrote (or an earlier release's ``.npz``), checked against the
-    model: the same tensor names in the same order, each of the model's shape and floating point.
+    model: the same tensor names in the same order, each of the model's shape and a native float.
 
-    Every array header is checked before its data is read (a header cannot make the silo allocate more
-    than the model's size); anything else, a cut file or trailing bytes, raises ``ValueError`` (the
-    step fails and is audited; the silo never trains the round again to replace it).
+    Every frame is bounded by the model's largest tensor and the header is judged before any tensor is
+    read, so no file can make the silo allocate more than the model's size; anything else, a cut file
+    or trailing bytes, raises ``ValueError`` (the step fails and is audited; the silo never trains the
+    round again to replace it).
     """
     if path.suffix == ".npz":
         return _load_legacy(path, like)
-    out: OrderedDict[str, np.ndarray] = OrderedDict()
-    expected_names = np.array(list(like), dtype=np.str_)
-    with open(path, "rb") as f:
-        names = _read_array(f, path, expected_names.shape, expected_names.dtype)
-        if names.tolist() != list(like):
-            raise ValueError(f"{path.name}: tensors {names.tolist()} are not the model's {list(like)}")
-        for name, model_tensor in like.items():
-            out[name] = _read_array(f, path, np.shape(model_tensor), None)
-        if f.read(1):
+    largest = max((8 * np.size(t) for t in like.values()), default=0)
+    with open_framed_file(path, KEPT_DELTA_MAGIC) as source:
+        frames = read_frames(source, count=1 + len(like), max_frame=max(largest, 1 << 16))
+        dtypes = _kept_dtypes(path, next(frames), like)
+        out = OrderedDict(
+            (name, _tensor(path, name, data, dtype, np.shape(like[name])))
+            for (name, dtype), data in zip(dtypes.items(), frames, strict=True)
+        )
+        if read_frame(source, max_frame=0) is not None:
             raise ValueError(f"{path.name}: bytes after the model's {len(like)} tensors")
     return out
 
 
-def _read_array(f: _Stream, path: Path, shape: tuple[int, ...], dtype_wanted: np.dtype | None) -> np.ndarray:
-    """One ``.npy`` array of exactly ``shape`` and ``dtype_wanted`` (None: a native float of at most 8 bytes);
-    the header is judged before anything is allocated."""
+def _kept_dtypes(path: Path, header: bytes, like: dict[str, np.ndarray]) -> dict[str, np.dtype]:
+    """Each tensor's dtype from the header, once its names and shapes are the model's."""
+    try:
+        entries = [(str(name), np.dtype(dtype), tuple(shape)) for name, dtype, shape in json.loads(header)]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path.name}: not a kept update ({exc})") from None
+    got = [(name, shape) for name, _, shape in entries]
+    if got != [(name, np.shape(t)) for name, t in like.items()]:
+        raise ValueError(f"{path.name}: tensors {got} are not the model's")
+    if not all(_native_float(dtype) for _, dtype, _ in entries):
+        raise ValueError(f"{path.name}: tensors must be native floats of at most 8 bytes")
+    return {name: dtype for name, dtype, _ in entries}
+
+
+def _tensor(path: Path, name: str, data: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{path.name}: tensor {name!r} holds {len(data)} bytes, not {dtype} {shape}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # a writable array of its own
+
+
+def _read_npy(f: _Stream, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """One ``.npy`` array of an earlier release's ``.npz``: exactly ``shape``, a native float of at most
+    8 bytes; the header is judged before anything is allocated."""
     try:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         got_shape, fortran, dtype = read_header(f)
     except (ValueError, EOFError) as exc:
         raise ValueError(f"{path.name}: not a kept update ({exc})") from None
-    dtype_ok = dtype == dtype_wanted if dtype_wanted is not None else _native_float(dtype)
-    if tuple(got_shape) != tuple(shape) or not dtype_ok or fortran:
+    if tuple(got_shape) != tuple(shape) or not _native_float(dtype) or fortran:
         raise ValueError(f"{path.name}: an array of {dtype} {tuple(got_shape)} where one of {tuple(shape)} belongs")
     size = math.prod(shape) * dtype.itemsize  # bounded by the model's size: the shape was checked
     data = f.read(size)
@@ -123,7 +143,7 @@ def _load_legacy(path: Path, like: dict[str, np.ndarray]) -> OrderedDict[str, np
                 raise ValueError(f"tensors {archive.namelist()} are not the model's {list(like)}")
             for name, model_tensor in like.items():
                 with archive.open(f"{name}.npy") as member:
-                    out[name] = _read_array(member, path, np.shape(model_tensor), None)
+                    out[name] = _read_npy(member, path, np.shape(model_tensor))
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path.name}: not a kept update ({exc})") from None
     return out

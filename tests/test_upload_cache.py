@@ -9,6 +9,7 @@ chunk) is frozen here against the writer as it was before the framing module.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import struct
 import tracemalloc
 import zipfile
@@ -25,9 +26,10 @@ from cryptography.x509.oid import NameOID
 from crypto.engine import SumEncryptor, encrypt_weighted_update
 from crypto.keys import generate_key_set
 from protocol import cipherfed_pb2 as pb
-from protocol.framing import FramingError
+from protocol.framing import FramingError, write_framed_file
 from protocol.upload import SignedUpload
 from silo_node.jobfiles import (
+    KEPT_DELTA_MAGIC,
     kept_delta_file,
     load_kept_delta,
     read_upload,
@@ -114,7 +116,7 @@ def _model() -> OrderedDict[str, np.ndarray]:
 def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
     """A secure-aggregation retry re-masks the update kept on disk: it must be exactly the trained one."""
     delta = _model()
-    path = tmp_path / "delta-00003.npy"
+    path = tmp_path / "delta-00003.bin"
     save_kept_delta(path, delta)
     back = load_kept_delta(path, _model())
     assert list(back) == ["w", "b", "s"]
@@ -125,18 +127,18 @@ def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header", "huge names"],
+    ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header", "huge frame"],
 )
 def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
     """Refused with ValueError before anything is used, and before a header can make the silo allocate."""
-    path = tmp_path / "delta-00003.npy"
+    path = tmp_path / "delta-00003.bin"
     save_kept_delta(path, _model())
     like = _model()
     data = path.read_bytes()
     if damage == "cut":
         path.write_bytes(data[:-9])
-    elif damage == "cut at a tensor":
-        path.write_bytes(data[: data.rindex(b"\x93NUMPY")])
+    elif damage == "cut at a tensor":  # the last frame (a 0-d float64: length prefix and 8 bytes) is gone
+        path.write_bytes(data[: -(4 + 8)])
     elif damage == "empty":
         path.write_bytes(b"")
     elif damage == "trailing":
@@ -147,14 +149,11 @@ def test_a_damaged_or_foreign_kept_update_is_refused(tmp_path, damage):
         twins = OrderedDict([("u", np.ones(5)), ("v", np.zeros(5))])
         save_kept_delta(path, twins)
         like = OrderedDict([("v", np.zeros(5)), ("u", np.ones(5))])
-    elif damage == "huge names":  # a names header claiming 500M-character names: refused, not allocated
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "<U500000000", "fortran_order": False, "shape": (3,)})
-    else:  # a valid header claiming 2^40 values: judged against the model before any allocation
-        with open(path, "wb") as f:
-            np.save(f, np.array(list(like), dtype=np.str_), allow_pickle=False)
-            header = {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
-            np.lib.format.write_array_header_1_0(f, header)
+    elif damage == "huge header":  # a valid header claiming 2^40 values: judged against the model first
+        claim = [["w", "<f8", [1 << 40]], ["b", "<f8", [7]], ["s", "<f8", []]]
+        write_framed_file(path, [json.dumps(claim).encode()], KEPT_DELTA_MAGIC)
+    else:  # a frame length of 4 GB: refused by the frame bound, not read into memory
+        path.write_bytes(KEPT_DELTA_MAGIC + struct.pack(">I", 0xFFFFFFF0) + b"x" * 16)
     tracemalloc.start()
     try:
         with pytest.raises(ValueError):
@@ -168,11 +167,11 @@ def test_an_update_kept_by_the_previous_release_still_reads_back(tmp_path):
     """A node upgraded between training and uploading a masked round re-masks the .npz it kept."""
     delta = _model()
     np.savez(tmp_path / "delta-00003.npz", **delta)
-    found = kept_delta_file(tmp_path / "delta-00003.npy")
+    found = kept_delta_file(tmp_path / "delta-00003.bin")
     assert found == tmp_path / "delta-00003.npz"
     back = load_kept_delta(found, _model())
     assert all(back[k].tobytes() == delta[k].tobytes() for k in delta)
-    assert kept_delta_file(tmp_path / "delta-00004.npy") is None
+    assert kept_delta_file(tmp_path / "delta-00004.bin") is None
 
 
 @pytest.mark.parametrize("damage", ["empty", "cut", "other tensors", "huge member header"])
