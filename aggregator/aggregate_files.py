@@ -1,7 +1,10 @@
 """Closed rounds' encrypted sums on disk: written atomically, streamed back chunk by chunk.
 
 The format is ``MAGIC`` then frames (``protocol.framing``): the serialized manifest, then every
-ciphertext chunk. This module is the ``AggregateArchive`` of the core (``core.store_contract``).
+ciphertext chunk. A secure-aggregation sum, still masked, starts with ``MASKED_MAGIC`` and has one
+more frame after the manifest: the unmasking record the silos remove the masks with
+(``protocol.secagg.encode_unmasking``). This module is the ``AggregateArchive`` of the core
+(``core.store_contract``).
 """
 
 from __future__ import annotations
@@ -13,24 +16,39 @@ from crypto.packing import Manifest
 from protocol import cipherfed_pb2 as pb
 from protocol.framing import FramingError, open_framed_file, read_frame, read_frames, write_framed_file
 from protocol.messages import manifest_from_proto, manifest_to_proto
+from protocol.secagg import MAX_UNMASKING_BYTES
 
 MAGIC = b"CFAGG1\n"
+MASKED_MAGIC = b"CFAGM1\n"  # same length: the reader tells the two apart by it
 
 
-def write_aggregate(path: Path, manifest: Manifest, chunks: Sequence[bytes]) -> int:
+def write_aggregate(path: Path, manifest: Manifest, chunks: Sequence[bytes], unmasking: bytes = b"") -> int:
     """Write to a temporary file, fsync, then rename: a crash leaves the old state or the new one.
     Returns the ciphertext bytes written (without the header)."""
     header = manifest_to_proto(manifest).SerializeToString()
-    write_framed_file(path, [header, *chunks], magic=MAGIC)
+    if unmasking:
+        write_framed_file(path, [header, unmasking, *chunks], magic=MASKED_MAGIC)
+    else:
+        write_framed_file(path, [header, *chunks], magic=MAGIC)
     return sum(len(chunk) for chunk in chunks)
 
 
-def read_aggregate(path: Path) -> tuple[Manifest, Iterator[bytes]]:
-    source = open_framed_file(path, MAGIC)
-    header = read_frame(source)
-    if header is None:
+def read_aggregate(path: Path) -> tuple[Manifest, bytes, Iterator[bytes]]:
+    """The manifest, the unmasking record (empty unless the sum is masked), and the chunks, read lazily."""
+    source = open_framed_file(path)
+    magic = source.read(len(MAGIC))
+    unmasking = b""
+    try:
+        if magic not in (MAGIC, MASKED_MAGIC):
+            raise FramingError(f"{path} is not an aggregate file (bad magic)")
+        header = read_frame(source)
+        if header is None:
+            raise FramingError(f"{path} holds no manifest")
+        if magic == MASKED_MAGIC and not (unmasking := read_frame(source, MAX_UNMASKING_BYTES) or b""):
+            raise FramingError(f"{path} holds a masked sum without its unmasking record")
+    except FramingError:
         source.close()
-        raise FramingError(f"{path} holds no manifest")
+        raise
     message = pb.Manifest()
     message.ParseFromString(header)
     manifest = manifest_from_proto(message)
@@ -39,7 +57,7 @@ def read_aggregate(path: Path) -> tuple[Manifest, Iterator[bytes]]:
         with source:
             yield from read_frames(source, manifest.chunk_count)
 
-    return manifest, chunks()
+    return manifest, unmasking, chunks()
 
 
 class AggregateFiles:
@@ -48,9 +66,11 @@ class AggregateFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def write(self, job_id: str, round_index: int, manifest: Manifest, chunks: Sequence[bytes]) -> tuple[str, int]:
+    def write(
+        self, job_id: str, round_index: int, manifest: Manifest, chunks: Sequence[bytes], unmasking: bytes = b""
+    ) -> tuple[str, int]:
         path = self.root / job_id / f"round-{round_index:05d}.agg"
-        return str(path), write_aggregate(path, manifest, chunks)
+        return str(path), write_aggregate(path, manifest, chunks, unmasking)
 
-    def read(self, where: str) -> tuple[Manifest, Iterator[bytes]]:
+    def read(self, where: str) -> tuple[Manifest, bytes, Iterator[bytes]]:
         return read_aggregate(Path(where))

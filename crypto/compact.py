@@ -58,7 +58,7 @@ from crypto.compact_masked import (
     unmasked_weights,
     upload_residues,
 )
-from crypto.compact_masked import correction_reals as correction_reals  # the aggregator's half
+from crypto.compact_masked import correction_reals as correction_reals
 from crypto.compact_masked import mask_length as mask_length
 from crypto.compact_masked import mask_length_for as mask_length_for
 from crypto.contributors import CONTRIBUTOR_TAGS, tag_key_from_secret
@@ -282,9 +282,14 @@ class CompactEncryptor:
         manifest.check_consistent()
         return CompactBatch(manifest, chunks, quantized.clipped, w, capped)
 
-    def decrypt_mean(self, manifest: Manifest, chunks: Sequence[bytes]) -> CompactMean:
-        """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean."""
-        sums = self.decrypt_lane_sums(manifest, chunks)
+    def decrypt_mean(
+        self, manifest: Manifest, chunks: Sequence[bytes], correction: np.ndarray | None = None
+    ) -> CompactMean:
+        """Decrypt an aggregate, verify it is an exact sum of valid contributions, return the mean.
+
+        A masked aggregate needs its ``correction`` (crypto.secagg.unmask.mask_correction).
+        """
+        sums = self.decrypt_lane_sums(manifest, chunks, correction)
         scale = self.params.step * self.params.weight_cap / sums.total_weight
         if sums.tags is None:
             mean = np.multiply(sums.values, scale)  # int64 * float -> float64 in one pass
@@ -296,12 +301,25 @@ class CompactEncryptor:
         tensors.pop(CONTRIBUTOR_TAGS, None)
         return CompactMean(tensors, sums.total_weight, sums.contributors, sums.tags)
 
-    def decrypt_lane_sums(self, manifest: Manifest, chunks: Sequence[bytes]) -> LaneSums:
-        """The exact integer sums of every value, with the decrypted contributor count and total weight."""
+    def decrypt_lane_sums(
+        self, manifest: Manifest, chunks: Sequence[bytes], correction: np.ndarray | None = None
+    ) -> LaneSums:
+        """The exact integer sums of every value, with the decrypted contributor count and total weight.
+
+        ``correction``: minus the total secure-aggregation mask, mod 2^w, in mask-vector order; it is
+        laid out like the silos' masked reals (:func:`correction_reals`) and added after decryption.
+        """
         self._check_manifest(manifest, len(chunks))
-        reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
-        grid = reals.reshape(len(chunks), -1)
         packing = self.params.packing
+        decrypted = self._codec.decrypt(chunks)
+        if correction is not None:
+            decrypted += correction_reals(self.params, manifest, self._codec.reals_per_ciphertext, correction)
+        elif isinstance(packing, MaskedLaneLayout):
+            raise CiphertextError(
+                "this aggregate is masked (secure aggregation) and came without the secrets that remove the masks"
+            )
+        reals = to_integers(decrypted, overwrite=True)
+        grid = reals.reshape(len(chunks), -1)
         if isinstance(packing, MaskedLaneLayout):  # weights are masked residues: reduce them first
             grid[:, 1] = unmasked_weights(grid[:, 1], packing)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])

@@ -125,16 +125,18 @@ class AggregateRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class AggregateHeader(_message.Message):
-    __slots__ = ("job_id", "round", "manifest", "contributors")
+    __slots__ = ("job_id", "round", "manifest", "contributors", "unmasking")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    UNMASKING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     manifest: Manifest
     contributors: int
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., contributors: _Optional[int] = ...) -> None: ...
+    unmasking: bytes
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., contributors: _Optional[int] = ..., unmasking: _Optional[bytes] = ...) -> None: ...
 
 class AggregateMessage(_message.Message):
     __slots__ = ("header", "chunk")

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from crypto.secagg.encoding import RoundContext, decode_fields, encode_fields
 from crypto.secagg.errors import EncodingError
+from crypto.secagg.unmask import RevealedSecrets
+from crypto.secagg.wire import decode_revealed, encode_revealed
 from protocol.jobspec import MAX_PARTICIPANTS, MAX_ROUND_RETRIES
 from protocol.names import is_safe_name
 
 ATTEMPTS_PER_ROUND = 1024  # > MAX_ROUND_RETRIES + 1 plus restarts: a round attempt's session is unique
 assert ATTEMPTS_PER_ROUND > MAX_ROUND_RETRIES + 1
 ROSTER_TAG = b"cipherfed-secagg-roster-v1"
+UNMASKING_TAG = b"cipherfed-secagg-unmasking-v1"
 ENTRY_TAG = b"cipherfed-secagg-roster-entry-v1"
 MAX_CERT_PEM_BYTES = 16 << 10
 MAX_ADVERT_BYTES = 1 << 10
@@ -25,6 +28,8 @@ MAX_ADVERT_BYTES = 1 << 10
 MAX_ROSTER_BYTES = 64 + MAX_CERT_PEM_BYTES + MAX_PARTICIPANTS * (64 + 256 + MAX_CERT_PEM_BYTES + MAX_ADVERT_BYTES)
 MAX_SHARES_BYTES = 4 << 10
 MAX_UNMASK_MESSAGE_BYTES = 64 + MAX_PARTICIPANTS * 256  # statement or request: identities and signatures
+# What travels with a masked aggregate: the roster, the statement and one 32-byte secret per member.
+MAX_UNMASKING_BYTES = 64 + MAX_ROSTER_BYTES + MAX_PARTICIPANTS * 256
 
 
 def session_number(round_index: int, attempt: int) -> int:
@@ -91,3 +96,25 @@ def decode_roster(data: bytes, max_entries: int = MAX_PARTICIPANTS) -> RosterMes
             raise EncodingError("roster entry has an unsafe name or an over-long certificate or advert")
         entries.append(RosterEntry(text, pem, advert))
     return RosterMessage(aggregator_pem, entries)
+
+
+@dataclass(frozen=True)
+class UnmaskingRecord:
+    """What a masked aggregate carries: the session's roster (as the aggregator published it) and the
+    secrets the unmasking revealed. A silo uses the roster it verified at agreement when it has one,
+    and verifies this one against the consortium CA when it does not."""
+
+    roster: bytes
+    secrets: RevealedSecrets
+
+
+def encode_unmasking(record: UnmaskingRecord) -> bytes:
+    return encode_fields(UNMASKING_TAG, record.roster, encode_revealed(record.secrets))
+
+
+def decode_unmasking(data: bytes, max_members: int = MAX_PARTICIPANTS) -> UnmaskingRecord:
+    """Bounded before it is read; secrets for a roster of more than ``max_members`` are refused."""
+    if len(data) > MAX_UNMASKING_BYTES:
+        raise EncodingError(f"the unmasking record is {len(data)} bytes; at most {MAX_UNMASKING_BYTES}")
+    roster, revealed = decode_fields(data, UNMASKING_TAG, 2)
+    return UnmaskingRecord(roster, decode_revealed(revealed, max_members))

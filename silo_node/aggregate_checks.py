@@ -9,6 +9,7 @@ encrypted contributor tags (who really contributed, at least the site's minimum)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +50,12 @@ class AggregateGate:
         expected_layout: tuple[str, str, str, int, int, int],
         claimed: int,
         own_required: bool,
+        correction: Callable[[Manifest], np.ndarray] | None = None,
     ) -> tuple[WeightedMean | CompactMean, int]:
-        """The decrypted mean and the verified contributor count, or RoundRefused (audited)."""
+        """The decrypted mean and the verified contributor count, or RoundRefused (audited).
+
+        ``correction``: for a masked sum (secure aggregation), what removes the masks after decryption.
+        """
         check_digests(manifest, chunks)
         got = manifest.layout_key()
         if got != expected_layout:  # swapped tensors or shifted lanes: the (unsigned) layout is not ours
@@ -61,7 +66,8 @@ class AggregateGate:
             )
         try:  # the same bytes decrypt the same way: a bad aggregate is the aggregator's doing, not bad luck
             if isinstance(self.encryptor, CompactEncryptor):
-                mean: WeightedMean | CompactMean = self.encryptor.decrypt_mean(manifest, chunks)
+                unmask = None if correction is None else correction(manifest)
+                mean: WeightedMean | CompactMean = self.encryptor.decrypt_mean(manifest, chunks, unmask)
             else:
                 mean = decrypt_weighted_mean(self.encryptor, manifest, chunks)
         except CryptoError as exc:

@@ -14,6 +14,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -388,15 +389,11 @@ class HorizontalJob:
 
     def _apply_aggregate(self, round_index: int) -> None:
         agg_header, manifest, chunks = self.client.download(self.job_id, round_index)
-        gate = AggregateGate(
-            self.job_id,
-            self.name,
-            self.encryptor,
-            self.events,
-            len(self.spec.participants),
-            self._contributor_lane(),
-            max(self.services.min_contributors, self.spec.min_silos, 2),
-        )
+        minimum = max(self.services.min_contributors, self.spec.min_silos, 2)
+        lanes, own_lane = len(self.spec.participants), self._contributor_lane()
+        gate = AggregateGate(self.job_id, self.name, self.encryptor, self.events, lanes, own_lane, minimum)
+        secure = self.secure  # a masked sum: removed after decryption with the secrets its unmasking revealed
+        correction = None if secure is None else partial(secure.correction_for, round_index, agg_header.unmasking)
         mean, verified = gate.open(
             round_index,
             manifest,
@@ -404,6 +401,7 @@ class HorizontalJob:
             self._expected_layout_key(round_index),
             int(agg_header.contributors),
             own_required=round_index in self.state.acknowledged_rounds,
+            correction=correction,
         )
         self.events.record(
             "aggregate_decrypted",

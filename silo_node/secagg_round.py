@@ -12,6 +12,8 @@ For one attempt of one round (its session):
    what this silo saw, then answer the unmasking request: one share per peer, the self-seed share of
    a contributor or the mask-key share of a dropped silo, never both for one silo
    (``crypto.secagg.unmask.ShareResponder``; its memory is written to disk before any answer leaves).
+3. ``correction_for`` (when the masked sum is released): check the secrets the aggregator revealed
+   against the roster this silo verified, and expand the correction it adds after decryption.
 
 A refusal (a roster, statement or request that breaks the rules) is audited with its reason and
 nothing is revealed; the silo then sits the round out. Every step is audited.
@@ -33,8 +35,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.events import EventSink
+from crypto.compact_masked import mask_length_for
 from crypto.endorsement import TrustAnchors
 from crypto.errors import CryptoError
+from crypto.packing import Manifest
 from crypto.pki import PKIError, certificate_fingerprint, verify_certificate, write_secret_file
 from crypto.secagg.encoding import RoundContext
 from crypto.secagg.errors import SecAggError, UnmaskRefused
@@ -42,7 +46,7 @@ from crypto.secagg.graph import neighbour_graph, round_graph_seed
 from crypto.secagg.keys import Advertisement, Roster, RoundKeys, advertise, verify_advertisement
 from crypto.secagg.masking import apply_pad, mask_pad, share_secrets
 from crypto.secagg.transport import ShareBundle, ShareEnvelope, open_shares
-from crypto.secagg.unmask import ContributorStatement, RoundMaterial, ShareResponder
+from crypto.secagg.unmask import ContributorStatement, RoundMaterial, ShareResponder, mask_correction
 from crypto.secagg.wire import (
     decode_material,
     decode_request,
@@ -52,7 +56,15 @@ from crypto.secagg.wire import (
     encode_signature,
 )
 from protocol.jobspec import JobSpec, compact_params, secagg_policy, secagg_table
-from protocol.secagg import MAX_ROSTER_BYTES, MAX_SHARES_BYTES, MAX_UNMASK_MESSAGE_BYTES, decode_roster, round_context
+from protocol.secagg import (
+    ATTEMPTS_PER_ROUND,
+    MAX_ROSTER_BYTES,
+    MAX_SHARES_BYTES,
+    MAX_UNMASK_MESSAGE_BYTES,
+    decode_roster,
+    decode_unmasking,
+    round_context,
+)
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
 
@@ -242,8 +254,8 @@ class SecureAggregation:
 
         return mask
 
-    def _verified_roster(self, context: RoundContext, data: bytes) -> Peers:
-        """Every entry: a current silo certificate of a job participant, its advert signed for this session."""
+    def _verified_roster(self, context: RoundContext, data: bytes, member: bool = True) -> Peers:
+        """Each entry: a participant's current silo certificate and advert for this session; ``member``: us too."""
         message = decode_roster(data, len(self.spec.participants))
         anchors = self.credentials.trust
         try:
@@ -267,7 +279,7 @@ class SecureAggregation:
             adverts.append(verify_advertisement(Advertisement.from_bytes(entry.advert), context, cert))
             names[identity.fingerprint] = entry.name
             certificates[identity.fingerprint] = cert
-        if self.me not in names:
+        if member and self.me not in names:
             raise SecAggError("the roster leaves this silo out although it advertised keys")
         if len(names) < self.policy.min_participants:
             raise SecAggError(
@@ -365,6 +377,33 @@ class SecureAggregation:
             self_shares_of=sorted(names.get(s.silo, s.silo[:16]) for s in response.shares if s.kind == "self"),
             mask_shares_of=sorted(names.get(s.silo, s.silo[:16]) for s in response.shares if s.kind == "mask"),
         )
+
+    # ------------------------------------------------------------------ 3. removing the masks
+    def correction_for(self, round_index: int, unmasking: bytes, manifest: Manifest) -> np.ndarray:
+        """Minus the masks left in a released sum, from the secrets its unmasking revealed (SecAggError if wrong).
+
+        The roster is this silo's own if it joined that session, else the record's, verified now as at
+        agreement. Every secret must match its owner's signed advert: the aggregator cannot shift the sum.
+        """
+        if not unmasking:
+            raise SecAggError("the aggregate is masked but came without its unmasking record")
+        record = decode_unmasking(unmasking, len(self.spec.participants))
+        secrets = record.secrets
+        context = secrets.statement.context
+        attempt = context.round - round_index * ATTEMPTS_PER_ROUND
+        other_job = (context.consortium, context.job) != (self.credentials.consortium, self.job_id)
+        if other_job or not 1 <= attempt < ATTEMPTS_PER_ROUND:
+            raise SecAggError(f"the unmasking record is for another job or round than round {round_index}")
+        agreed, stored = self._agreed, self._session_dir(context) / "roster.bin"
+        if agreed is not None and agreed[0] == context.round:
+            peers = agreed[2]
+        elif stored.exists():
+            peers = _stored_peers(context, stored.read_bytes())
+        else:
+            peers = self._verified_roster(context, record.roster, member=False)
+        graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
+        length = mask_length_for(self.params, manifest)
+        return mask_correction(secrets, peers.roster, graph, self.params.mask_bits, length)
 
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
         """The aggregator's statement or request if it has arrived; an over-long one is refused, audited."""

@@ -11,6 +11,7 @@ import itertools
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare, pearsonr
@@ -27,13 +28,24 @@ from crypto.secagg import (
     open_shares,
     verify_advertisement,
 )
-from crypto.secagg.errors import ReconstructionError
+from crypto.secagg.errors import EncodingError, ReconstructionError
 from crypto.secagg.keys import RoundKeys, pairwise_seed
 from crypto.secagg.prg import expand
 from crypto.secagg.shamir import reconstruct
 from crypto.secagg.simulation import Member, SimRound, finish_round, make_members, setup_round
 from crypto.secagg.transport import ShareEnvelope
-from crypto.secagg.unmask import ContributorStatement, StatementSignature, UnmaskResponse, make_request, unmask
+from crypto.secagg.unmask import (
+    ContributorStatement,
+    RevealedSecrets,
+    StatementSignature,
+    UnmaskResponse,
+    apply_correction,
+    make_request,
+    mask_correction,
+    reveal,
+    unmask,
+)
+from crypto.secagg.wire import decode_revealed, encode_revealed
 
 CTX = RoundContext("consortium-a", "job-1", 9)
 ALPHA = 1e-4  # fixed family-wise significance level of the statistical tests
@@ -424,3 +436,43 @@ def test_whatever_the_aggregator_asks_a_silo_never_reveals_both_shares_of_one_si
 def shared_round():
     members, _, sim = _round(7, 4)
     return members, sim
+
+
+# --- the revealed secrets a silo removes the masks with ----------------------------------------------
+
+
+def test_an_aggregator_cannot_shift_the_correction_with_wrong_revealed_secrets(aggregator):
+    """The aggregator hands every silo the secrets it reconstructed; the silo expands the correction itself
+    and checks each secret against its owner's signed advert first. Without those checks, any 32 bytes
+    passed off as a self seed would shift the decrypted sum (and with every slot of the consortium in use,
+    the lane range check cannot tell)."""
+    members = make_members(4)
+    _, _, sim = _round(4, 2, members=members, dropped={members[1].fingerprint})
+    exact, _ = finish_round(sim, aggregator, 40)
+    revealed = reveal(sim.statement, sim.responses, sim.roster, sim.threshold, sim.certificates).secrets
+    correction = mask_correction(revealed, sim.roster, sim.graph, sim.w, 40)
+    masked_sum = sum((s.masked for s in sim.silos.values() if s.masked is not None), np.zeros(40, dtype=np.uint64))
+    assert np.array_equal(apply_correction(masked_sum, correction, sim.w), exact)
+    survivor, dropped = sim.statement.contributors[0], sim.statement.dropped[0]
+    seeds, keys = dict(revealed.self_seeds), dict(revealed.mask_keys)
+    wrong_seed = {**seeds, survivor: bytes(32)}
+    swapped = {**seeds, survivor: seeds[sim.statement.contributors[1]]}
+    wrong_key = {dropped: X25519PrivateKey.generate().private_bytes_raw()}
+    other = RoundContext("consortium-a", "job-1", 10)
+    cases = {
+        "does not match its commitment": RevealedSecrets(revealed.statement, wrong_seed, keys),
+        "self seed of silo": RevealedSecrets(revealed.statement, swapped, keys),
+        "does not match its advertisement": RevealedSecrets(revealed.statement, seeds, wrong_key),
+        "exactly one self seed": RevealedSecrets(revealed.statement, {survivor: seeds[survivor]}, keys),
+        "another session": RevealedSecrets(dataclasses.replace(revealed.statement, context=other), seeds, keys),
+    }
+    for reason, secrets in cases.items():
+        with pytest.raises(UnmaskRefused, match=reason):
+            mask_correction(secrets, sim.roster, sim.graph, sim.w, 40)
+    # what travels: frozen encoding, bounded, round-trips; a record for a larger roster than the job's is refused
+    encoded = encode_revealed(revealed)
+    assert decode_revealed(encoded, 4) == revealed
+    with pytest.raises(EncodingError, match="roster of 4"):
+        decode_revealed(encoded, 3)
+    with pytest.raises(EncodingError):
+        decode_revealed(encoded[:-1], 4)

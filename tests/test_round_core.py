@@ -169,7 +169,8 @@ def test_round_closes_when_every_participant_uploaded_and_releases_a_decryptable
         receipt = world.upload(silo, job, 0, batch=batch)
         assert receipt.digest == batch.manifest.digest().hex() and not receipt.already_received
     assert world.round_status(job, 0) == RoundStatus.CLOSED
-    manifest, chunks, contributors = world.engine.aggregate(job, 0, "a")
+    released = world.engine.aggregate(job, 0, "a")
+    manifest, chunks, contributors = released.manifest, released.chunks, released.contributors
     assert contributors == 3 and manifest.value_count == batches[0].manifest.value_count
     mean = decrypt_weighted_mean(SumEncryptor(world.keys), manifest, list(chunks))
     expected = sum(np.random.default_rng(i).normal(size=10) for i in range(3)) / 3
@@ -277,7 +278,8 @@ def test_a_tiny_upload_committed_first_cannot_fail_the_round_for_everyone(world:
         assert not receipt.already_received
     assert world.round_status(job, 0) == RoundStatus.CLOSED
     assert world.engine.store.job(job).status == JobStatus.COMPLETED  # type: ignore[union-attr]
-    manifest, chunks, contributors = world.engine.aggregate(job, 0, "a")
+    released = world.engine.aggregate(job, 0, "a")
+    manifest, chunks, contributors = released.manifest, released.chunks, released.contributors
     assert contributors == 2 and manifest.value_count == world.batch("sum").manifest.value_count
     mean = decrypt_weighted_mean(SumEncryptor(world.keys), manifest, list(chunks))
     expected = sum(np.random.default_rng(i).normal(size=10) for i in range(2)) / 2  # the attacker adds nothing
@@ -314,7 +316,8 @@ def test_a_broken_upload_is_rolled_back_and_leaves_the_sum_exact(world: World) -
     assert open_round is not None and not open_round.uploads and not open_round.staging
     for i, silo in enumerate(SILOS):
         world.upload(silo, job, 0, batch=world.batch("sum", seed=i))
-    manifest, chunks, _ = world.engine.aggregate(job, 0, "b")
+    released = world.engine.aggregate(job, 0, "b")
+    manifest, chunks = released.manifest, released.chunks
     mean = decrypt_weighted_mean(SumEncryptor(world.keys), manifest, list(chunks))
     expected = sum(np.random.default_rng(i).normal(size=10) for i in range(3)) / 3
     assert np.allclose(np.asarray(mean.tensors["w"]).ravel(), expected, atol=1e-3)
@@ -334,7 +337,8 @@ def test_an_upload_cut_off_mid_stream_is_subtracted_again(world: World) -> None:
     assert world.events.named("upload_rolled_back")[0]["chunks_added"] == 1
     world.upload("b", job, 0, batch=batches[1])
     world.upload("c", job, 0, batch=batches[2])
-    manifest, chunks, contributors = world.engine.aggregate(job, 0, "a")
+    released = world.engine.aggregate(job, 0, "a")
+    manifest, chunks, contributors = released.manifest, released.chunks, released.contributors
     mean = decrypt_weighted_mean(SumEncryptor(world.keys), manifest, list(chunks))
     expected = sum(np.random.default_rng(i).normal(size=values) for i in range(3)) / 3
     assert contributors == 3 and np.allclose(np.asarray(mean.tensors["w"]).ravel(), expected, atol=1e-3)

@@ -29,7 +29,9 @@ from crypto.secagg.masking import apply_pad, mask_pad, mask_vector
 from crypto.secagg.prg import add_stream, expand
 from crypto.secagg.shamir import PRIME, Share, reconstruct, reconstruct_checked, split
 from crypto.secagg.simulation import finish_round, make_members, setup_round
-from crypto.secagg.unmask import ContributorStatement, ShareResponder
+from crypto.secagg.unmask import ContributorStatement, RevealedSecrets, ShareResponder
+from crypto.secagg.wire import decode_revealed, encode_revealed
+from protocol.secagg import UnmaskingRecord, decode_unmasking, encode_unmasking
 
 CTX = RoundContext("consortium-a", "job-1", 4)
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "secagg.json").read_text())
@@ -299,6 +301,13 @@ def test_frozen_context_advertisement_and_statement_encodings():
     statement = ContributorStatement.make(ctx, v["roster"], v["contributors"])
     assert statement.encode().hex() == v["statement_hex"]
     assert ContributorStatement.decode(bytes.fromhex(v["statement_hex"])) == statement
+    roster = v["roster"]
+    secrets = RevealedSecrets(statement, {roster[0]: bytes(range(32)), roster[1]: bytes([5]) * 32}, {roster[2]: bytes([7]) * 32})
+    assert encode_revealed(secrets).hex() == v["revealed_hex"]  # what a masked aggregate carries to every silo
+    assert decode_revealed(bytes.fromhex(v["revealed_hex"]), 3) == secrets
+    record = decode_unmasking(bytes.fromhex(v["unmasking_hex"]), 3)
+    assert record == UnmaskingRecord(b"roster-bytes", secrets)
+    assert encode_unmasking(record).hex() == v["unmasking_hex"]
 
 
 def test_frozen_prg_expansion_and_pairwise_seed():

@@ -1,8 +1,9 @@
 """Secure aggregation over compact lanes (crypto/compact_masked.py): masked uploads, exact unmasked sums.
 
 Real compact CKKS keys and ciphertexts, real SecAgg masks, shares and unmasking from
-crypto.secagg.simulation (certificates from an in-memory CA); the test plays the aggregator:
-Accumulator sum, unmask, add_plain(correction_reals(...)), and the silos' decryption. No processes.
+crypto.secagg.simulation (certificates from an in-memory CA); the test plays the aggregator
+(Accumulator sum, secrets revealed) and the silos (correction expanded, added after decryption).
+No processes.
 """
 
 from __future__ import annotations
@@ -86,13 +87,11 @@ def _masked_round(keys, params, members, uploaders, tags=None):
     return sim, batches, expected
 
 
-def _aggregate(public, keys, params, sim: SimRound, aggregator, batches, correct=True):
-    """Aggregator: sum the masked ciphertexts, unmask, add the plaintext correction; returns the chunks."""
+def _aggregate(public, keys, params, sim: SimRound, aggregator, batches):
+    """Sum the masked ciphertexts and unmask; returns the (still masked) chunks and the silos' correction."""
     manifest = batches[0].manifest
     acc = accumulate_batches(public, keys.fingerprint, batches)
     _, result = finish_round(sim, aggregator, mask_length_for(params, manifest))
-    if correct:
-        acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, result.correction), 19)
     return manifest, acc.serialize(), result.correction
 
 
@@ -101,12 +100,12 @@ def test_masked_round_decrypts_to_exact_sum(keys, public, members, aggregator, d
     params = _params()
     uploaders = {m.fingerprint for m in members[dropped:]}
     sim, batches, expected = _masked_round(keys, params, members, uploaders)
-    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
-    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks)
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks, correction)
     assert sums.contributors == len(uploaders)
     assert sums.total_weight == sum(WEIGHTS[dropped:])
     np.testing.assert_array_equal(sums.values, expected)
-    mean = CompactEncryptor(keys, params).decrypt_mean(manifest, chunks)
+    mean = CompactEncryptor(keys, params).decrypt_mean(manifest, chunks, correction)
     assert mean.tensors["w"].shape == (SIZE - 100,)
 
 
@@ -117,8 +116,8 @@ def test_masked_round_with_contributor_tags(keys, public, members, aggregator):
     sim, batches, expected = _masked_round(keys, params, members, {m.fingerprint for m in members}, tags)
     manifest = batches[0].manifest
     assert mask_length_for(params, manifest) == SIZE + 2 * manifest.chunk_count
-    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
-    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks)
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks, correction)
     np.testing.assert_array_equal(sums.values, expected)
     np.testing.assert_allclose(sums.tags, 4 * tags, atol=1e-3)
     assert sums.total_weight == sum(WEIGHTS)
@@ -149,30 +148,31 @@ def test_missing_or_wrong_correction_is_refused(keys, public, aggregator):
     members = make_members(4)
     params = _params(max_silos=8)
     sim, batches, _ = _masked_round(keys, params, members, {m.fingerprint for m in members})
-    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches, correct=False)
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
     enc = CompactEncryptor(keys, params)
-    with pytest.raises(CiphertextError, match="masks were not removed|total weight|headers disagree"):
+    with pytest.raises(CiphertextError, match="masked .* without the secrets that remove the masks"):
         enc.decrypt_lane_sums(manifest, chunks)
+    zero = np.zeros_like(correction)  # a correction that removes nothing: the residues stay uniform
+    with pytest.raises(CiphertextError, match="masks were not removed|total weight|headers disagree"):
+        enc.decrypt_lane_sums(manifest, chunks, zero)
     wrong = correction.copy()  # right weight corrections, random lane corrections (e.g. another round's)
     lanes = wrong.shape[0] - 2 * manifest.chunk_count
     wrong[:lanes] = np.random.default_rng(5).integers(0, 1 << params.mask_bits, lanes, dtype=np.uint64)
-    acc = accumulate_batches(public, keys.fingerprint, batches)
-    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, wrong), 19)
     with pytest.raises(CiphertextError, match="masks were not removed"):
-        enc.decrypt_lane_sums(manifest, acc.serialize())
+        enc.decrypt_lane_sums(manifest, chunks, wrong)
 
 
 def test_wrong_correction_with_a_full_consortium_gives_wrong_values(keys, public, members, aggregator):
-    """Residual risk, pinned: when contributors == max_silos every residue is a plausible sum, so a shifted
-    correction decrypts to shifted values without an error (the aggregator can shift sums; see security.md)."""
+    """Why the silo expands the correction itself, from secrets checked against their commitments: when
+    contributors == max_silos every residue is a plausible sum, so a shifted correction would decrypt to
+    shifted values without an error. (tests/test_secagg.py: a revealed secret that is not the committed one
+    is refused.)"""
     params = _params()
     sim, batches, expected = _masked_round(keys, params, members, {m.fingerprint for m in members})
-    manifest, _, correction = _aggregate(public, keys, params, sim, aggregator, batches, correct=False)
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
     shifted = correction.copy()
     shifted[:10] = (shifted[:10] + np.uint64(3)) & np.uint64((1 << params.mask_bits) - 1)
-    acc = accumulate_batches(public, keys.fingerprint, batches)
-    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, shifted), 19)
-    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize())
+    sums = CompactEncryptor(keys, params).decrypt_lane_sums(manifest, chunks, shifted)
     np.testing.assert_array_equal(sums.values[:10], expected[:10] + 3)
     np.testing.assert_array_equal(sums.values[10:], expected[10:])
 
@@ -287,8 +287,7 @@ def test_extreme_masked_values_wrap_and_reduce_exactly(keys, public, members, ex
     correction = (np.uint64(0) - sum(pads, np.zeros_like(pads[0]))) & modulus
     manifest = batches[0].manifest
     acc = accumulate_batches(public, keys.fingerprint, batches)
-    acc.add_plain(correction_reals(params, manifest, public.reals_per_ciphertext, correction), 19)
-    sums = enc.decrypt_lane_sums(manifest, acc.serialize())
+    sums = enc.decrypt_lane_sums(manifest, acc.serialize(), correction)
     np.testing.assert_array_equal(sums.values, expected)
     assert sums.total_weight == sum(WEIGHTS)
 
@@ -298,7 +297,7 @@ def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members,
     a lane no honest round can: refused like any out-of-range lane rather than silently reduced away."""
     params = _params()
     sim, batches, _ = _masked_round(keys, params, members, {m.fingerprint for m in members})
-    manifest, chunks, _ = _aggregate(public, keys, params, sim, aggregator, batches)
+    manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
     acc = Accumulator(public, len(chunks))
     for i, chunk in enumerate(chunks):
         acc.add(i, load_ciphertext(public.seal_context, chunk))  # the released aggregate, re-loaded
@@ -312,7 +311,7 @@ def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members,
     tamper[1] = float(k << w) * float(1 << lane_bits)
     acc.add_plain(tamper, 19)
     with pytest.raises(CiphertextError, match="weight digit is outside"):
-        CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize())
+        CompactEncryptor(keys, params).decrypt_lane_sums(manifest, acc.serialize(), correction)
 
 
 @settings(max_examples=20, deadline=None)

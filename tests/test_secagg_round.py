@@ -26,15 +26,19 @@ from audit.report import build_report
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
 from crypto.compact import CompactEncryptor, CompactParams
+from crypto.compact_masked import mask_length_for
+from crypto.errors import CiphertextError
 from crypto.keys import load_secret_key_set
 from crypto.lanes import center
+from crypto.secagg.graph import neighbour_graph, round_graph_seed
 from crypto.secagg.masking import mask_vector
+from crypto.secagg.unmask import mask_correction
 from crypto.secagg.wire import decode_keys, decode_material
 from crypto.wrapping import unwrap_key
 from protocol import cipherfed_pb2 as pb
-from protocol.jobspec import compact_params, parse_job_spec
+from protocol.jobspec import compact_params, parse_job_spec, secagg_policy
 from protocol.messages import read_aggregate
-from protocol.secagg import ATTEMPTS_PER_ROUND, session_number
+from protocol.secagg import ATTEMPTS_PER_ROUND, decode_unmasking, session_number
 from protocol.upload import SignedUpload
 from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
@@ -138,6 +142,17 @@ def _raw_residues(key: CompactEncryptor, upload: SignedUpload, chunks: list[byte
     return key.decrypt_residues(upload.manifest, chunks)
 
 
+def _released_correction(c: LocalConsortium, name: str, job_id: str, header, manifest, spec_text: str) -> np.ndarray:
+    """What silo ``name`` removes from a released sum: the revealed secrets, checked against its own roster."""
+    secrets = decode_unmasking(header.unmasking, len(SILOS)).secrets
+    context = secrets.statement.context
+    peers = _stored_peers(context, (_job_dir(c, name, job_id) / "secagg" / f"session-{context.round:012d}" / "roster.bin").read_bytes())
+    spec = parse_job_spec(spec_text)
+    graph = neighbour_graph(list(peers.names), round_graph_seed(context), secagg_policy(spec).neighbours)
+    params = compact_params(spec)
+    return mask_correction(secrets, peers.roster, graph, params.mask_bits, mask_length_for(params, manifest))
+
+
 def _true_quantized(c: LocalConsortium, name: str, job_id: str, round_index: int, key, upload, chunks) -> np.ndarray:
     """The silo's quantized update, recovered from its own disk: residues minus its own mask."""
     params: CompactParams = key.params
@@ -174,10 +189,12 @@ def test_round_with_a_dropout_completes_and_releases_the_exact_sum_of_the_surviv
     truth = sum(
         _true_quantized(c, n, job_id, 1, key, *_upload(c, n, job_id, 1)) for n in ("silo-1", "silo-2", "silo-3")
     )
-    _, manifest, chunks = read_aggregate(
+    header, manifest, chunks = read_aggregate(
         c.stub("silo-1").DownloadAggregate(pb.AggregateRequest(job_id=job_id, round=1), timeout=60)
     )
-    sums = key.decrypt_lane_sums(manifest, chunks)
+    with pytest.raises(CiphertextError, match="without the secrets"):  # the released sum is still masked
+        key.decrypt_lane_sums(manifest, chunks)
+    sums = key.decrypt_lane_sums(manifest, chunks, _released_correction(c, "silo-1", job_id, header, manifest, spec))
     assert sums.contributors == 3
     assert np.array_equal(sums.values, truth[: sums.values.shape[0]])
     bits = key.params.bits

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -36,6 +36,7 @@ from aggregator.core.views import (
     JobSummary,
     RelayDelivery,
     RelayOffer,
+    ReleasedAggregate,
     RoundView,
     TaskView,
     UploadOffer,
@@ -44,7 +45,6 @@ from aggregator.core.views import (
 from aggregator.keyring import PublicKeyring
 from aggregator.limits import check_job_id, check_metrics, check_name
 from audit.events import EventSink
-from crypto.packing import Manifest
 from crypto.pki import Identity
 from policies.evaluate import evaluate_submission
 from policies.schema import ConsortiumPolicy, PolicyFile
@@ -298,14 +298,14 @@ class Jobs:
             raise Forbidden(f"{silo} is not a participant of job {job_id}")
         return spec
 
-    def aggregate(self, job_id: str, round_index: int, silo: str) -> tuple[Manifest, Iterator[bytes], int]:
-        """A released aggregate for one of its participants: manifest, chunks, number of contributors."""
+    def aggregate(self, job_id: str, round_index: int, silo: str) -> ReleasedAggregate:
+        """A released aggregate for one of its participants."""
         self._participant(job_id, silo)
         released = self.rounds.released(job_id, round_index)
         if released is None:
             raise PreconditionFailed(f"round {round_index} of job {job_id} has no released aggregate")
-        manifest, chunks = self.rounds.archive.read(released[0])
-        return manifest, chunks, released[1]
+        manifest, unmasking, chunks = self.rounds.archive.read(released[0])
+        return ReleasedAggregate(manifest, chunks, released[1], unmasking)
 
     def decline(self, job_id: str, round_index: int, silo: str, reasons: list[str]) -> None:
         spec = self._participant(job_id, silo)

@@ -345,8 +345,11 @@ class RoundCore:
             self._fail(open_round, contributors, why, reason, now)
         self.feed.bump()
 
-    def _release(self, open_round: OpenRound, layout: Any, contributors: list[str], why: str, now: float) -> None:
-        """Write the sum of the winning layout, record it, and open the next round or complete the job."""
+    def _release(
+        self, open_round: OpenRound, layout: Any, contributors: list[str], why: str, now: float, unmasking: bytes = b""
+    ) -> None:
+        """Write the sum of the winning layout (with the unmasking record of a masked sum), record it, and open
+        the next round or complete the job."""
         job_id, round_index, spec = open_round.job_id, open_round.round, open_round.spec
         chunks = open_round.staging[layout].serialize()
         m = open_round.committed[layout]
@@ -360,7 +363,7 @@ class RoundCore:
             tuple(chunk_digest(c) for c in chunks),
             m.quantization,
         )
-        where, out_bytes = self.archive.write(job_id, round_index, manifest, chunks)
+        where, out_bytes = self.archive.write(job_id, round_index, manifest, chunks, unmasking)
         self.store.update_round(
             job_id,
             round_index,

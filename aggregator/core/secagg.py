@@ -43,22 +43,24 @@ from aggregator.core.store_contract import JobStore
 from aggregator.core.uploads import OpenRound
 from aggregator.core.views import RelayOffer
 from audit.events import EventSink
-from crypto.compact_masked import correction_reals, mask_length_for
 from crypto.errors import CryptoError
 from crypto.packing import Manifest
 from crypto.pki import Identity
 from crypto.secagg.errors import NotEnoughSurvivors, SecAggError
 from crypto.secagg.graph import neighbour_graph, round_graph_seed
 from crypto.secagg.keys import Advertisement, Roster, verify_advertisement
-from crypto.secagg.unmask import (
-    ContributorStatement,
-    consistency_needed,
-    make_request,
-    unmask,
-)
+from crypto.secagg.unmask import ContributorStatement, consistency_needed, make_request, reveal
 from crypto.secagg.wire import check_response, check_signature, decode_response, decode_signature, encode_request
 from protocol.jobspec import JobSpec, compact_params, secagg_policy, secagg_table
-from protocol.secagg import MAX_ADVERT_BYTES, RosterEntry, RosterMessage, encode_roster, round_context
+from protocol.secagg import (
+    MAX_ADVERT_BYTES,
+    RosterEntry,
+    RosterMessage,
+    UnmaskingRecord,
+    encode_roster,
+    encode_unmasking,
+    round_context,
+)
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 
 
@@ -265,7 +267,7 @@ class SecureAggregation:
             RosterEntry(name, c.public_bytes(serialization.Encoding.PEM), raw)
             for name, (_, c, _, raw) in sorted(session.adverts.items())
         ]
-        encoded = encode_roster(RosterMessage(pem, entries))
+        encoded = session.roster_bytes = encode_roster(RosterMessage(pem, entries))
         for name in session.adverts:
             session.post(AGGREGATOR_RECIPIENT, name, SecAggKind.ROSTER, encoded)
         self.mail.bump()
@@ -401,27 +403,21 @@ class SecureAggregation:
 
     # ------------------------------------------------------------------ the end of a session
     def _finish(self, session: Session, now: float, at_deadline: bool) -> None:
-        """Compute the correction, add it to the encrypted sum, and release; or fail with the reason."""
+        """Reconstruct the revealed secrets and release the masked sum with them; or fail with the reason.
+
+        The aggregator does not remove the masks: every silo checks the secrets against the roster it
+        verified and removes them after decryption (``crypto.secagg.unmask.mask_correction``), so the
+        aggregator can neither shift the sum unnoticed nor spend its round's tail encoding the correction.
+        """
         open_round = session.open_round
-        assert session.statement is not None and session.graph is not None
-        manifest = open_round.committed[session.layout]
+        assert session.statement is not None
         certificates = {ident.fingerprint: c for ident, c, _, _ in session.adverts.values()}
         roster = Roster.build(session.context, [a for _, _, a, _ in session.adverts.values()])
         try:
-            result = unmask(
-                session.statement,
-                list(session.answers.values()),
-                roster,
-                session.graph,
-                session.policy.threshold,
-                session.params.mask_bits,
-                mask_length_for(session.params, manifest),
-                certificates,
+            result = reveal(
+                session.statement, list(session.answers.values()), roster, session.policy.threshold, certificates
             )
-            public = open_round.public
-            assert public is not None
-            reals = correction_reals(session.params, manifest, public.reals_per_ciphertext, result.correction)
-            open_round.staging[session.layout].add_plain(reals, manifest.scale_bits)
+            unmasking = encode_unmasking(UnmaskingRecord(session.roster_bytes, result.secrets))
         except (NotEnoughSurvivors, SecAggError, CryptoError) as exc:
             self._fail_round(session, f"secure aggregation: the masks cannot be removed: {exc}; nothing released", now)
             return
@@ -440,7 +436,7 @@ class SecureAggregation:
             at_deadline=at_deadline,
         )
         self._end(open_round.job_id)
-        self._release(open_round, session.layout, session.contributors, session.why, now)
+        self._release(open_round, session.layout, session.contributors, session.why, now, unmasking)
 
     def _fail_round(self, session: Session, reason: str, now: float) -> None:
         self._end(session.open_round.job_id)

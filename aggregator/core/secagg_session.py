@@ -25,7 +25,7 @@ MAX_SHARE_ENVELOPE_BYTES = 4 << 10
 MAX_ANSWER_BYTES = 1 << 20
 MAX_CONSISTENCY_BYTES = 1 << 10
 
-Release = Callable[[OpenRound, Any, list[str], str, float], None]
+Release = Callable[[OpenRound, Any, list[str], str, float, bytes], None]  # ..., the unmasking record
 Fail = Callable[[OpenRound, list[str], str, "str | None", float], None]
 
 
@@ -48,6 +48,7 @@ class Session:
     setup_deadline: float
     adverts: dict[str, tuple[Identity, x509.Certificate, Advertisement, bytes]] = field(default_factory=dict)
     roster: dict[str, str] | None = None  # fingerprint -> name, fixed when published
+    roster_bytes: bytes = b""  # the roster message as published (released with the masked sum)
     graph: Graph | None = None
     shares_sent: set[tuple[str, str]] = field(default_factory=set)  # (sender, recipient) fingerprints relayed
     # unmasking (after the round core closed the round)

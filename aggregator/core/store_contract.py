@@ -98,8 +98,12 @@ class JobStore(Protocol):
 class AggregateArchive(Protocol):
     """Released aggregates: written once when a round closes, streamed back to its participants."""
 
-    def write(self, job_id: str, round_index: int, manifest: Manifest, chunks: Sequence[bytes]) -> tuple[str, int]:
-        """Store atomically; returns (where, payload bytes)."""
+    def write(
+        self, job_id: str, round_index: int, manifest: Manifest, chunks: Sequence[bytes], unmasking: bytes = b""
+    ) -> tuple[str, int]:
+        """Store atomically (with the unmasking record of a still-masked sum); returns (where, payload bytes)."""
         ...
 
-    def read(self, where: str) -> tuple[Manifest, Iterator[bytes]]: ...
+    def read(self, where: str) -> tuple[Manifest, bytes, Iterator[bytes]]:
+        """The manifest, the unmasking record (empty unless masked), and the chunks."""
+        ...

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the edge parses the wire header; the core only calls what it is handed
+    from crypto.packing import Manifest
     from protocol.upload import SignedUpload
 
 
@@ -50,6 +51,16 @@ class UploadReceipt:
     digest: str
     aggregator_audit_head: str = ""
     already_received: bool = False
+
+
+@dataclass(frozen=True)
+class ReleasedAggregate:
+    """A released round's sum for one participant; ``unmasking`` is empty unless the sum is still masked."""
+
+    manifest: Manifest
+    chunks: Iterator[bytes]
+    contributors: int
+    unmasking: bytes
 
 
 @dataclass(frozen=True)

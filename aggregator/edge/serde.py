@@ -16,12 +16,12 @@ from aggregator.core.views import (
     KeyMaterialView,
     RelayDelivery,
     RelayOffer,
+    ReleasedAggregate,
     TaskView,
     UploadOffer,
     UploadReceipt,
 )
 from aggregator.members import Presence
-from crypto.packing import Manifest
 from crypto.pki import RevocationList
 from policies.schema import ConsortiumPolicy
 from protocol import cipherfed_pb2 as pb
@@ -75,14 +75,16 @@ def receipt(view: UploadReceipt) -> pb.UploadReceipt:
     )
 
 
-def aggregate_messages(
-    job_id: str, round_index: int, manifest: Manifest, chunks: Iterable[bytes], contributors: int
-) -> Iterator[pb.AggregateMessage]:
+def aggregate_messages(job_id: str, round_index: int, released: ReleasedAggregate) -> Iterator[pb.AggregateMessage]:
     header = pb.AggregateHeader(
-        job_id=job_id, round=round_index, manifest=manifest_to_proto(manifest), contributors=contributors
+        job_id=job_id,
+        round=round_index,
+        manifest=manifest_to_proto(released.manifest),
+        contributors=released.contributors,
+        unmasking=released.unmasking,
     )
     yield pb.AggregateMessage(header=header)
-    for chunk in chunks:
+    for chunk in released.chunks:
         assert len(chunk) <= MAX_CHUNK_BYTES
         yield pb.AggregateMessage(chunk=chunk)
 

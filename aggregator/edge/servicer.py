@@ -94,12 +94,12 @@ class ConsortiumService(pbg.ConsortiumServicer):
         self, request: pb.AggregateRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AggregateMessage]:
         ident = self.auth.identity(context)
-        manifest, chunks, contributors = self._guard(
+        released = self._guard(
             context,
             "DownloadAggregate",
             lambda: self.engine.aggregate(request.job_id, int(request.round), ident.name),
         )
-        yield from serde.aggregate_messages(request.job_id, request.round, manifest, chunks, contributors)
+        yield from serde.aggregate_messages(request.job_id, request.round, released)
         self.events.record("aggregate_downloaded", ident.name, job=request.job_id, round=int(request.round))
 
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:

@@ -13,10 +13,11 @@ Steps, after the masked uploads of a round are in:
    the attack in tests/test_adversarial_secagg.py recovers X's update exactly.
 3. Each survivor answers with one share per neighbour: the self-seed share if it contributed, the
    mask-key share if it dropped, never both for one silo in one round (``ShareResponder``).
-4. ``unmask`` reconstructs the secrets, checks each against its public commitment, and returns the
-   correction (minus the total mask, mod 2^w) that the aggregator adds as a plaintext to the
-   encrypted sum. The aggregator learns the total mask, which is a function of secrets standard
-   SecAgg already reveals to the server and of no update; the sum itself stays encrypted.
+4. The aggregator reconstructs the secrets (``reveal``), each checked against its owner's public
+   commitment, and hands them out with the still-encrypted masked sum. Each silo checks them again
+   against the roster it verified itself and expands the correction (``mask_correction``: minus
+   the total mask, mod 2^w), which it adds after decryption. The aggregator learns the secrets
+   standard SecAgg already reveals to the server and no update; the sum itself stays encrypted.
 """
 
 from __future__ import annotations
@@ -403,6 +404,113 @@ def _recover(
     return secret
 
 
+@dataclass(frozen=True)
+class RevealedSecrets:
+    """What the unmasking revealed: every contributor's self seed, every dropped silo's mask key.
+
+    Standard SecAgg reveals exactly these to the server. The aggregator now only reconstructs them
+    (:func:`reveal`) and hands them out with the masked sum; each silo expands the masks itself
+    (:func:`mask_correction`), checking every secret against the signed advertisement first, so the
+    aggregator can neither shift the correction nor spend milliseconds of CKKS encoding on it.
+    """
+
+    statement: ContributorStatement
+    self_seeds: Mapping[str, bytes]  # contributor -> its self-mask seed
+    mask_keys: Mapping[str, bytes]  # dropped silo -> its X25519 mask-agreement private key
+
+
+@dataclass
+class Revealed:
+    """The secrets, and who misbehaved while they were reconstructed (for the audit log)."""
+
+    secrets: RevealedSecrets
+    rejected_responses: dict[str, str]
+    wrong_shares: dict[str, list[str]]
+
+
+def _seed_ok(context: RoundContext, silo: str, advert: Advertisement) -> Callable[[bytes], bool]:
+    return lambda secret: self_seed_commitment(context, silo, secret) == advert.seed_commitment
+
+
+def _key_ok(advert: Advertisement) -> Callable[[bytes], bool]:
+    def check(secret: bytes) -> bool:
+        if len(secret) != 32:
+            return False
+        public = X25519PrivateKey.from_private_bytes(secret).public_key()
+        return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == advert.mask_public
+
+    return check
+
+
+def reveal(
+    statement: ContributorStatement,
+    responses: Sequence[UnmaskResponse],
+    roster: Roster,
+    threshold: int,
+    certificates: Mapping[str, x509.Certificate],
+) -> Revealed:
+    """Reconstruct each contributor's self seed and each dropped silo's mask key from the answers.
+
+    Every reconstructed secret is checked against its owner's signed advertisement (self-seed
+    commitment, mask public key), so a wrong share cannot corrupt the result silently; its sender is
+    named in ``wrong_shares``. Raises NotEnoughSurvivors when a secret cannot be recovered.
+    """
+    statement.validate()
+    if len(statement.contributors) < threshold + 1:
+        raise NotEnoughSurvivors(
+            f"{len(statement.contributors)} contributors, at least threshold + 1 = {threshold + 1} needed"
+        )
+    rejected: dict[str, str] = {}
+    wrong: dict[str, list[str]] = {}
+    collected = _verified_shares(statement, responses, roster, certificates, rejected)
+    context = statement.context
+    seeds = {
+        silo: _recover(collected, silo, "self", threshold, _seed_ok(context, silo, roster.advert(silo)), wrong)
+        for silo in statement.contributors
+    }
+    keys = {
+        silo: _recover(collected, silo, "mask", threshold, _key_ok(roster.advert(silo)), wrong)
+        for silo in statement.dropped
+    }
+    return Revealed(RevealedSecrets(statement, seeds, keys), rejected, wrong)
+
+
+def mask_correction(secrets: RevealedSecrets, roster: Roster, graph: Graph, w: int, length: int) -> np.ndarray:
+    """The correction c = -(sum of contributors' self masks + their uncancelled masks with dropped silos) mod 2^w.
+
+    Adding c to the sum of the contributors' masked vectors and reducing mod 2^w gives the exact sum
+    of their values. ``roster`` and ``graph`` are the caller's own (a silo's verified at agreement),
+    never the revealer's word: the statement must split exactly that roster, and every secret must
+    match its owner's advertisement, or ``UnmaskRefused`` says which.
+    """
+    check_width(w)
+    statement = secrets.statement
+    statement.validate()
+    if statement.context != roster.context or set(statement.roster) != set(roster.members):
+        raise UnmaskRefused("the revealed secrets are for another session or roster than this one")
+    if set(secrets.self_seeds) != set(statement.contributors) or set(secrets.mask_keys) != set(statement.dropped):
+        raise UnmaskRefused(
+            "the revealed secrets are not exactly one self seed per contributor and one key per dropped silo"
+        )
+    total = np.zeros(length, dtype=np.uint64)
+    for silo in statement.contributors:
+        if not _seed_ok(statement.context, silo, roster.advert(silo))(secrets.self_seeds[silo]):
+            raise UnmaskRefused(f"the revealed self seed of silo {silo[:16]}… does not match its commitment")
+        add_stream(total, secrets.self_seeds[silo])
+    for silo in statement.dropped:
+        advert = roster.advert(silo)
+        if not _key_ok(advert)(secrets.mask_keys[silo]):
+            raise UnmaskRefused(f"the revealed mask key of silo {silo[:16]}… does not match its advertisement")
+        private = X25519PrivateKey.from_private_bytes(secrets.mask_keys[silo])
+        for peer in sorted(graph.get(silo, frozenset()) & set(statement.contributors)):
+            seed = pairwise_seed(statement.context, private, silo, advert.mask_public, roster.advert(peer))
+            # the contributor ``peer`` added sign(peer, silo) * stream; the dropped silo's part never arrived
+            add_stream(total, seed, subtract=peer > silo)
+    np.subtract(np.uint64(0), total, out=total)  # the correction is minus the masks left in the sum
+    total &= np.uint64((1 << w) - 1)
+    return total
+
+
 def unmask(
     statement: ContributorStatement,
     responses: Sequence[UnmaskResponse],
@@ -413,46 +521,11 @@ def unmask(
     length: int,
     certificates: Mapping[str, x509.Certificate],
 ) -> UnmaskResult:
-    """The correction c = -(sum of contributors' self masks + their uncancelled masks with dropped silos) mod 2^w.
-
-    Adding c to the sum of the contributors' masked vectors and reducing mod 2^w gives the exact sum
-    of their values. Every reconstructed secret is checked against the sender's signed
-    advertisement (self-seed commitment, mask public key), so a wrong share cannot corrupt the
-    result silently; its sender is named in ``wrong_shares``.
-    """
+    """:func:`reveal` then :func:`mask_correction` in one place (simulations and tests; no party runs both now)."""
     check_width(w)
-    statement.validate()
-    if len(statement.contributors) < threshold + 1:
-        raise NotEnoughSurvivors(
-            f"{len(statement.contributors)} contributors, at least threshold + 1 = {threshold + 1} needed"
-        )
-    rejected: dict[str, str] = {}
-    wrong: dict[str, list[str]] = {}
-    collected = _verified_shares(statement, responses, roster, certificates, rejected)
-    total = np.zeros(length, dtype=np.uint64)
-    for silo in statement.contributors:
-        advert = roster.advert(silo)
-
-        def seed_ok(secret: bytes, advert: Advertisement = advert, silo: str = silo) -> bool:
-            return self_seed_commitment(statement.context, silo, secret) == advert.seed_commitment
-
-        add_stream(total, _recover(collected, silo, "self", threshold, seed_ok, wrong))
-    for silo in statement.dropped:
-        advert = roster.advert(silo)
-
-        def key_ok(secret: bytes, advert: Advertisement = advert) -> bool:
-            public = X25519PrivateKey.from_private_bytes(secret).public_key()
-            raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            return raw == advert.mask_public
-
-        private = X25519PrivateKey.from_private_bytes(_recover(collected, silo, "mask", threshold, key_ok, wrong))
-        for peer in sorted(graph.get(silo, frozenset()) & set(statement.contributors)):
-            seed = pairwise_seed(statement.context, private, silo, advert.mask_public, roster.advert(peer))
-            # the contributor ``peer`` added sign(peer, silo) * stream; the dropped silo's part never arrived
-            add_stream(total, seed, subtract=peer > silo)
-    np.subtract(np.uint64(0), total, out=total)  # the correction is minus the masks left in the sum
-    total &= np.uint64((1 << w) - 1)
-    return UnmaskResult(total, rejected, wrong)
+    revealed = reveal(statement, responses, roster, threshold, certificates)
+    correction = mask_correction(revealed.secrets, roster, graph, w, length)
+    return UnmaskResult(correction, revealed.rejected_responses, revealed.wrong_shares)
 
 
 def apply_correction(masked_sum: np.ndarray, correction: np.ndarray, w: int) -> np.ndarray:

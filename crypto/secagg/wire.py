@@ -9,6 +9,8 @@ with the same framing so a restarted node can still answer, exactly once, for a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -27,6 +29,7 @@ from crypto.secagg.shamir import Share
 from crypto.secagg.transport import ShareBundle
 from crypto.secagg.unmask import (
     ContributorStatement,
+    RevealedSecrets,
     RevealedShare,
     RoundMaterial,
     StatementSignature,
@@ -41,6 +44,7 @@ RESPONSE_TAG = b"cipherfed-secagg-wire-response-v1"
 KEYS_TAG = b"cipherfed-secagg-stored-keys-v1"
 MATERIAL_TAG = b"cipherfed-secagg-stored-material-v1"
 GRAPH_TAG = b"cipherfed-secagg-stored-graph-v1"
+REVEALED_TAG = b"cipherfed-secagg-revealed-secrets-v1"
 _SHARE_BYTES = 35  # Share.to_bytes(): 2-byte x, 33-byte y
 _ENTRY_BYTES = 32 + 1 + _SHARE_BYTES
 MAX_HOLDERS = 4096
@@ -134,6 +138,41 @@ def decode_response(data: bytes) -> UnmaskResponse:
             raise EncodingError("a revealed share is neither a self-seed nor a mask-key share")
         shares.append(RevealedShare(entry[:32].hex(), kind, Share.from_bytes(entry[33:])))  # type: ignore[arg-type]
     return UnmaskResponse(RoundContext.decode(context), digest, responder.hex(), tuple(shares), _signature(signature))
+
+
+def encode_revealed(secrets: RevealedSecrets) -> bytes:
+    """The statement, then (fingerprint, 32-byte secret) entries: self seeds, then mask keys."""
+
+    def entries(secrets_by_silo: Mapping[str, bytes]) -> bytes:
+        return b"".join(bytes.fromhex(check_fingerprint(s)) + _secret(k) for s, k in sorted(secrets_by_silo.items()))
+
+    return encode_fields(
+        REVEALED_TAG, secrets.statement.encode(), entries(secrets.self_seeds), entries(secrets.mask_keys)
+    )
+
+
+def decode_revealed(data: bytes, max_members: int) -> RevealedSecrets:
+    """Inverse of encode_revealed, for a roster of at most ``max_members`` (the job's participants)."""
+    statement_raw, seeds_raw, keys_raw = decode_fields(data, REVEALED_TAG, 3)
+    statement = ContributorStatement.decode(statement_raw)
+    if len(statement.roster) > max_members:
+        raise EncodingError(f"revealed secrets are for a roster of {len(statement.roster)}; at most {max_members}")
+
+    def entries(raw: bytes) -> dict[str, bytes]:
+        if len(raw) % 64 or len(raw) // 64 > max_members:
+            raise EncodingError("revealed secrets are not a whole, bounded number of 64-byte entries")
+        out = {raw[i : i + 32].hex(): raw[i + 32 : i + 64] for i in range(0, len(raw), 64)}
+        if len(out) != len(raw) // 64:
+            raise EncodingError("revealed secrets name one silo twice")
+        return out
+
+    return RevealedSecrets(statement, entries(seeds_raw), entries(keys_raw))
+
+
+def _secret(value: bytes) -> bytes:
+    if len(value) != 32:
+        raise EncodingError("a revealed secret must be 32 bytes")
+    return value
 
 
 def _field_count(data: bytes, tag: bytes) -> int:

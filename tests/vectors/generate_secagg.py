@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from crypto.secagg.encoding import RoundContext
 from crypto.secagg.keys import Advertisement, RoundKeys, pairwise_seed
 from crypto.secagg.prg import expand
-from crypto.secagg.unmask import ContributorStatement
+from crypto.secagg.unmask import ContributorStatement, RevealedSecrets
+from crypto.secagg.wire import encode_revealed
+from protocol.secagg import UnmaskingRecord, encode_unmasking
 
 OUT = Path(__file__).with_name("secagg.json")
 
@@ -28,6 +30,8 @@ def build() -> dict[str, object]:
     sender = roster[0]
     advert = Advertisement(ctx, sender, bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96)))
     statement = ContributorStatement.make(ctx, roster, roster[:2])
+    secrets = RevealedSecrets(statement, {roster[0]: bytes(range(32)), roster[1]: bytes([5]) * 32}, {roster[2]: bytes([7]) * 32})
+    revealed = encode_revealed(secrets)
     cases = []
     for seed, length, w in ((bytes(32), 8, 16), (bytes(range(32)), 8, 62), (b"\xff" * 32, 5, 1)):
         cases.append(
@@ -52,6 +56,8 @@ def build() -> dict[str, object]:
             "roster": roster,
             "contributors": roster[:2],
             "statement_hex": statement.encode().hex(),
+            "revealed_hex": revealed.hex(),  # self seeds of roster[0], roster[1] (bytes 0..31, 05 * 32); key 07 * 32
+            "unmasking_hex": encode_unmasking(UnmaskingRecord(b"roster-bytes", secrets)).hex(),
         },
         "prg": {"algorithm": "AES-256-CTR, zero IV, little-endian uint64 words mod 2^w", "cases": cases},
         "pairwise_seed": {
