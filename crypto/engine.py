@@ -307,16 +307,6 @@ def decrypt_weighted_mean(
     return WeightedMean(tensors, total, tags)
 
 
-def plain_addition_bound(profile: Profile, scale_bits: int) -> float:
-    """Largest |real| that encodes at 2^scale_bits without wrapping: sqrt(2) * |x| * 2^S < q_data / 2.
-
-    The same limit that bounds the compact profile's exact range (crypto/lanes.py): 2^39 at S = 19.
-    """
-    if isinstance(scale_bits, bool) or not isinstance(scale_bits, int) or not 1 <= scale_bits < 60:
-        raise ValueRangeError(f"scale_bits must be an integer in 1..59, got {scale_bits!r}")
-    return 2.0 ** (profile.coeff_modulus_bits[0] - 1 - scale_bits) / math.sqrt(2)
-
-
 class ChunkVerifier:
     """Checks the chunks of one upload against its (already authenticated) manifest.
 
@@ -371,7 +361,6 @@ class Accumulator:
         self._ops: SealArithmetic | PlainArithmetic = (
             SealArithmetic(public.seal_context) if public is not None else PlainArithmetic()
         )
-        self._public = public
         self._sums: list[Any] = [None] * chunk_count
         self._counts = [0] * chunk_count
 
@@ -398,34 +387,6 @@ class Accumulator:
             self._sums[index] = None  # nothing left: avoid a transparent (all-zero) ciphertext
         else:
             self._ops.sub_inplace(self._sums[index], loaded)
-
-    def add_plain(self, reals: np.ndarray, scale_bits: int) -> None:
-        """Add known plaintext reals (N per chunk, e.g. a secure-aggregation correction) to the encrypted sum.
-
-        Only encrypted sums, only once every chunk has a contribution, only with exactly N reals per
-        chunk, each finite and small enough not to wrap the data prime at 2^scale_bits; every chunk's sum
-        must carry that scale (a ciphertext claiming another one was tampered with and is refused).
-        """
-        ops, public = self._ops, self._public
-        if not isinstance(ops, SealArithmetic) or public is None:
-            raise ValueRangeError("add_plain adds to encrypted sums only; this accumulator holds plaintext")
-        per = public.reals_per_ciphertext
-        array = np.asarray(reals)
-        if array.dtype != np.float64 or array.shape != (self.chunk_count * per,):
-            raise ValueRangeError(
-                f"add_plain needs {self.chunk_count} x {per} float64 reals, got {array.dtype} {array.shape}"
-            )
-        limit = plain_addition_bound(public.profile, scale_bits)
-        peak = float(np.max(np.abs(array))) if array.size else 0.0
-        if not peak <= limit:
-            raise ValueRangeError(f"add_plain: largest |real| {peak:.4g} is not finite or exceeds {limit:.4g}")
-        if any(count == 0 for count in self._counts):
-            raise ManifestError("accumulator has chunks with no contribution; nothing to add a plaintext to")
-        for index, total in enumerate(self._sums):
-            if (scale := ops.scale_of(total)) != 2.0**scale_bits:
-                raise CiphertextError(f"chunk {index} of the sum has scale {scale:.6g}, not 2^{scale_bits}: tampered")
-        for index, total in enumerate(self._sums):
-            ops.add_plain_inplace(total, array[index * per : (index + 1) * per])
 
     def serialize(self) -> list[bytes]:
         if any(count == 0 for count in self._counts):

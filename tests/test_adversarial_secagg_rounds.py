@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from audit.log import AuditLog, AuditSink
 from cipherfed.localconsortium import LocalConsortium, job_toml
 from crypto import pki
+from crypto.compact_masked import mask_length_for
 from crypto.endorsement import TrustAnchors
 from crypto.secagg.errors import BothSharesRefused
 from crypto.secagg.graph import neighbour_graph, round_graph_seed
@@ -843,3 +844,58 @@ def test_an_agreement_that_failed_is_not_raised_again_on_every_poll(arena, monke
     assert not r.sent(SecAggKind.ADVERT)
     refused = r.audit("secagg_refused")
     assert refused and "its keys are not reused" in refused[-1]["details"]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- the released sum
+@pytest.mark.slow
+def test_a_silo_removes_the_masks_only_with_secrets_that_match_the_roster_it_verified(arena):
+    """The aggregator releases the sum still masked, with the secrets the unmasking revealed. The victim expands
+    the correction itself: from honest secrets it gets exactly minus the sum of the self masks (checked here
+    against the PRG directly); a wrong seed, another job's record or none at all is refused; and a silo that
+    lost its session (it sat the session out) verifies the record's roster against the CA instead."""
+    from crypto.compact import CompactEncryptor
+    from crypto.keys import generate_key_set
+    from crypto.secagg.errors import SecAggError
+    from crypto.secagg.prg import expand
+    from crypto.secagg.unmask import RevealedSecrets
+    from crypto.secagg.wire import decode_keys
+    from protocol.jobspec import compact_params
+    from protocol.secagg import UnmaskingRecord, encode_unmasking
+
+    r, victim = _agreed(arena)
+    params = compact_params(r.spec)
+    manifest = CompactEncryptor(generate_key_set("compact"), params).encrypt_update(
+        {"v": np.zeros(500)}, 5, mask=lambda v: v
+    ).manifest
+    length, w = mask_length_for(params, manifest), params.mask_bits
+    session = r.dir / "secagg" / f"session-{r.seq:012d}"
+    seeds = {r.fp(n): r.keys[n].self_seed for n in JOB4 if n != VICTIM}
+    seeds[r.fp(VICTIM)] = decode_keys((session / "keys.bin").read_bytes()).self_seed
+    assert r.roster is not None
+    published = encode_roster(
+        RosterMessage(_pem(arena.aggregator.cert), r.honest_entries(r.roster.advert(r.fp(VICTIM)).to_bytes()))
+    )
+
+    def record(secrets: dict[str, bytes], statement: ContributorStatement | None = None, roster=published) -> bytes:
+        return encode_unmasking(UnmaskingRecord(roster, RevealedSecrets(statement or r.statement(JOB4), secrets, {})))
+
+    total = sum((expand(s, length, w) for s in seeds.values()), np.zeros(length, dtype=np.uint64))
+    expected = (np.uint64(0) - total) & np.uint64((1 << w) - 1)
+    assert np.array_equal(victim.correction_for(0, record(seeds), manifest), expected)
+    elsewhere = ContributorStatement.make(round_context(arena.consortium.consortium, "job-elsewhere", 0, 1),
+                                          [r.fp(n) for n in JOB4], [r.fp(n) for n in JOB4])  # fmt: skip
+    refusals = {
+        "does not match its commitment": record({**seeds, r.fp("silo-2"): bytes(32)}),
+        "another job or round": record(seeds, elsewhere),
+        "without its unmasking record": b"",
+    }
+    for reason, unmasking in refusals.items():
+        with pytest.raises(SecAggError, match=reason):
+            victim.correction_for(0, unmasking, manifest)
+    (session / "roster.bin").rename(session / "roster.kept")  # as if it never joined: it has only the record
+    stranger = r.victim()
+    assert np.array_equal(stranger.correction_for(0, record(seeds), manifest), expected)
+    forged = encode_roster(RosterMessage(_pem(arena.aggregator.cert), [_entry(r, "silo-2", cert_of="silo-3")]
+                                         + r.honest_entries(b"")[2:]))  # fmt: skip
+    with pytest.raises(SecAggError, match="roster entry 'silo-2' refused|not a participant's own certificate"):
+        stranger.correction_for(0, record(seeds, roster=forged), manifest)

@@ -38,6 +38,7 @@ from crypto.engine import (
 )
 from crypto.keys import SecretKeySet, generate_key_set
 from crypto.pki import Identity
+from protocol.framing import FramingError, frame
 from protocol.upload import SignedUpload
 from protocol.vocabulary import JobStatus, RoundStatus
 
@@ -439,3 +440,26 @@ def test_the_last_advert_publishes_the_roster_and_wakes_the_polls(tmp_path: Path
     assert versions[3] > versions[2], "the roster went out without waking the polls"
     assert engine.rounds.secagg.sessions[job].roster is not None
     engine.store.close()
+
+
+def test_a_masked_sum_is_stored_and_served_with_its_unmasking_record(tmp_path: Path, world: World) -> None:
+    """A secure-aggregation round releases its sum still masked, with the record the silos remove the masks
+    with: both travel in one file (its own magic), and a file that claims to be masked but lost its record
+    is refused rather than served as an ordinary sum."""
+    batch = world.batch("sum", seed=1)
+    archive = AggregateFiles(tmp_path)
+    plain_where, _ = archive.write("job-a", 0, batch.manifest, batch.chunks)
+    masked_where, _ = archive.write("job-a", 1, batch.manifest, batch.chunks, b"record")
+    manifest, unmasking, chunks = archive.read(plain_where)
+    assert unmasking == b"" and list(chunks) == batch.chunks and manifest == batch.manifest
+    assert Path(plain_where).read_bytes().startswith(b"CFAGG1\n")  # an unmasked sum's file is unchanged
+    manifest, unmasking, chunks = archive.read(masked_where)
+    assert unmasking == b"record" and list(chunks) == batch.chunks and manifest == batch.manifest
+    data = Path(masked_where).read_bytes()
+    header_end = 7 + 4 + int.from_bytes(data[7:11], "big")
+    Path(masked_where).write_bytes(data[:header_end] + frame(b""))  # the record emptied, the chunks gone
+    with pytest.raises(FramingError, match="without its unmasking record"):
+        archive.read(masked_where)
+    Path(masked_where).write_bytes(b"CFAGX1\n" + data[7:])
+    with pytest.raises(FramingError, match="not an aggregate file"):
+        archive.read(masked_where)

@@ -83,7 +83,6 @@ class SealArithmetic:
     def __init__(self, context: seal.SEALContext) -> None:
         self._context = context
         self._evaluator = seal.Evaluator(context)
-        self._encoder: seal.CKKSEncoder | None = None  # built on first add_plain_inplace only
 
     def load(self, data: bytes) -> seal.Ciphertext:
         return load_ciphertext(self._context, data)
@@ -101,21 +100,3 @@ class SealArithmetic:
 
     def save(self, total: seal.Ciphertext) -> bytes:
         return save_bytes(total)
-
-    def add_plain_inplace(self, total: seal.Ciphertext, reals: np.ndarray) -> None:
-        """Add N reals (complex-packed, two per slot) encoded at ``total``'s own parms_id and scale.
-
-        Needs only the public context: the aggregator adds a known plaintext (e.g. a mask correction)
-        to an encrypted sum. The scale is whatever the ciphertext claims; the caller checks it first.
-        """
-        if self._encoder is None:
-            self._encoder = seal.CKKSEncoder(self._context)
-        slots = np.ascontiguousarray(reals, dtype=np.float64).view(np.complex128)
-        plain = seal.Plaintext()
-        # A list, not the array: the binding converts an array element by element, which measured slower
-        # (63 encodes: 26.1 ms from arrays, 23.2 ms from lists including .tolist(); same plaintext bytes).
-        self._encoder.encode(slots.tolist(), total.parms_id(), total.scale, plain)
-        self._evaluator.add_plain_inplace(total, plain)
-
-    def scale_of(self, total: seal.Ciphertext) -> float:
-        return float(total.scale)
