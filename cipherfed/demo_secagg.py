@@ -145,7 +145,8 @@ def _ts(record: dict[str, Any]) -> float:
 
 
 def session_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per session (round attempt): setup = session opened -> roster sent; unmask = statement sent -> unmasked."""
+    """Per session (round attempt): setup = session opened -> roster sent; unmask = statement sent -> secrets
+    revealed and the masked sum released (the aggregator's part; each silo then removes the masks)."""
     by_session: dict[int, dict[str, dict[str, Any]]] = {}
     for r in records:
         session = r["details"].get("session")
