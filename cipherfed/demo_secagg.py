@@ -4,7 +4,8 @@
 starts that silo's node with the fault ``CIPHERFED_FAULT_STOP_AFTER_AGREEMENT=R``: its process exits
 (code 75) after mask agreement and before its upload in round R, as a crashed site would. The demo
 notices, says so, and restarts the node without the fault, so it sits out round R and rejoins later
-rounds; the aggregator removes the dropped silo's pairwise masks from the survivors' answers. What the
+rounds; the survivors' answers reveal the dropped silo's mask key, and every silo removes its pairwise
+masks (with the self masks) from the released sum. What the
 demo reports about it comes from the aggregator's signed audit log, not from the demo's own bookkeeping.
 """
 

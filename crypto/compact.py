@@ -156,7 +156,10 @@ class CompactParams:
             "weight_cap": self.weight_cap,
         }
         if self.secure_aggregation:  # only then: unmasked jobs keep their digests and frozen vectors
-            fields.update({"mask_bits": self.mask_bits, "secure_aggregation": True})
+            # "unmasking": who removes the masks. A release that released unmasked sums wrote no such field,
+            # so a silo and an aggregator of different releases refuse each other's uploads by the manifest's
+            # quantization, instead of one of them decrypting a sum the other still expects to unmask.
+            fields.update({"mask_bits": self.mask_bits, "secure_aggregation": True, "unmasking": "silos"})
         return json.dumps(
             fields,
             sort_keys=True,

@@ -3,10 +3,10 @@
 With ``CompactParams.secure_aggregation`` every silo masks its quantized lane values AND its weight
 header with SecAgg masks mod 2^w (w = the unmasked lane width, crypto/lanes.py) before encryption,
 so a colluding key holder that decrypts one upload reads one-time-padded residues. The aggregator
-sums the masked ciphertexts as usual, learns the total mask's negation (the ``correction``) from the
-survivors' shares, and adds it as a plaintext (:func:`correction_reals`,
-:meth:`crypto.engine.Accumulator.add_plain`); silos decrypt, reduce every masked real mod 2^w and
-center it (:func:`crypto.lanes.unmasked_lane_sums`).
+sums the masked ciphertexts as usual and releases the sum still masked, with the secrets the
+survivors' shares revealed; each silo expands the total mask's negation (the ``correction``,
+crypto.secagg.unmask.mask_correction), adds it to the decrypted reals (:func:`correction_reals`),
+reduces every masked real mod 2^w and centers it (:func:`crypto.lanes.unmasked_lane_sums`).
 
 The mask vector of one upload is [its lane values in manifest order (contributor tags excluded),
 then, per chunk, the two digits of its weight], uint64 in [0, 2^w). Its length depends only on the manifest and the job
@@ -159,12 +159,12 @@ def frame(data: np.ndarray, per: int, counts: np.ndarray, weights: np.ndarray) -
 def correction_reals(
     params: CompactParams, manifest: Manifest, reals_per_ciphertext: int, correction: np.ndarray
 ) -> np.ndarray:
-    """Aggregator side: the plaintext reals that remove the total mask from the encrypted aggregate.
+    """Silo side: the reals that remove the total mask, added to the decrypted aggregate before reduction.
 
-    ``correction`` (minus the total mask mod 2^w, from :func:`crypto.secagg.unmask.unmask`) is laid out
+    ``correction`` (minus the total mask mod 2^w, from :func:`crypto.secagg.unmask.mask_correction`) is laid out
     exactly like a silo's masked vector: centered lanes at the silos' lane positions, the weight
     corrections in header real 1 of each chunk, zeros in the count header, tags and padding.
-    It came from shares the silos sent, so its type, length and range are checked first.
+    It came from secrets the aggregator relayed, so its type, length and range are checked first.
     """
     layout = masked_layout_of(params)
     if isinstance(reals_per_ciphertext, bool) or not isinstance(reals_per_ciphertext, int):

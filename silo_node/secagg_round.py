@@ -67,6 +67,7 @@ from protocol.secagg import (
 )
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
 from silo_node.relay import Relay, VerticalError
+from silo_node.secagg_peers import Peers, stored_peers
 
 Mask = Callable[[np.ndarray], np.ndarray]
 # The longest one secure-aggregation step holds the node's poll loop (and so its other jobs, its
@@ -92,16 +93,6 @@ class SecAggRefused(Exception):
 
 class AgreementPending(Exception):
     """The session's keys are not agreed yet: upload on a later poll (nothing is refused)."""
-
-
-@dataclass(frozen=True)
-class Peers:
-    """The verified roster: fingerprints, names and certificates of the silos in this session."""
-
-    roster: Roster
-    names: dict[str, str]  # fingerprint -> name
-    certificates: dict[str, x509.Certificate]
-    aggregator: x509.Certificate
 
 
 class SecureAggregation:
@@ -319,7 +310,7 @@ class SecureAggregation:
             if not (where / "material.bin").exists():
                 return
             material = decode_material((where / "material.bin").read_bytes())
-            agreed = (context.round, material, _stored_peers(context, (where / "roster.bin").read_bytes()))
+            agreed = (context.round, material, stored_peers(context, (where / "roster.bin").read_bytes()))
             self._agreed = agreed
         _, material, peers = agreed
         names, certificates, aggregator = peers.names, peers.certificates, peers.aggregator
@@ -382,28 +373,37 @@ class SecureAggregation:
     def correction_for(self, round_index: int, unmasking: bytes, manifest: Manifest) -> np.ndarray:
         """Minus the masks left in a released sum, from the secrets its unmasking revealed (SecAggError if wrong).
 
-        The roster is this silo's own if it joined that session, else the record's, verified now as at
-        agreement. Every secret must match its owner's signed advert: the aggregator cannot shift the sum.
+        The record must be for the newest session of that round this silo joined, and for the statement
+        it signed there: another attempt's genuine secrets would turn this sum into noise. The roster is
+        this silo's own if it joined that session, else the record's, verified now as at agreement; every
+        secret must match its owner's signed advert.
         """
         if not unmasking:
             raise SecAggError("the aggregate is masked but came without its unmasking record")
         record = decode_unmasking(unmasking, len(self.spec.participants))
-        secrets = record.secrets
-        context = secrets.statement.context
-        attempt = context.round - round_index * ATTEMPTS_PER_ROUND
+        statement = record.secrets.statement
+        context = statement.context
         other_job = (context.consortium, context.job) != (self.credentials.consortium, self.job_id)
-        if other_job or not 1 <= attempt < ATTEMPTS_PER_ROUND:
+        if other_job or not 1 <= context.round - round_index * ATTEMPTS_PER_ROUND < ATTEMPTS_PER_ROUND:
             raise SecAggError(f"the unmasking record is for another job or round than round {round_index}")
+        joined = [int(p.name[8:]) for p in self.dir.glob("session-*") if p.name[8:].isdigit()]
+        newest = max((n for n in joined if n // ATTEMPTS_PER_ROUND == round_index), default=0)
+        signed = self._session_dir(context) / "signed"
+        if newest > context.round or (signed.exists() and signed.read_text() != statement.digest().hex()):
+            raise SecAggError(
+                f"the unmasking record is for session {context.round}: not the newest of round {round_index} this "
+                "silo joined, or not the contributor statement it signed there"
+            )
         agreed, stored = self._agreed, self._session_dir(context) / "roster.bin"
         if agreed is not None and agreed[0] == context.round:
             peers = agreed[2]
         elif stored.exists():
-            peers = _stored_peers(context, stored.read_bytes())
+            peers = stored_peers(context, stored.read_bytes())
         else:
             peers = self._verified_roster(context, record.roster, member=False)
         graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
         length = mask_length_for(self.params, manifest)
-        return mask_correction(secrets, peers.roster, graph, self.params.mask_bits, length)
+        return mask_correction(record.secrets, peers.roster, graph, self.params.mask_bits, length)
 
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
         """The aggregator's statement or request if it has arrived; an over-long one is refused, audited."""
@@ -432,18 +432,3 @@ def _check_whole_roster(statement: ContributorStatement, material: RoundMaterial
             f"statement's roster is not this session's whole roster (missing {missing or 'none'}, "
             f"not in it {extra or 'none'}): it would lower the consistency majority; refused"
         )
-
-
-def _stored_peers(context: RoundContext, data: bytes) -> Peers:
-    """The roster this silo verified at agreement, read back from its own disk."""
-    message = decode_roster(data)
-    names = {}
-    certificates = {}
-    adverts = []
-    for entry in message.entries:
-        cert = x509.load_pem_x509_certificate(entry.cert_pem)
-        fp = certificate_fingerprint(cert)
-        names[fp], certificates[fp] = entry.name, cert
-        adverts.append(Advertisement.from_bytes(entry.advert))
-    aggregator = x509.load_pem_x509_certificate(message.aggregator_pem)
-    return Peers(Roster.build(context, adverts), names, certificates, aggregator)

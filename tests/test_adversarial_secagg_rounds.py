@@ -899,3 +899,16 @@ def test_a_silo_removes_the_masks_only_with_secrets_that_match_the_roster_it_ver
                                          + r.honest_entries(b"")[2:]))  # fmt: skip
     with pytest.raises(SecAggError, match="roster entry 'silo-2' refused|not a participant's own certificate"):
         stranger.correction_for(0, record(seeds, roster=forged), manifest)
+    (session / "roster.kept").rename(session / "roster.bin")
+    # bound to what the victim saw: the statement it signed, and the newest attempt of the round it joined
+    _signed_by_victim(r, victim, r.statement(JOB4))
+    assert np.array_equal(victim.correction_for(0, record(seeds), manifest), expected)
+    without_2 = r.statement(["silo-1", "silo-3", "silo-4"])  # genuine secrets of a statement it never signed
+    key_2 = {r.fp("silo-2"): r.keys["silo-2"].mask_private_bytes()}
+    seeds_134 = {fp: seed for fp, seed in seeds.items() if fp != r.fp("silo-2")}
+    unsigned = encode_unmasking(UnmaskingRecord(published, RevealedSecrets(without_2, seeds_134, key_2)))
+    with pytest.raises(SecAggError, match="not the contributor statement it signed"):
+        victim.correction_for(0, unsigned, manifest)
+    (r.dir / "secagg" / f"session-{r.seq + 1:012d}").mkdir()  # it went on to join attempt 2 of the round
+    with pytest.raises(SecAggError, match="not the newest of round 0 this silo joined"):
+        victim.correction_for(0, record(seeds), manifest)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crypto.compact import CompactEncryptor, CompactParams, default_bits
+from crypto.compact import CompactEncryptor, CompactParams, default_bits, mask_length_for
 from crypto.engine import ChunkVerifier, accumulate_batches
 from crypto.errors import ValueRangeError
 from crypto.keys import generate_key_set, load_public_context
@@ -365,7 +365,9 @@ def test_tags_that_spill_into_one_more_ciphertext_encrypt_travel_and_decrypt(key
         lane_reals = -(-n // 2)
         assert batch.manifest.chunk_count == -(-(lane_reals + 4) // 8190)
         assert manifest_from_proto(manifest_to_proto(batch.manifest)) == batch.manifest  # what the aggregator reads
-        result = enc.decrypt_mean(batch.manifest, accumulate_batches(public, keys.fingerprint, [batch]).serialize())
+        none_left = np.zeros(mask_length_for(params, batch.manifest), dtype=np.uint64) if mask else None  # identity
+        chunks = accumulate_batches(public, keys.fingerprint, [batch]).serialize()
+        result = enc.decrypt_mean(batch.manifest, chunks, none_left)
         assert np.abs(result.tensors["v"] - values).max() <= params.step * 100 / 60  # scaled by w / weight_cap
         assert np.array_equal(result.tags, tags)
         for wrong in (batch.chunks[:-1], [*batch.chunks, batch.chunks[-1]]):  # a count the values do not need

@@ -8,7 +8,9 @@ engine where the profile does not matter). Each test runs well under a second.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from aggregator.core.views import UploadOffer
 from aggregator.keyring import PublicKeyring
 from aggregator.store import StateStore
 from cipherfed.localconsortium import job_toml
+from crypto.compact import CompactEncryptor
 from crypto.engine import (
     SumEncryptor,
     UnencryptedSumForComparisonOnly,
@@ -39,6 +42,7 @@ from crypto.engine import (
 from crypto.keys import SecretKeySet, generate_key_set
 from crypto.pki import Identity
 from protocol.framing import FramingError, frame
+from protocol.jobspec import compact_params, parse_job_spec
 from protocol.upload import SignedUpload
 from protocol.vocabulary import JobStatus, RoundStatus
 
@@ -439,6 +443,16 @@ def test_the_last_advert_publishes_the_roster_and_wakes_the_polls(tmp_path: Path
     assert versions[1] == versions[0] and versions[2] == versions[1], "an advert alone woke the polls"
     assert versions[3] > versions[2], "the roster went out without waking the polls"
     assert engine.rounds.secagg.sessions[job].roster is not None
+    # a silo of the release that removed the masks at the aggregator quantizes without "unmasking": refused at
+    # upload (PreconditionFailed names both), never summed into a round whose masks it would not remove
+    params = compact_params(parse_job_spec(spec))
+    manifest = CompactEncryptor(compact, params).encrypt_update({"v": np.zeros(50)}, 5, mask=lambda v: v).manifest
+    engine.rounds.secagg.check_upload(job, ident, manifest)
+    earlier = json.loads(params.describe())
+    del earlier["unmasking"]
+    older = dataclasses.replace(manifest, quantization=json.dumps(earlier, sort_keys=True, separators=(",", ":")))
+    with pytest.raises(PreconditionFailed, match='upload is quantized as .*this job masks .*"unmasking":"silos"'):
+        engine.rounds.secagg.check_upload(job, ident, older)
     engine.store.close()
 
 

@@ -201,6 +201,7 @@ def test_describe_adds_mask_fields_only_when_on():
     off, on = CompactParams(12, 0.5, 4, 100), CompactParams(12, 0.5, 4, 100, secure_aggregation=True)
     assert "secure_aggregation" not in off.describe() and "mask_bits" not in off.describe()
     assert '"mask_bits":14' in on.describe() and '"secure_aggregation":true' in on.describe()
+    assert '"unmasking":"silos"' in on.describe() and "unmasking" not in off.describe()  # who removes the masks
 
 
 def test_mask_and_secure_aggregation_go_together(keys):

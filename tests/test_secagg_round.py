@@ -42,7 +42,7 @@ from protocol.secagg import ATTEMPTS_PER_ROUND, decode_unmasking, session_number
 from protocol.upload import SignedUpload
 from silo_node.faults import FAULT_EXIT_CODE, FAULT_STOP_AFTER_AGREEMENT
 from silo_node.jobfiles import read_upload
-from silo_node.secagg_round import _stored_peers
+from silo_node.secagg_peers import stored_peers
 from tests.helpers import aggregator_records, wait_for
 
 SILOS = ["silo-1", "silo-2", "silo-3", "silo-4"]
@@ -146,7 +146,7 @@ def _released_correction(c: LocalConsortium, name: str, job_id: str, header, man
     """What silo ``name`` removes from a released sum: the revealed secrets, checked against its own roster."""
     secrets = decode_unmasking(header.unmasking, len(SILOS)).secrets
     context = secrets.statement.context
-    peers = _stored_peers(context, (_job_dir(c, name, job_id) / "secagg" / f"session-{context.round:012d}" / "roster.bin").read_bytes())
+    peers = stored_peers(context, (_job_dir(c, name, job_id) / "secagg" / f"session-{context.round:012d}" / "roster.bin").read_bytes())
     spec = parse_job_spec(spec_text)
     graph = neighbour_graph(list(peers.names), round_graph_seed(context), secagg_policy(spec).neighbours)
     params = compact_params(spec)
@@ -165,7 +165,7 @@ def _true_quantized(c: LocalConsortium, name: str, job_id: str, round_index: int
         if context.round // ATTEMPTS_PER_ROUND != round_index or context.round != upload_session(upload):
             continue
         keys = decode_keys((where / "keys.bin").read_bytes())
-        peers = _stored_peers(context, (where / "roster.bin").read_bytes())
+        peers = stored_peers(context, (where / "roster.bin").read_bytes())
         me = pki.certificate_fingerprint(pki.load_certificate(c.nodes[name].cert))
         residues = _raw_residues(key, upload, chunks)
         zeros = np.zeros(residues.shape[0], dtype=np.uint64)
