@@ -44,8 +44,10 @@ def read_aggregate(path: Path) -> tuple[Manifest, bytes, Iterator[bytes]]:
         header = read_frame(source)
         if header is None:
             raise FramingError(f"{path} holds no manifest")
-        if magic == MASKED_MAGIC and not (unmasking := read_frame(source, MAX_UNMASKING_BYTES) or b""):
-            raise FramingError(f"{path} holds a masked sum without its unmasking record")
+        if magic == MASKED_MAGIC:
+            unmasking = read_frame(source, MAX_UNMASKING_BYTES) or b""
+            if not unmasking:
+                raise FramingError(f"{path} holds a masked sum without its unmasking record")
     except FramingError:
         source.close()
         raise

@@ -406,8 +406,8 @@ class SecureAggregation:
         """Reconstruct the revealed secrets and release the masked sum with them; or fail with the reason.
 
         The aggregator does not remove the masks: every silo checks the secrets against the roster it
-        verified and removes them after decryption (``crypto.secagg.unmask.mask_correction``), so the
-        aggregator can neither shift the sum unnoticed nor spend its round's tail encoding the correction.
+        verified and removes them after decryption (``crypto.secagg.unmask.mask_correction``), so a wrong
+        secret is refused by every silo instead of becoming a wrong sum, and the round's tail encodes nothing.
         """
         open_round = session.open_round
         assert session.statement is not None

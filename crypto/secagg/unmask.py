@@ -410,8 +410,8 @@ class RevealedSecrets:
 
     Standard SecAgg reveals exactly these to the server. The aggregator now only reconstructs them
     (:func:`reveal`) and hands them out with the masked sum; each silo expands the masks itself
-    (:func:`mask_correction`), checking every secret against the signed advertisement first, so the
-    aggregator can neither shift the correction nor spend milliseconds of CKKS encoding on it.
+    (:func:`mask_correction`), checking every secret against the signed advertisement first: a wrong
+    secret is refused rather than turned into a shifted sum, and nobody CKKS-encodes a correction.
     """
 
     statement: ContributorStatement
