@@ -112,7 +112,7 @@ def _tensor(path: Path, name: str, data: bytes, dtype: np.dtype, shape: tuple[in
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # a writable array of its own
 
 
-def _read_npy(f: _Stream, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _read_npy(f: _Stream, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """One ``.npy`` array of an earlier release's ``.npz``: exactly ``shape``, a native float of at most
     8 bytes; the header is judged before anything is allocated."""
     try:
@@ -123,11 +123,7 @@ def _read_npy(f: _Stream, path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"{path.name}: not a kept update ({exc})") from None
     if tuple(got_shape) != tuple(shape) or not _native_float(dtype) or fortran:
         raise ValueError(f"{path.name}: an array of {dtype} {tuple(got_shape)} where one of {tuple(shape)} belongs")
-    size = math.prod(shape) * dtype.itemsize  # bounded by the model's size: the shape was checked
-    data = f.read(size)
-    if len(data) != size:
-        raise ValueError(f"{path.name}: cut short")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()  # a writable array of its own
+    return _tensor(path, name, f.read(math.prod(shape) * dtype.itemsize), dtype, shape)  # bounded: shape checked
 
 
 def _native_float(dtype: np.dtype) -> bool:
@@ -143,7 +139,7 @@ def _load_legacy(path: Path, like: dict[str, np.ndarray]) -> OrderedDict[str, np
                 raise ValueError(f"tensors {archive.namelist()} are not the model's {list(like)}")
             for name, model_tensor in like.items():
                 with archive.open(f"{name}.npy") as member:
-                    out[name] = _read_npy(member, path, np.shape(model_tensor))
+                    out[name] = _read_npy(member, path, name, np.shape(model_tensor))
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path.name}: not a kept update ({exc})") from None
     return out

@@ -305,14 +305,11 @@ class SecureAggregation:
         """Sign the statement and answer the request of this session if they have arrived (each once)."""
         context = round_context(self.credentials.consortium, self.job_id, round_index, attempt)
         where = self._session_dir(context)
-        agreed = self._agreed
-        if agreed is None or agreed[0] != context.round:  # after a restart: what agree() wrote to disk
-            if not (where / "material.bin").exists():
-                return
-            material = decode_material((where / "material.bin").read_bytes())
-            agreed = (context.round, material, stored_peers(context, (where / "roster.bin").read_bytes()))
-            self._agreed = agreed
-        _, material, peers = agreed
+        joined = self._joined(context)
+        if joined is None:
+            return
+        self._agreed = (context.round, *joined)
+        material, peers = joined
         names, certificates, aggregator = peers.names, peers.certificates, peers.aggregator
         seq = context.round
         just_signed = False
@@ -386,24 +383,34 @@ class SecureAggregation:
         other_job = (context.consortium, context.job) != (self.credentials.consortium, self.job_id)
         if other_job or not 1 <= context.round - round_index * ATTEMPTS_PER_ROUND < ATTEMPTS_PER_ROUND:
             raise SecAggError(f"the unmasking record is for another job or round than round {round_index}")
-        joined = [int(p.name[8:]) for p in self.dir.glob("session-*") if p.name[8:].isdigit()]
-        newest = max((n for n in joined if n // ATTEMPTS_PER_ROUND == round_index), default=0)
+        sessions = [int(p.name[8:]) for p in self.dir.glob("session-*") if p.name[8:].isdigit()]
+        newest = max((n for n in sessions if n // ATTEMPTS_PER_ROUND == round_index), default=0)
         signed = self._session_dir(context) / "signed"
         if newest > context.round or (signed.exists() and signed.read_text() != statement.digest().hex()):
             raise SecAggError(
                 f"the unmasking record is for session {context.round}: not the newest of round {round_index} this "
                 "silo joined, or not the contributor statement it signed there"
             )
-        agreed, stored = self._agreed, self._session_dir(context) / "roster.bin"
-        if agreed is not None and agreed[0] == context.round:
-            peers = agreed[2]
-        elif stored.exists():
-            peers = stored_peers(context, stored.read_bytes())
+        joined = self._joined(context)
+        if joined is not None:  # the graph and roster it agreed on
+            graph, peers = joined[0].graph, joined[1]
         else:
             peers = self._verified_roster(context, record.roster, member=False)
-        graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
+            graph = neighbour_graph(list(peers.names), round_graph_seed(context), self.policy.neighbours)
         length = mask_length_for(self.params, manifest)
         return mask_correction(record.secrets, peers.roster, graph, self.params.mask_bits, length)
+
+    def _joined(self, context: RoundContext) -> tuple[RoundMaterial, Peers] | None:
+        """The material and verified roster of a session this silo agreed in (kept in memory, else what
+        agree() wrote to disk: after a restart, or for an older session); None if it never agreed in it."""
+        agreed = self._agreed
+        if agreed is not None and agreed[0] == context.round:
+            return agreed[1], agreed[2]
+        where = self._session_dir(context)
+        if not ((where / "material.bin").exists() and (where / "roster.bin").exists()):
+            return None
+        material = decode_material((where / "material.bin").read_bytes())
+        return material, stored_peers(context, (where / "roster.bin").read_bytes())
 
     def _try_receive(self, kind: SecAggKind, seq: int, wait_ms: int) -> list[bytes] | None:
         """The aggregator's statement or request if it has arrived; an over-long one is refused, audited."""
