@@ -149,7 +149,7 @@ class SecureAggregation:
     # ------------------------------------------------------------------ 1. mask agreement
     def begin(self, round_index: int, attempt: int) -> None:
         """Start this session's agreement in the background (once): it needs no model, so it runs while the
-        silo applies the previous aggregate and trains, and the round waits for the longer, not for both."""
+        silo trains, and the round waits for the longer, not for both."""
         key = (round_index, attempt)
         self._wanted = key  # an agreement for an older session stops waiting (see agree)
         for old in [k for k, f in self._agreements.items() if k != key and f.done()]:
