@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from crypto.compact_masked import (
+    WEIGHT_DIGITS,
     Mask,
     frame,
     masked_lanes_and_weights,
@@ -58,7 +59,7 @@ from crypto.compact_masked import (
     unmasked_weights,
     upload_residues,
 )
-from crypto.compact_masked import correction_reals as correction_reals
+from crypto.compact_masked import centered_correction as centered_correction
 from crypto.compact_masked import mask_length as mask_length
 from crypto.compact_masked import mask_length_for as mask_length_for
 from crypto.contributors import CONTRIBUTOR_TAGS, tag_key_from_secret
@@ -309,22 +310,23 @@ class CompactEncryptor:
     ) -> LaneSums:
         """The exact integer sums of every value, with the decrypted contributor count and total weight.
 
-        ``correction``: minus the total secure-aggregation mask, mod 2^w, in mask-vector order; it is
-        laid out like the silos' masked reals (:func:`correction_reals`) and added after decryption.
+        ``correction``: minus the total secure-aggregation mask, mod 2^w, in mask-vector order; centered
+        (:func:`centered_correction`) and added to the lane sums and weight digits after decryption.
         """
         self._check_manifest(manifest, len(chunks))
         packing = self.params.packing
-        decrypted = self._codec.decrypt(chunks)
+        centered = None
         if correction is not None:
-            decrypted += correction_reals(self.params, manifest, self._codec.reals_per_ciphertext, correction)
+            centered = centered_correction(self.params, manifest, correction)
         elif isinstance(packing, MaskedLaneLayout):
             raise CiphertextError(
                 "this aggregate is masked (secure aggregation) and came without the secrets that remove the masks"
             )
-        reals = to_integers(decrypted, overwrite=True)
+        reals = to_integers(self._codec.decrypt(chunks), overwrite=True)
         grid = reals.reshape(len(chunks), -1)
-        if isinstance(packing, MaskedLaneLayout):  # weights are masked residues: reduce them first
-            grid[:, 1] = unmasked_weights(grid[:, 1], packing)
+        if centered is not None and isinstance(packing, MaskedLaneLayout):  # weights are masked: reduce them first
+            digits = centered[centered.shape[0] - WEIGHT_DIGITS * len(chunks) :]  # two per chunk, after the lanes
+            grid[:, 1] = unmasked_weights(grid[:, 1], packing, digits)
         contributors, total = self._check_headers(grid[:, :HEADER_REALS])
         data = grid[:, HEADER_REALS:].ravel()  # a copy, or a view of our own array: ours to consume
         count, tags = manifest.value_count, None
@@ -337,8 +339,8 @@ class CompactEncryptor:
             tags = data[used : used + last.size] / TAG_SCALE
             data[used : used + last.size] = 0  # what remains must be lanes and zero padding
         values = unpack_lanes(data, packing, count, contributors, overwrite=True)
-        if isinstance(packing, MaskedLaneLayout):
-            values = unmasked_lane_sums(values, packing, contributors)
+        if centered is not None and isinstance(packing, MaskedLaneLayout):
+            values = unmasked_lane_sums(values, packing, contributors, centered[:count])
         return LaneSums(values, contributors, total, tags)
 
     def decrypt_residues(self, manifest: Manifest, chunks: Sequence[bytes]) -> np.ndarray:

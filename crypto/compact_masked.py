@@ -5,8 +5,11 @@ header with SecAgg masks mod 2^w (w = the unmasked lane width, crypto/lanes.py) 
 so a colluding key holder that decrypts one upload reads one-time-padded residues. The aggregator
 sums the masked ciphertexts as usual and releases the sum still masked, with the secrets the
 survivors' shares revealed; each silo expands the total mask's negation (the ``correction``,
-crypto.secagg.unmask.mask_correction), adds it to the decrypted reals (:func:`correction_reals`),
-reduces every masked real mod 2^w and centers it (:func:`crypto.lanes.unmasked_lane_sums`).
+crypto.secagg.unmask.mask_correction), decrypts and splits the masked lane sums, adds the centered
+correction lane by lane (:func:`centered_correction`, :func:`unmasked_weights`,
+:func:`crypto.lanes.unmasked_lane_sums`), reduces every lane mod 2^w and centers it. The correction is
+added to integers after unpacking, not laid out as reals before it: the same sums (every lane stays
+within its limit either way), without building and packing a second aggregate-sized vector.
 
 The mask vector of one upload is [its lane values in manifest order (contributor tags excluded),
 then, per chunk, the two digits of its weight], uint64 in [0, 2^w). Its length depends only on the manifest and the job
@@ -31,7 +34,7 @@ import numpy as np
 
 from crypto.errors import CiphertextError, ManifestError, ValueRangeError
 from crypto.lanes import MaskedLaneLayout, center, pack_lanes, unpack_lanes
-from crypto.packing import HEADER_REALS, Manifest, chunk_count_for
+from crypto.packing import HEADER_REALS, Manifest
 
 if TYPE_CHECKING:
     from crypto.compact import CompactParams
@@ -124,16 +127,21 @@ def weight_reals(centered_digits: np.ndarray, layout: MaskedLaneLayout) -> np.nd
     return pairs[:, 0].astype(np.float64) + pairs[:, 1].astype(np.float64) * float(1 << layout.lane_bits)
 
 
-def unmasked_weights(headers: np.ndarray, layout: MaskedLaneLayout) -> np.ndarray:
-    """Decrypted, corrected header reals 1 (int64) -> each chunk's total weight D0 + 2^bits * D1.
+def unmasked_weights(headers: np.ndarray, layout: MaskedLaneLayout, digits: np.ndarray) -> np.ndarray:
+    """Decrypted header reals 1 (int64) plus their centered correction digits -> each chunk's total weight.
 
-    Each digit lane is split off centered, bounded like any masked lane sum of up to max_silos
-    contributions, and reduced to its non-negative residue mod 2^w; the caller then checks the
-    totals for plausibility (equal across chunks, within contributors * 1..weight_cap).
+    ``digits`` holds (digit 0, digit 1) per chunk, the tail of :func:`centered_correction`. Each digit
+    lane is split off centered, corrected, bounded like any masked lane sum of up to max_silos
+    contributions plus the correction, and reduced to its non-negative residue mod 2^w; the total is
+    D0 + 2^bits * D1. The caller then checks the totals for plausibility (equal across chunks, within
+    contributors * 1..weight_cap).
     """
     lane_bits, w = layout.lane_bits, layout.mask_bits
+    pairs = np.asarray(digits, dtype=np.int64).reshape(-1, WEIGHT_DIGITS)
     low = center(headers, lane_bits)
     high = (np.asarray(headers, dtype=np.int64) - low) >> lane_bits
+    low += pairs[:, 0]
+    high += pairs[:, 1]
     limit = layout.lane_limit(layout.max_silos)
     for digit in (low, high):
         if digit.size and (int(digit.max()) > limit or int(digit.min()) < -limit):
@@ -156,35 +164,19 @@ def frame(data: np.ndarray, per: int, counts: np.ndarray, weights: np.ndarray) -
     return grid.ravel()
 
 
-def correction_reals(
-    params: CompactParams, manifest: Manifest, reals_per_ciphertext: int, correction: np.ndarray
-) -> np.ndarray:
-    """Silo side: the reals that remove the total mask, added to the decrypted aggregate before reduction.
+def centered_correction(params: CompactParams, manifest: Manifest, correction: np.ndarray) -> np.ndarray:
+    """Silo side: the correction of a masked aggregate, checked and centered (int64, mask-vector order).
 
-    ``correction`` (minus the total mask mod 2^w, from :func:`crypto.secagg.unmask.mask_correction`) is laid out
-    exactly like a silo's masked vector: centered lanes at the silos' lane positions, the weight
-    corrections in header real 1 of each chunk, zeros in the count header, tags and padding.
-    It came from secrets the aggregator relayed, so its type, length and range are checked first.
+    ``correction`` (minus the total mask mod 2^w, from :func:`crypto.secagg.unmask.mask_correction`) came
+    from secrets the aggregator relayed, so its type, length and range are checked first. Its first
+    values correct the lane sums (:func:`crypto.lanes.unmasked_lane_sums`), its last two per chunk the
+    weight digits (:func:`unmasked_weights`). Centered, every term is at most 2^(w-1): a lane of up to
+    max_silos masked values plus it stays within the lane limit the masked layout was sized for.
     """
     layout = masked_layout_of(params)
-    if isinstance(reals_per_ciphertext, bool) or not isinstance(reals_per_ciphertext, int):
-        raise ValueRangeError(f"reals_per_ciphertext must be an integer, got {reals_per_ciphertext!r}")
-    per = reals_per_ciphertext - HEADER_REALS
-    if per < 1 or manifest.values_per_chunk != layout.lanes_per_real * per:
-        raise ManifestError(
-            f"manifest packs {manifest.values_per_chunk} values per chunk; {reals_per_ciphertext} reals per "
-            f"ciphertext in this job's masked lanes pack {layout.lanes_per_real * max(per, 0)}"
-        )
     length = mask_length_for(params, manifest)
-    chunks = manifest.chunk_count
     values = check_residues(correction, length, layout.mask_bits, "the secure-aggregation correction")
-    centered = center(values, layout.mask_bits)
-    values_count = length - WEIGHT_DIGITS * chunks
-    lanes = pack_lanes(centered[:values_count], layout)
-    if chunk_count_for(lanes.shape[0], manifest.tag_count(), per) > chunks:
-        raise ManifestError(f"the manifest's {chunks} chunks cannot hold {values_count} masked lane values")
-    digits = WEIGHT_DIGITS * chunks
-    return frame(lanes, per, np.zeros(chunks), weight_reals(centered[length - digits :], layout))
+    return center(values, layout.mask_bits)
 
 
 def upload_residues(grid: np.ndarray, manifest: Manifest, params: CompactParams) -> np.ndarray:

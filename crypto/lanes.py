@@ -342,13 +342,28 @@ def center(residues: np.ndarray, w: int, in_place: bool = False) -> np.ndarray:
     return low
 
 
-def unmasked_lane_sums(lanes: np.ndarray, layout: MaskedLaneLayout, contributors: int) -> np.ndarray:
-    """Corrected masked lane sums -> the exact sums of the quantized values, each checked against its limit.
+def unmasked_lane_sums(
+    lanes: np.ndarray, layout: MaskedLaneLayout, contributors: int, correction: np.ndarray
+) -> np.ndarray:
+    """Masked lane sums plus their centered correction -> the exact sums of the quantized values.
 
-    Without the right correction the residues are uniform mod 2^w and fall outside
-    ±contributors * level with probability 1 - contributors / 2^(bits-1+headroom) per lane: refused.
+    ``lanes`` (int64, from :func:`unpack_lanes`) is consumed: the correction is added in place, the
+    corrected lanes are bounded like any masked lane (``lane_limit``: contributors masked values plus
+    one correction), then reduced mod 2^w and centered. Without the right correction the residues are
+    uniform mod 2^w and fall outside ±contributors * level with probability
+    1 - contributors / 2^(bits-1+headroom) per lane: refused.
     """
-    sums = center(lanes, layout.mask_bits)
+    sums = np.asarray(lanes)
+    if sums.dtype != np.int64 or sums.shape != np.shape(correction):
+        raise CiphertextError(f"{sums.shape[0]} masked lane sums need a correction of the same length, as int64")
+    sums += correction
+    bound = layout.lane_limit(contributors)
+    if sums.size and (int(sums.max()) > bound or int(sums.min()) < -bound):
+        raise CiphertextError(
+            f"a corrected lane is outside ±{bound} (the most {contributors} masked values and one correction can "
+            f"reach): the sum overflowed or was tampered with; refusing it"
+        )
+    sums = center(sums, layout.mask_bits, in_place=True)
     limit = contributors * layout.value_level
     if sums.size and (int(sums.max()) > limit or int(sums.min()) < -limit):
         raise CiphertextError(

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from crypto.compact import CompactEncryptor, CompactParams, correction_reals, mask_length, mask_length_for
+from crypto.compact import CompactEncryptor, CompactParams, centered_correction, mask_length, mask_length_for
 from crypto.engine import accumulate_batches
 from crypto.errors import CiphertextError, ManifestError, ValueRangeError
 from crypto.keys import generate_key_set, load_public_context
-from crypto.lanes import center, masked_layout, max_masked_bits_for, unpack_lanes
+from crypto.lanes import center, masked_layout, max_masked_bits_for, unmasked_lane_sums, unpack_lanes
 from crypto.packing import chunk_digest, pack
 from crypto.quantize import UniformStream, quantize
 from crypto.seal_io import load_ciphertext, save_bytes
@@ -239,13 +239,19 @@ def test_correction_is_validated(keys, public, members):
     params = _params()
     batch = CompactEncryptor(keys, params).encrypt_update({"v": np.zeros(100)}, 5, mask=lambda v: v)
     manifest, n = batch.manifest, mask_length_for(params, batch.manifest)
-    per = public.reals_per_ciphertext
-    for bad in (np.zeros(n, dtype=np.int64), np.zeros(n - 1, dtype=np.uint64), np.full(n, 1 << 17, dtype=np.uint64)):
+    w = params.mask_bits
+    for bad in (np.zeros(n, dtype=np.int64), np.zeros(n - 1, dtype=np.uint64), np.full(n, 1 << w, dtype=np.uint64)):
         with pytest.raises(ValueRangeError, match="secure-aggregation correction"):
-            correction_reals(params, manifest, per, bad)
+            centered_correction(params, manifest, bad)
+        with pytest.raises(ValueRangeError, match="secure-aggregation correction"):  # refused before decrypting
+            CompactEncryptor(keys, params).decrypt_lane_sums(manifest, batch.chunks, bad)
     with pytest.raises(ManifestError, match="quantized as"):
-        correction_reals(_params(8), manifest, per, np.zeros(n, dtype=np.uint64))
-    assert correction_reals(params, manifest, per, np.zeros(n, dtype=np.uint64)).shape == (per,)
+        centered_correction(_params(8), manifest, np.zeros(n, dtype=np.uint64))
+    residues = np.array([0, 1, (1 << (w - 1)) - 1, 1 << (w - 1), (1 << w) - 1] * (n // 5 + 1), dtype=np.uint64)[:n]
+    centered = centered_correction(params, manifest, residues)
+    assert centered.dtype == np.int64 and centered.shape == (n,)
+    assert list(centered[:5]) == [0, 1, (1 << (w - 1)) - 1, -(1 << (w - 1)), -1]
+    assert residues[3] == 1 << (w - 1)  # the caller's vector is left alone
 
 
 @pytest.mark.parametrize("extreme", ["high", "low"])
@@ -284,9 +290,9 @@ def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members,
     manifest, chunks, correction = _aggregate(public, keys, params, sim, aggregator, batches)
     # the test holds the key: read chunk 0's corrected high digit h, shift it by k * 2^w just beyond the limit
     w, lane_bits = params.mask_bits, params.packing.lane_bits
-    header = int(np.rint(SeededRealCodec(keys).decrypt(chunks[:1])[1] + correction_reals(
-        params, manifest, public.reals_per_ciphertext, correction)[1]))  # fmt: skip
-    high = (header - int(center(np.array([header]), lane_bits)[0])) >> lane_bits
+    header = int(np.rint(SeededRealCodec(keys).decrypt(chunks[:1])[1]))
+    digits = centered_correction(params, manifest, correction)[-2 * manifest.chunk_count :]
+    high = ((header - int(center(np.array([header]), lane_bits)[0])) >> lane_bits) + int(digits[1])  # corrected
     limit = params.packing.lane_limit(params.max_silos)
     k = (limit - high) // (1 << w) + 1  # smallest k with high + k * 2^w > limit (and still < 2^(39 - lane_bits))
     # the aggregator adds that plaintext to the encrypted sum: it needs only the public parameters
@@ -300,6 +306,30 @@ def test_weight_digit_outside_the_honest_range_is_refused(keys, public, members,
     manifest = dataclasses.replace(manifest, chunk_digests=(chunk_digest(tampered[0]), *manifest.chunk_digests[1:]))
     with pytest.raises(CiphertextError, match="weight digit is outside"):
         CompactEncryptor(keys, params).decrypt_lane_sums(manifest, tampered, correction)
+
+
+def test_a_lane_shifted_by_a_multiple_of_the_mask_modulus_is_refused_after_correction():
+    """Adding k * 2^w to a masked lane sum leaves its residue, and so the unmasked value, unchanged: the corrected
+    lane is still bounded like any honest one (contributors masked values plus one correction), so an
+    aggregator that adds such a plaintext is refused instead of reduced away. Honest lanes come back exactly."""
+    layout = _params().packing
+    w, contributors = layout.mask_bits, 3
+    rng = np.random.default_rng(5)
+    values = rng.integers(-layout.value_level, layout.value_level + 1, (contributors, 64))
+    pads = rng.integers(0, 1 << w, (contributors, 64), dtype=np.uint64)
+    masked = [center((v.astype(np.uint64) + p) & np.uint64((1 << w) - 1), w) for v, p in zip(values, pads, strict=True)]
+    correction = center((np.uint64(0) - pads.sum(axis=0, dtype=np.uint64)) & np.uint64((1 << w) - 1), w)
+    lanes = np.sum(masked, axis=0)
+    sums = unmasked_lane_sums(lanes.copy(), layout, contributors, correction)
+    np.testing.assert_array_equal(sums, values.sum(axis=0))
+    limit = layout.lane_limit(contributors)
+    shifted = lanes.copy()
+    k = (limit - int(shifted[7] + correction[7])) // (1 << w) + 1  # just beyond the limit once corrected
+    shifted[7] += k << w
+    with pytest.raises(CiphertextError, match="corrected lane is outside"):
+        unmasked_lane_sums(shifted, layout, contributors, correction)
+    with pytest.raises(CiphertextError, match="same length"):
+        unmasked_lane_sums(lanes.copy(), layout, contributors, correction[:-1])
 
 
 @settings(max_examples=20, deadline=None)
