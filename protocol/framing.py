@@ -32,11 +32,12 @@ def frame(data: bytes) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-def write_frame(out: IO[bytes], data: bytes) -> int:
-    """Append one frame; returns the bytes written."""
-    out.write(_LENGTH.pack(len(data)))
+def write_frame(out: IO[bytes], data: bytes | memoryview) -> int:
+    """Append one frame; returns the bytes written. A memoryview is written as its bytes, without a copy."""
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    out.write(_LENGTH.pack(size))
     out.write(data)
-    return _LENGTH.size + len(data)
+    return _LENGTH.size + size
 
 
 def read_frame(source: IO[bytes], max_frame: int = DEFAULT_MAX_FRAME) -> bytes | None:
@@ -68,7 +69,9 @@ def read_frames(source: IO[bytes], count: int | None = None, max_frame: int = DE
         yield data
 
 
-def write_framed_file(path: Path, frames: Iterable[bytes], magic: bytes = b"", durable: bool = True) -> int:
+def write_framed_file(
+    path: Path, frames: Iterable[bytes | memoryview], magic: bytes = b"", durable: bool = True
+) -> int:
     """Write magic and frames atomically (temporary file, fsync, rename); returns the payload bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -76,8 +79,7 @@ def write_framed_file(path: Path, frames: Iterable[bytes], magic: bytes = b"", d
     with open(tmp, "wb") as out:
         out.write(magic)
         for data in frames:
-            write_frame(out, data)
-            payload += len(data)
+            payload += write_frame(out, data) - _LENGTH.size
         out.flush()
         if durable:
             os.fsync(out.fileno())
