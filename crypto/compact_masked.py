@@ -142,11 +142,12 @@ def unmasked_weights(headers: np.ndarray, layout: MaskedLaneLayout, digits: np.n
     high = (np.asarray(headers, dtype=np.int64) - low) >> lane_bits
     low += pairs[:, 0]
     high += pairs[:, 1]
-    limit = layout.lane_limit(layout.max_silos)
+    bottom, top = layout.corrected_range(layout.max_silos)
     for digit in (low, high):
-        if digit.size and (int(digit.max()) > limit or int(digit.min()) < -limit):
+        if digit.size and (int(digit.max()) > top or int(digit.min()) < bottom):
             raise CiphertextError(
-                f"a decrypted weight digit is outside ±{limit}: the sum overflowed or was tampered with; refusing it"
+                f"a decrypted weight digit is outside [{bottom}, {top}]: the sum overflowed or was tampered with; "
+                "refusing it"
             )
     modulus = np.int64((1 << w) - 1)
     return (low & modulus) + ((high & modulus) << layout.bits)

@@ -262,6 +262,13 @@ class MaskedLaneLayout(LaneLayout):
         """Largest |lane| of ``contributors`` masked values plus one correction, before reduction."""
         return (contributors + 1) * self.level
 
+    def corrected_range(self, contributors: int) -> tuple[int, int]:
+        """Exactly where a lane of ``contributors`` centered masked values plus the centered correction lies:
+        each term is in [-2^(w-1), 2^(w-1) - 1], so the top is one short of ``lane_limit`` per term (at
+        max_silos + 1 a power of two, ``lane_limit`` itself is 2^(L-1), which no honest lane reaches)."""
+        terms = contributors + 1
+        return -terms * self.level, terms * (self.level - 1)
+
 
 def _masked_widths(bits: int, max_silos: int) -> tuple[int, int]:
     """(mask width w, masked lane width L) for b-bit values over up to ``max_silos`` silos."""
@@ -357,11 +364,11 @@ def unmasked_lane_sums(
     if sums.dtype != np.int64 or sums.shape != np.shape(correction):
         raise CiphertextError(f"{sums.shape[0]} masked lane sums need a correction of the same length, as int64")
     sums += correction
-    bound = layout.lane_limit(contributors)
-    if sums.size and (int(sums.max()) > bound or int(sums.min()) < -bound):
+    low, high = layout.corrected_range(contributors)
+    if sums.size and (int(sums.max()) > high or int(sums.min()) < low):
         raise CiphertextError(
-            f"a corrected lane is outside ±{bound} (the most {contributors} masked values and one correction can "
-            f"reach): the sum overflowed or was tampered with; refusing it"
+            f"a corrected lane is outside [{low}, {high}] (where {contributors} masked values and one correction "
+            f"can reach): the sum overflowed or was tampered with; refusing it"
         )
     sums = center(sums, layout.mask_bits, in_place=True)
     limit = contributors * layout.value_level

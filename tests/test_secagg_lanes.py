@@ -330,6 +330,15 @@ def test_a_lane_shifted_by_a_multiple_of_the_mask_modulus_is_refused_after_corre
         unmasked_lane_sums(shifted, layout, contributors, correction)
     with pytest.raises(CiphertextError, match="same length"):
         unmasked_lane_sums(lanes.copy(), layout, contributors, correction[:-1])
+    # the exact honest range: every term in [-2^(w-1), 2^(w-1) - 1], so (c + 1) * (2^(w-1) - 1) at the top
+    bottom, top = layout.corrected_range(contributors)
+    assert (bottom, top) == (-(contributors + 1) << (w - 1), (contributors + 1) * ((1 << (w - 1)) - 1))
+    edge = lanes.copy()
+    edge[9] = top - correction[9]  # all terms at 2^(w-1) - 1: reachable, and it reduces to -(c + 1)
+    assert unmasked_lane_sums(edge.copy(), layout, contributors, correction)[9] == -(contributors + 1)
+    edge[9] += 1
+    with pytest.raises(CiphertextError, match="corrected lane is outside"):
+        unmasked_lane_sums(edge, layout, contributors, correction)
 
 
 @settings(max_examples=20, deadline=None)

@@ -125,6 +125,17 @@ def test_the_kept_update_of_a_masked_round_reads_back_bit_for_bit(tmp_path):
     assert not path.with_name(path.name + ".tmp").exists()  # written aside, then renamed
 
 
+def test_the_kept_update_holds_empty_and_non_contiguous_tensors(tmp_path):
+    """Each tensor is written from its own memory: an empty matrix, a transposed view and a 0-d value too."""
+    base = np.arange(12, dtype=np.float64).reshape(3, 4)
+    delta = {"empty": np.zeros((0, 3)), "t": base.T, "s": np.float64(2.5) * np.ones(())}
+    path = tmp_path / "delta-00001.bin"
+    save_kept_delta(path, delta)
+    back = load_kept_delta(path, {name: np.zeros_like(a) for name, a in delta.items()})
+    for name, array in delta.items():
+        assert back[name].shape == array.shape and back[name].tobytes() == array.tobytes()
+
+
 @pytest.mark.parametrize(
     "damage",
     ["cut", "cut at a tensor", "empty", "trailing", "other shape", "swapped names", "huge header", "huge frame"],
