@@ -59,7 +59,7 @@ def save_kept_delta(path: Path, delta: dict[str, np.ndarray]) -> None:
     """
     arrays = {name: np.asarray(array, order="C") for name, array in delta.items()}
     header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
-    tensors = (memoryview(a.reshape(-1)).cast("B") for a in arrays.values())  # its own bytes, not a copy
+    tensors = (a.reshape(-1).data.cast("B") for a in arrays.values())  # its own bytes, not a copy
     write_framed_file(path, [header, *tensors], KEPT_DELTA_MAGIC, durable=False)
 
 
