@@ -354,11 +354,11 @@ def unmasked_lane_sums(
 ) -> np.ndarray:
     """Masked lane sums plus their centered correction -> the exact sums of the quantized values.
 
-    ``lanes`` (int64, from :func:`unpack_lanes`) is consumed: the correction is added in place, the
-    corrected lanes are bounded like any masked lane (``lane_limit``: contributors masked values plus
-    one correction), then reduced mod 2^w and centered. Without the right correction the residues are
-    uniform mod 2^w and fall outside ±contributors * level with probability
-    1 - contributors / 2^(bits-1+headroom) per lane: refused.
+    ``lanes`` (int64, from :func:`unpack_lanes`) is consumed: the correction is added in place, each
+    corrected lane must lie where contributors masked values plus one correction can
+    (:meth:`MaskedLaneLayout.corrected_range`), then it is reduced mod 2^w and centered. Without the
+    right correction the residues are uniform mod 2^w and fall outside ±contributors * level with
+    probability 1 - contributors / 2^(bits-1+headroom) per lane: refused.
     """
     sums = np.asarray(lanes)
     if sums.dtype != np.int64 or sums.shape != np.shape(correction):
