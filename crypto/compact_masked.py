@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crypto.errors import CiphertextError, ManifestError, ValueRangeError
-from crypto.lanes import MaskedLaneLayout, center, pack_lanes, unpack_lanes
+from crypto.errors import ManifestError, ValueRangeError
+from crypto.lanes import MaskedLaneLayout, add_correction, center, pack_lanes, unpack_lanes
 from crypto.packing import HEADER_REALS, Manifest
 
 if TYPE_CHECKING:
@@ -140,15 +140,8 @@ def unmasked_weights(headers: np.ndarray, layout: MaskedLaneLayout, digits: np.n
     pairs = np.asarray(digits, dtype=np.int64).reshape(-1, WEIGHT_DIGITS)
     low = center(headers, lane_bits)
     high = (np.asarray(headers, dtype=np.int64) - low) >> lane_bits
-    low += pairs[:, 0]
-    high += pairs[:, 1]
-    bottom, top = layout.corrected_range(layout.max_silos)
-    for digit in (low, high):
-        if digit.size and (int(digit.max()) > top or int(digit.min()) < bottom):
-            raise CiphertextError(
-                f"a decrypted weight digit is outside [{bottom}, {top}]: the sum overflowed or was tampered with; "
-                "refusing it"
-            )
+    for digit, fix in ((low, pairs[:, 0]), (high, pairs[:, 1])):
+        add_correction(digit, fix, layout, layout.max_silos, "a decrypted weight digit")
     modulus = np.int64((1 << w) - 1)
     return (low & modulus) + ((high & modulus) << layout.bits)
 

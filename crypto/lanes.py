@@ -349,6 +349,22 @@ def center(residues: np.ndarray, w: int, in_place: bool = False) -> np.ndarray:
     return low
 
 
+def add_correction(
+    sums: np.ndarray, correction: np.ndarray, layout: MaskedLaneLayout, contributors: int, what: str
+) -> np.ndarray:
+    """``sums`` (int64, the caller's) += the centered ``correction``, in place; refused (naming ``what``) unless
+    every corrected value lies where ``contributors`` masked values plus one correction can
+    (:meth:`MaskedLaneLayout.corrected_range`): an aggregator that adds a multiple of 2^w is caught here."""
+    sums += correction
+    low, high = layout.corrected_range(contributors)
+    if sums.size and (int(sums.max()) > high or int(sums.min()) < low):
+        raise CiphertextError(
+            f"{what} is outside [{low}, {high}] (where {contributors} masked values and one correction can reach): "
+            "the sum overflowed or was tampered with; refusing it"
+        )
+    return sums
+
+
 def unmasked_lane_sums(
     lanes: np.ndarray, layout: MaskedLaneLayout, contributors: int, correction: np.ndarray
 ) -> np.ndarray:
@@ -363,13 +379,7 @@ def unmasked_lane_sums(
     sums = np.asarray(lanes)
     if sums.dtype != np.int64 or sums.shape != np.shape(correction):
         raise CiphertextError(f"{sums.shape[0]} masked lane sums need a correction of the same length, as int64")
-    sums += correction
-    low, high = layout.corrected_range(contributors)
-    if sums.size and (int(sums.max()) > high or int(sums.min()) < low):
-        raise CiphertextError(
-            f"a corrected lane is outside [{low}, {high}] (where {contributors} masked values and one correction "
-            f"can reach): the sum overflowed or was tampered with; refusing it"
-        )
+    sums = add_correction(sums, correction, layout, contributors, "a corrected lane")
     sums = center(sums, layout.mask_bits, in_place=True)
     limit = contributors * layout.value_level
     if sums.size and (int(sums.max()) > limit or int(sums.min()) < -limit):
