@@ -22,46 +22,6 @@ MAGIC = b"CFAGG1\n"
 MASKED_MAGIC = b"CFAGM1\n"  # same length: the reader tells the two apart by it
 
 
-def write_aggregate(path: Path, manifest: Manifest, chunks: Sequence[bytes], unmasking: bytes = b"") -> int:
-    """Write to a temporary file, fsync, then rename: a crash leaves the old state or the new one.
-    Returns the ciphertext bytes written (without the header)."""
-    header = manifest_to_proto(manifest).SerializeToString()
-    if unmasking:
-        write_framed_file(path, [header, unmasking, *chunks], magic=MASKED_MAGIC)
-    else:
-        write_framed_file(path, [header, *chunks], magic=MAGIC)
-    return sum(len(chunk) for chunk in chunks)
-
-
-def read_aggregate(path: Path) -> tuple[Manifest, bytes, Iterator[bytes]]:
-    """The manifest, the unmasking record (empty unless the sum is masked), and the chunks, read lazily."""
-    source = open_framed_file(path)
-    magic = source.read(len(MAGIC))
-    unmasking = b""
-    try:
-        if magic not in (MAGIC, MASKED_MAGIC):
-            raise FramingError(f"{path} is not an aggregate file (bad magic)")
-        header = read_frame(source)
-        if header is None:
-            raise FramingError(f"{path} holds no manifest")
-        if magic == MASKED_MAGIC:
-            unmasking = read_frame(source, MAX_UNMASKING_BYTES) or b""
-            if not unmasking:
-                raise FramingError(f"{path} holds a masked sum without its unmasking record")
-    except FramingError:
-        source.close()
-        raise
-    message = pb.Manifest()
-    message.ParseFromString(header)
-    manifest = manifest_from_proto(message)
-
-    def chunks() -> Iterator[bytes]:
-        with source:
-            yield from read_frames(source, manifest.chunk_count)
-
-    return manifest, unmasking, chunks()
-
-
 class AggregateFiles:
     """One file per released round under ``root/<job>/round-NNNNN.agg``."""
 
@@ -71,8 +31,40 @@ class AggregateFiles:
     def write(
         self, job_id: str, round_index: int, manifest: Manifest, chunks: Sequence[bytes], unmasking: bytes = b""
     ) -> tuple[str, int]:
+        """Write to a temporary file, fsync, then rename: a crash leaves the old state or the new one.
+        Returns where, and the ciphertext bytes written (without the header)."""
         path = self.root / job_id / f"round-{round_index:05d}.agg"
-        return str(path), write_aggregate(path, manifest, chunks, unmasking)
+        header = manifest_to_proto(manifest).SerializeToString()
+        if unmasking:
+            write_framed_file(path, [header, unmasking, *chunks], magic=MASKED_MAGIC)
+        else:
+            write_framed_file(path, [header, *chunks], magic=MAGIC)
+        return str(path), sum(len(chunk) for chunk in chunks)
 
     def read(self, where: str) -> tuple[Manifest, bytes, Iterator[bytes]]:
-        return read_aggregate(Path(where))
+        """The manifest, the unmasking record (empty unless the sum is masked), and the chunks, read lazily."""
+        source = open_framed_file(Path(where))
+        magic = source.read(len(MAGIC))
+        unmasking = b""
+        try:
+            if magic not in (MAGIC, MASKED_MAGIC):
+                raise FramingError(f"{where} is not an aggregate file (bad magic)")
+            header = read_frame(source)
+            if header is None:
+                raise FramingError(f"{where} holds no manifest")
+            if magic == MASKED_MAGIC:
+                unmasking = read_frame(source, MAX_UNMASKING_BYTES) or b""
+                if not unmasking:
+                    raise FramingError(f"{where} holds a masked sum without its unmasking record")
+        except FramingError:
+            source.close()
+            raise
+        message = pb.Manifest()
+        message.ParseFromString(header)
+        manifest = manifest_from_proto(message)
+
+        def chunks() -> Iterator[bytes]:
+            with source:
+                yield from read_frames(source, manifest.chunk_count)
+
+        return manifest, unmasking, chunks()
