@@ -7,6 +7,7 @@ streams are turned into plain iterators of bytes or offers, bounded as they are 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from functools import partial
 
 from aggregator.core.errors import InvalidArgument
 from aggregator.core.views import (
@@ -47,9 +48,8 @@ def task(view: TaskView) -> pb.Task:
 
 def upload_offer(header: pb.UploadHeader) -> UploadOffer:
     """The header's routing fields now; the signed manifest only when the core asks for it."""
-    return UploadOffer(
-        str(header.job_id), int(header.round), int(header.manifest.value_count), lambda: SignedUpload.from_proto(header)
-    )
+    parse = partial(SignedUpload.from_proto, header)
+    return UploadOffer(str(header.job_id), int(header.round), int(header.manifest.value_count), parse)
 
 
 def upload_chunks(messages: Iterable[pb.UploadMessage]) -> Iterator[bytes]:
