@@ -148,9 +148,7 @@ class HorizontalJob:
         applied, and rewriting 8 MB at every bookkeeping save (one right after each upload, on a masked
         round's critical path) cost about 10 ms each time."""
         if weights or not (self.dir / "global.npz").exists():
-            tmp = self.dir / "global.npz.tmp.npz"
-            save_arrays(tmp, self.global_weights)
-            tmp.replace(self.dir / "global.npz")
+            save_arrays(self.dir / "global.npz", self.global_weights)
         state_tmp = self.dir / "state.json.tmp"
         state_tmp.write_text(json.dumps(self.state.__dict__))
         state_tmp.replace(self.dir / "state.json")

@@ -38,7 +38,10 @@ class JobState:
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+    """Write ``path`` (an ``.npz``) under a temporary name, then rename: whoever sees it sees all of it."""
+    tmp = path.with_name(f"{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+    tmp.replace(path)
 
 
 class _Stream(Protocol):
@@ -150,9 +153,7 @@ def export_model(directory: Path, weights: dict[str, np.ndarray], state: JobStat
     """The trained model with its scaling (``__mean__``/``__std__``) and the spec it was trained under."""
     export = directory / "final_model.npz"
     extras = {"__mean__": np.asarray(state.mean or []), "__std__": np.asarray(state.std or [])}
-    tmp = directory / "final_model.tmp.npz"  # then renamed: whoever sees the file sees all of it
-    save_arrays(tmp, {**weights, **extras})
-    tmp.replace(export)
+    save_arrays(export, {**weights, **extras})
     (directory / "job_spec.json").write_text(spec.model_dump_json(indent=2))
     return export
 
