@@ -137,15 +137,11 @@ class Authenticator:
                 self._cache[pem] = ident
         if dt.datetime.now(dt.UTC) > ident.not_after:  # a long-lived connection outlives its certificate
             raise ExpiredCertificateError(
-                f"certificate of {ident.name} expired at {ident.not_after:%Y-%m-%d %H:%M} UTC"
-            )
-        if self.revocation.is_revoked(ident.serial):
-            raise RevokedCertificateError(f"certificate serial {ident.serial:x} ({ident.name}) is revoked")
-        if dt.datetime.now(dt.UTC) > ident.not_after:
-            raise ExpiredCertificateError(
                 f"certificate serial {ident.serial:x} ({ident.name}) expired at {ident.not_after:%Y-%m-%d %H:%M} UTC; "
                 "renew it (new CSR, `cipherfed ca sign`)"
             )
+        if self.revocation.is_revoked(ident.serial):
+            raise RevokedCertificateError(f"certificate serial {ident.serial:x} ({ident.name}) is revoked")
         return ident
 
     def certificate(self, context: grpc.ServicerContext) -> x509.Certificate:
