@@ -262,11 +262,10 @@ class RoundCore:
         """The sum of this upload's layout. Each layout sums apart for the whole round, so the first
         committed upload decides nothing; memory stays bounded because each participant holds at most
         one upload in flight or committed, each of at most ``max_update_values`` values."""
-        accumulator = open_round.staging.get(manifest.layout_key()) or Accumulator(
-            open_round.public, manifest.chunk_count
-        )
-        open_round.staging[manifest.layout_key()] = accumulator
-        return accumulator
+        key = manifest.layout_key()
+        if key not in open_round.staging:
+            open_round.staging[key] = Accumulator(open_round.public, manifest.chunk_count)
+        return open_round.staging[key]
 
     def _commit(self, upload: Upload) -> UploadReceipt:
         with self.lock:
