@@ -7,7 +7,8 @@ This script counts it mechanically, the same way for any checkout, so two commit
    profile ``sum``), with a ``sitecustomize`` that installs a profiler in every process it starts.
 2. The profiler opens a *window* when one of four functions is entered, and records every distinct
    function of the checkout's packages (``aggregator``, ``silo_node``, ``crypto``, ``protocol``,
-   ``policies``, ``audit``) called on that thread until the window's function returns:
+   ``policies``, ``audit``) called on that thread, or on a thread started inside the window (grpc
+   consumes a client stream's generator on one), until the window's function returns:
 
    - silo out: ``HorizontalJob._upload`` (train, encrypt, sign, send);
    - aggregator: ``ConsortiumService.Upload`` (verify, add, and for the last upload close and release)
@@ -17,8 +18,10 @@ This script counts it mechanically, the same way for any checkout, so two commit
 3. It keeps the windows of the HE job's first training round and prints, per side, the distinct
    functions (in the order first called), how many there are and in how many modules.
 
-Everything is counted: checks, helpers and model training included; comprehensions, lambdas and
-generated code (dataclass ``__init__``) are not, nor anything outside the six packages. So the numbers are
+Everything is counted: checks, helpers and model training included; comprehensions, lambdas, module
+and class bodies and generated code (dataclass ``__init__``) are not, nor anything outside the six
+packages. A run in which the profiler failed to read a call, or missed a side of the round, stops with
+an error instead of printing a shorter count. So the numbers are
 larger than the page's, which follows only the update itself, but they mean the same thing at every
 commit. Run ``python -m benchmarks.update_path --repo DIR`` once per checkout (a ``git worktree`` of
 the older commit, with this checkout's ``.venv``), then compare the JSON.
@@ -38,6 +41,7 @@ from typing import Any
 
 PACKAGES = ("aggregator", "silo_node", "crypto", "protocol", "policies", "audit")
 ROLES = ("aggregator", "silo_node")
+SILOS = 2
 
 # Installed as sitecustomize.py in every process of the run; standalone, because the checkout measured may
 # be an old commit that has no copy of this file.
@@ -55,9 +59,24 @@ if _OUT:
         ("aggregator/", "ConsortiumService.DownloadAggregate"): "download",
     }
     _SKIP = ("<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>", "<lambda>")
-    _open = {}  # thread id -> [window, frame, meta, seen, start]
+    _CO_OPTIMIZED = 1  # set on function code; module and class bodies lack it
+    _open = {}  # thread id -> [window, frame, meta, seen, start, still open]
     _lock = threading.Lock()
     _path = os.path.join(_OUT, f"{os.getpid()}.jsonl")
+
+    def _write(line):
+        with _lock, open(_path, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+    _start = threading.Thread.start
+
+    def _start_inside_window(thread):
+        # A thread started inside a window works for it (grpc consumes a client stream's request
+        # generator on a thread of its own): what it calls counts while the window is open.
+        thread._cipherfed_window = _open.get(threading.get_ident())
+        return _start(thread)
+
+    threading.Thread.start = _start_inside_window
 
     def _meta(kind, frame):
         local = frame.f_locals
@@ -67,8 +86,8 @@ if _OUT:
             stats = bool(getattr(job.spec, "stats_round", False)) and r == 0
             return {"job": job.job_id, "round": r, "profile": job.spec.he_profile, "train": not stats}
         if kind == "download":
-            request = local.get("request")
-            return {"job": request.job_id, "round": int(request.round)} if request is not None else {}
+            request = local["request"]
+            return {"job": request.job_id, "round": int(request.round)}
         return {}
 
     def _header_meta(frame):
@@ -86,27 +105,31 @@ if _OUT:
             if event == "return":
                 if state is not None and frame is state[1]:
                     del _open[threading.get_ident()]
-                    line = {"window": state[0], "meta": state[2], "start": state[4], "end": time.time(),
-                            "functions": list(state[3])}
-                    with _lock, open(_path, "a") as out:
-                        out.write(json.dumps(line) + "\n")
+                    state[5] = False
+                    _write({"window": state[0], "meta": state[2], "start": state[4], "end": time.time(),
+                            "functions": list(state[3])})
                 return
             filename = code.co_filename
-            if not filename.startswith(_PACKAGES):
+            if not filename.startswith(_PACKAGES) or not code.co_flags & _CO_OPTIMIZED:
                 return
             relative = filename[len(_ROOT):]
             if state is None:
                 for (where, qualname), kind in _WINDOWS.items():
                     if code.co_qualname == qualname and relative.startswith(where):
-                        _open[threading.get_ident()] = [kind, frame, _meta(kind, frame), {}, time.time()]
+                        _open[threading.get_ident()] = [kind, frame, _meta(kind, frame), {}, time.time(), True]
                         return
-                return
+                state = getattr(threading.current_thread(), "_cipherfed_window", None)
+                if state is None or not state[5]:
+                    return
             if state[0] == "upload" and not state[2]:
                 state[2] = _header_meta(frame) or {}
             if not any(s in code.co_qualname for s in _SKIP):
                 state[3].setdefault(relative[:-3].replace("/", ".") + ":" + code.co_qualname, None)
-        except Exception:
-            pass
+        except Exception as exc:  # recorded, so that a window that could not be read fails the run
+            try:
+                _write({"error": f"{type(exc).__name__}: {exc}", "in": frame.f_code.co_qualname})
+            except Exception:
+                pass
 
     sys.setprofile(_profile)
     threading.setprofile(_profile)
@@ -125,28 +148,53 @@ def run_traced(repo: Path, python: Path, workdir: Path) -> list[dict[str, Any]]:
         "CIPHERFED_CALL_TRACE": str(out_dir),
         "CIPHERFED_CALL_TRACE_ROOT": str(repo.resolve()),
     }
-    demo = [str(python), "-m", "cipherfed", "demo", "--silos", "2", "--rounds", "1", "--workdir", str(workdir / "demo")]
+    demo = [
+        str(python),
+        "-m",
+        "cipherfed",
+        "demo",
+        "--silos",
+        str(SILOS),
+        "--rounds",
+        "1",
+        "--workdir",
+        str(workdir / "demo"),
+    ]
     done = subprocess.run(demo, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(
             f"the demo of {repo} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
-    windows = []
+    lines = []
     for path in out_dir.glob("*.jsonl"):
-        windows += [json.loads(line) for line in path.read_text().splitlines()]
-    return windows
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    errors = sorted({f"{line['in']}: {line['error']}" for line in lines if "error" in line})
+    if errors:
+        raise SystemExit(f"the profiler could not read {len(errors)} call(s) in {repo}:\n" + "\n".join(errors[:10]))
+    return lines
 
 
 def first_training_round(windows: list[dict[str, Any]]) -> tuple[str, int]:
-    """The HE (``sum``) job's first training round, as the silos' upload windows name it."""
-    rounds = sorted(
-        (w["meta"]["job"], w["meta"]["round"])
+    """The HE (``sum``) job's first training round, as the silos' upload windows name it (the earliest)."""
+    uploads = sorted(
+        (w["start"], w["meta"]["job"], w["meta"]["round"])
         for w in windows
         if w["window"] == "silo_out" and w["meta"].get("profile") == "sum" and w["meta"].get("train")
     )
-    if not rounds:
+    if not uploads:
         raise SystemExit("no upload of a training round of the HE job was recorded")
-    return rounds[0]
+    return uploads[0][1], uploads[0][2]
+
+
+def check_complete(windows: list[dict[str, Any]], job: str, round_index: int, silos: int) -> None:
+    """Every side of that round was seen: a window the profiler missed would make the count look short."""
+    seen = {kind: 0 for kind in ("silo_out", "upload", "download", "silo_back")}
+    for window in windows:
+        if window["meta"].get("job") == job and window["meta"].get("round") == round_index:
+            seen[window["window"]] += 1
+    short = {kind: n for kind, n in seen.items() if n < silos}
+    if short:
+        raise SystemExit(f"round {round_index} of {job}: expected {silos} windows of each kind, saw {seen}")
 
 
 def path_of(windows: list[dict[str, Any]], job: str, round_index: int) -> dict[str, list[str]]:
@@ -177,6 +225,7 @@ def measure(repo: Path, python: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cipherfed-update-path-") as tmp:
         windows = run_traced(repo, python, Path(tmp))
     job, round_index = first_training_round(windows)
+    check_complete(windows, job, round_index, silos=SILOS)
     sides = {side: summary(names) for side, names in path_of(windows, job, round_index).items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
     total = sum(side["functions"] for side in sides.values())

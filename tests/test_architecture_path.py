@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from functools import cache
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "architecture.md"
@@ -22,13 +25,12 @@ HOP = re.compile(r"(\d+) (?:\[[cp]\] )?`(?:\[[cp]\] )?(\.?[A-Za-z_][\w.]*)`")
 
 @cache
 def definitions(path: Path) -> frozenset[str]:
-    """Every qualified name ``path`` defines: functions, classes and the methods of its classes."""
+    """Every function ``path`` defines, by qualified name: its functions and the methods of its classes."""
     names: set[str] = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef):
-            names.add(node.name)
             names |= {
                 f"{node.name}.{item.name}"
                 for item in node.body
@@ -54,9 +56,14 @@ def resolve(name: str, context: list[Path]) -> tuple[Path, str] | None:
     parts = name.split(".")
     for split in range(len(parts) - 1, 0, -1):  # the longest module prefix first: a.b.C.f, then a.b + C.f, ...
         prefix, qualname = ".".join(parts[:split]), ".".join(parts[split:])
-        for dotted, path in modules().items():
-            if (dotted == prefix or dotted.endswith("." + prefix)) and qualname in definitions(path):
-                return path, qualname
+        owners = [
+            path
+            for dotted, path in modules().items()
+            if (dotted == prefix or dotted.endswith("." + prefix)) and qualname in definitions(path)
+        ]
+        assert len(owners) <= 1, f"{name} names a function of {len(owners)} modules: write more of the module's path"
+        if owners:
+            return owners[0], qualname
     for path in reversed(context):  # Class.method or function of a module named earlier
         if name in definitions(path):
             return path, name
@@ -109,4 +116,15 @@ def test_a_renamed_function_is_caught():
     assert resolve("Upload.feed", [ROOT / "aggregator" / "core" / "uploads.py"]) is not None
     assert resolve("Upload.no_such_step", [ROOT / "aggregator" / "core" / "uploads.py"]) is None
     assert resolve("encrypt", []) is None  # a bare name of no module named before
+    assert resolve("core.uploads.Upload", []) is None  # a class is not a hop; its methods are
+
+
+def test_a_name_two_modules_could_mean_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for package in ("aggregator", "silo_node"):
+        (tmp_path / f"{package}_keys.py").write_text("class Keys:\n    def get(self): ...\n")
+    found = {f"{p}.keys": tmp_path / f"{p}_keys.py" for p in ("aggregator", "silo_node")}
+    monkeypatch.setattr(sys.modules[__name__], "modules", lambda: found)
+    with pytest.raises(AssertionError, match="names a function of 2 modules"):
+        resolve("keys.Keys.get", [])
+    assert resolve("silo_node.keys.Keys.get", []) == (found["silo_node.keys"], "Keys.get")
     assert resolve("core.rounds.no_such_function", []) is None

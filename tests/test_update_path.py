@@ -28,9 +28,17 @@ def statistics(values):
 
 def decrypt(values):
     return list(values)
+
+def stream(values):
+    yield from values
+""",
+    "crypto/lazy.py": """
+class Loaded:
+    pass
 """,
     "silo_node/__init__.py": "",
     "silo_node/horizontal.py": """
+import threading
 from types import SimpleNamespace
 from crypto import engine
 
@@ -43,9 +51,14 @@ class HorizontalJob:
         if round_index == 0:
             return engine.statistics([1, 2])
         double = lambda v: 2 * v
+        sent = threading.Thread(target=lambda: list(engine.stream([1])))  # as grpc consumes a request stream
+        sent.start()
+        sent.join()
         return engine.encrypt([double(v) for v in (1, 2)])
 
     def _apply_aggregate(self, round_index):
+        from crypto import lazy  # a module body run inside the window is not a function
+
         return engine.decrypt([3])
 
     def outside_any_window(self):
@@ -79,45 +92,68 @@ from types import SimpleNamespace
 from aggregator.service import ConsortiumService, UploadHeader
 from silo_node.horizontal import HorizontalJob
 
-job, service = HorizontalJob(), ConsortiumService()
-job.outside_any_window()
+silos, service = [HorizontalJob(), HorizontalJob()], ConsortiumService()
+silos[0].outside_any_window()
 for round_index in (0, 1):
-    job._upload(round_index)
-    t = threading.Thread(target=service.Upload, args=(iter([UploadHeader("job-1", round_index)]), None))
-    t.start(); t.join()
-    t = threading.Thread(
-        target=lambda: list(service.DownloadAggregate(SimpleNamespace(job_id="job-1", round=round_index), None))
-    )
-    t.start(); t.join()
-    job._apply_aggregate(round_index)
+    for job in silos:
+        job._upload(round_index)
+        t = threading.Thread(target=service.Upload, args=(iter([UploadHeader("job-1", round_index)]), None))
+        t.start(); t.join()
+    for job in silos:
+        request = SimpleNamespace(job_id="job-1", round=round_index)
+        t = threading.Thread(target=lambda: list(service.DownloadAggregate(request, None)))
+        t.start(); t.join()
+        job._apply_aggregate(round_index)
 """,
 }
 
 
-def test_the_path_counts_every_call_of_the_first_training_round_and_nothing_else(tmp_path: Path) -> None:
+def measure(tmp_path: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
     repo = tmp_path / "repo"
-    for name, text in FILES.items():
+    for name, text in files.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
-    out = tmp_path / "path.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.update_path", "--repo", str(repo), "--names", "--json", str(out)],
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.update_path",
+            "--repo",
+            str(repo),
+            "--names",
+            "--json",
+            str(tmp_path / "out"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_path_counts_every_call_of_the_first_training_round_and_nothing_else(tmp_path: Path) -> None:
+    done = measure(tmp_path, FILES)
+    out = tmp_path / "out"
     assert done.returncode == 0, done.stderr
     (result,) = json.loads(done.stdout)
     assert (result["job"], result["round"]) == ("job-1", 1)  # round 0 is the statistics round
-    assert result["silo_out"]["names"] == ["crypto.engine:encrypt", "crypto.engine:_checked"]  # no lambda
+    # the thread started inside the window counts; the lambdas and the comprehension do not
+    assert result["silo_out"]["names"] == ["crypto.engine:stream", "crypto.engine:encrypt", "crypto.engine:_checked"]
     assert result["aggregator"]["names"] == [
         "aggregator.service:open_header",
         "crypto.engine:encrypt",
         "crypto.engine:_checked",
         "crypto.engine:decrypt",
     ]
-    assert result["silo_back"]["names"] == ["crypto.engine:decrypt"]
+    assert result["silo_back"]["names"] == ["crypto.engine:decrypt"]  # not crypto.lazy's module or class body
     assert result["aggregator"]["modules"] == 2 and result["aggregator"]["role_functions"] == 1
-    assert result["total"] == 7
-    assert json.loads(out.read_text())[0]["total"] == 7
+    assert result["total"] == 8
+    assert json.loads(out.read_text())[0]["total"] == 8
+
+
+def test_a_side_the_profiler_did_not_see_fails_the_run(tmp_path: Path) -> None:
+    """No download window (as if a renamed servicer method went unseen): an error, not a shorter count."""
+    files = {**FILES, "cipherfed/__main__.py": FILES["cipherfed/__main__.py"].replace("DownloadAggregate(", "Upload(")}
+    done = measure(tmp_path, files)
+    assert done.returncode != 0
+    assert "expected 2 windows of each kind" in done.stderr and "'download': 0" in done.stderr
