@@ -47,6 +47,7 @@ from silo_node.jobfiles import (
     write_upload,
 )
 from silo_node.models import TorchAdapter, evaluate, make_adapter
+from silo_node.node_files import write_atomic
 from silo_node.privacy_ledger import PrivacyLedger
 from silo_node.refusal import RoundRefused
 from silo_node.relay import Relay
@@ -135,9 +136,7 @@ class HorizontalJob:
             if path.read_text() != text:
                 raise RoundRefused([f"the aggregator re-offers job {self.job_id} with other terms than accepted"])
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
 
     def _load_state(self) -> JobState:
         path = self.dir / "state.json"
@@ -149,9 +148,7 @@ class HorizontalJob:
         round's critical path) cost about 10 ms each time."""
         if weights or not (self.dir / "global.npz").exists():
             save_arrays(self.dir / "global.npz", self.global_weights)
-        state_tmp = self.dir / "state.json.tmp"
-        state_tmp.write_text(json.dumps(self.state.__dict__))
-        state_tmp.replace(self.dir / "state.json")
+        write_atomic(self.dir / "state.json", json.dumps(self.state.__dict__))
 
     # ------------------------------------------------------------------ helpers
     def _round_kind(self, round_index: int) -> str:

@@ -66,6 +66,7 @@ from protocol.secagg import (
     round_context,
 )
 from protocol.vocabulary import AGGREGATOR_RECIPIENT, SecAggKind
+from silo_node.node_files import write_atomic
 from silo_node.relay import Relay, VerticalError
 from silo_node.secagg_peers import Peers, stored_peers
 
@@ -142,9 +143,7 @@ class SecureAggregation:
     def _save_responder(self) -> None:
         """Persisted before any signature or answer leaves: a restart cannot make this silo answer twice."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "responder.json.tmp"
-        tmp.write_text(json.dumps(self.responder.export_state()))
-        tmp.replace(self.dir / "responder.json")
+        write_atomic(self.dir / "responder.json", json.dumps(self.responder.export_state()))
 
     # ------------------------------------------------------------------ 1. mask agreement
     def begin(self, round_index: int, attempt: int) -> None:
