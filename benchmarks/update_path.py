@@ -41,6 +41,8 @@ from typing import Any
 
 PACKAGES = ("aggregator", "silo_node", "crypto", "protocol", "policies", "audit")
 ROLES = ("aggregator", "silo_node")
+SIDES = ("silo_out", "aggregator", "silo_back")
+SIDE_OF_WINDOW = {"silo_out": "silo_out", "upload": "aggregator", "download": "aggregator", "silo_back": "silo_back"}
 SILOS = 2
 
 # Installed as sitecustomize.py in every process of the run; standalone, because the checkout measured may
@@ -186,27 +188,22 @@ def first_training_round(windows: list[dict[str, Any]]) -> tuple[str, int]:
     return uploads[0][1], uploads[0][2]
 
 
-def check_complete(windows: list[dict[str, Any]], job: str, round_index: int, silos: int) -> None:
-    """Every side of that round was seen: a window the profiler missed would make the count look short."""
-    seen = {kind: 0 for kind in ("silo_out", "upload", "download", "silo_back")}
-    for window in windows:
-        if window["meta"].get("job") == job and window["meta"].get("round") == round_index:
-            seen[window["window"]] += 1
-    short = {kind: n for kind, n in seen.items() if n < silos}
-    if short:
+def round_windows(windows: list[dict[str, Any]], job: str, round_index: int, silos: int) -> list[dict[str, Any]]:
+    """That round's windows, oldest first; every side must have been seen, or the count would look short."""
+    chosen = [w for w in windows if w["meta"].get("job") == job and w["meta"].get("round") == round_index]
+    seen = {kind: sum(w["window"] == kind for w in chosen) for kind in SIDE_OF_WINDOW}
+    if min(seen.values()) < silos:
         raise SystemExit(f"round {round_index} of {job}: expected {silos} windows of each kind, saw {seen}")
+    return sorted(chosen, key=lambda w: w["start"])
 
 
-def path_of(windows: list[dict[str, Any]], job: str, round_index: int) -> dict[str, list[str]]:
-    """Per side, the distinct functions of that round's windows, in the order first called."""
+def path_of(windows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per side, the distinct functions of ``windows``, in the order first called."""
     sides: dict[str, dict[str, None]] = defaultdict(dict)
-    side_of = {"silo_out": "silo_out", "upload": "aggregator", "download": "aggregator", "silo_back": "silo_back"}
-    for window in sorted(windows, key=lambda w: w["start"]):
-        meta = window["meta"]
-        if meta.get("job") == job and meta.get("round") == round_index:
-            for name in window["functions"]:
-                sides[side_of[window["window"]]].setdefault(name, None)
-    return {side: list(sides[side]) for side in ("silo_out", "aggregator", "silo_back")}
+    for window in windows:
+        for name in window["functions"]:
+            sides[SIDE_OF_WINDOW[window["window"]]].setdefault(name, None)
+    return {side: list(sides[side]) for side in SIDES}
 
 
 def summary(functions: list[str]) -> dict[str, Any]:
@@ -225,8 +222,8 @@ def measure(repo: Path, python: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cipherfed-update-path-") as tmp:
         windows = run_traced(repo, python, Path(tmp))
     job, round_index = first_training_round(windows)
-    check_complete(windows, job, round_index, silos=SILOS)
-    sides = {side: summary(names) for side, names in path_of(windows, job, round_index).items()}
+    chosen = round_windows(windows, job, round_index, silos=SILOS)
+    sides = {side: summary(names) for side, names in path_of(chosen).items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
     total = sum(side["functions"] for side in sides.values())
     return {
@@ -254,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.names:
         for result in results:
-            for side in ("silo_out", "aggregator", "silo_back"):
+            for side in SIDES:
                 del result[side]["names"]
     print(json.dumps(results, indent=2))
     return 0
